@@ -1,0 +1,35 @@
+"""The data contract between preprocessing and training.
+
+`shards` is the only package that both sides import: preprocess writes samples with
+`ShardWriter`, training reads them with `read_samples` (or the torch loader in
+`shards.loader`). The on-disk format is documented in `docs/SHARDS.md`.
+"""
+
+from shards.format import (
+    AUDIO_ENCODINGS,
+    DEFAULT_AUDIO_ENCODING,
+    SAMPLE_RATE,
+    ShardFormatError,
+    decode_sample,
+    encode_sample,
+    mask_from_runs,
+    runs_from_mask,
+    sample_key,
+)
+from shards.reader import read_samples
+from shards.writer import ShardInfo, ShardWriter
+
+__all__ = [
+    "AUDIO_ENCODINGS",
+    "DEFAULT_AUDIO_ENCODING",
+    "SAMPLE_RATE",
+    "ShardFormatError",
+    "ShardInfo",
+    "ShardWriter",
+    "decode_sample",
+    "encode_sample",
+    "mask_from_runs",
+    "read_samples",
+    "runs_from_mask",
+    "sample_key",
+]

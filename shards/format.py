@@ -1,0 +1,145 @@
+"""One WebDataset sample: a fixed-length 16 kHz mono segment, its validity runs and meta.
+
+A sample is three tar members sharing a key `<file-id>-<segment:05d>`:
+`<key>.audio.flac` (or `.audio.npy`), and `<key>.json` with `source`, `offset`, `valid`,
+`gain_db`, `sample_rate`, `split`. `valid` lists the `[start, end)` runs of real audio;
+every other sample is padding and must not count in any loss or metric.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16000
+AUDIO_ENCODINGS = ("flac", "npy")
+# FLAC PCM_16: about half the bytes of int16 npy and still far faster to decode than a
+# training step consumes (docs/SHARDS.md has the measured figures).
+DEFAULT_AUDIO_ENCODING = "flac"
+INT16_SCALE = 32767.0
+REQUIRED_META = ("source", "offset", "valid", "gain_db", "sample_rate", "split")
+
+
+class ShardFormatError(ValueError):
+    """A sample or shard that does not follow the format; the message names shard and key."""
+
+
+def sample_key(file_id: str, segment: int) -> str:
+    """Key of segment `segment` of file `file_id`; '.' is reserved by tar member naming."""
+    if "." in file_id or "/" in file_id:
+        raise ValueError(f"file id {file_id!r} must not contain '.' or '/'")
+    return f"{file_id}-{segment:05d}"
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] → int16 with rounding; refuses anything out of range."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono, got shape {audio.shape}")
+    if not np.all(np.isfinite(audio)):
+        raise ValueError("audio contains non-finite samples")
+    if audio.size and float(np.max(np.abs(audio))) > 1.0:
+        raise ValueError(f"audio exceeds full scale: peak {float(np.max(np.abs(audio))):.4f}")
+    return np.round(audio.astype(np.float64) * INT16_SCALE).astype(np.int16)
+
+
+def runs_from_mask(mask: np.ndarray) -> list[list[int]]:
+    """Boolean mask → sorted `[start, end)` runs of True."""
+    m = np.asarray(mask, dtype=bool).astype(np.int8)
+    edges = np.diff(np.concatenate([[0], m, [0]]))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return [[int(s), int(e)] for s, e in zip(starts, ends, strict=True)]
+
+
+def mask_from_runs(runs: Iterable[Sequence[int]], length: int) -> np.ndarray:
+    """`[start, end)` runs → boolean mask of `length`; runs must lie inside it."""
+    mask = np.zeros(length, dtype=bool)
+    for run in runs:
+        start, end = int(run[0]), int(run[1])
+        if not 0 <= start <= end <= length:
+            raise ValueError(f"valid run [{start}, {end}) outside segment of {length} samples")
+        mask[start:end] = True
+    return mask
+
+
+def _encode_audio(pcm: np.ndarray, encoding: str) -> bytes:
+    buf = io.BytesIO()
+    if encoding == "flac":
+        sf.write(buf, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    elif encoding == "npy":
+        np.save(buf, pcm, allow_pickle=False)
+    else:
+        raise ValueError(f"unknown audio encoding {encoding!r}; expected one of {AUDIO_ENCODINGS}")
+    return buf.getvalue()
+
+
+def encode_sample(
+    key: str,
+    audio: np.ndarray,
+    valid: Sequence[Sequence[int]],
+    meta: dict[str, Any],
+    encoding: str = DEFAULT_AUDIO_ENCODING,
+) -> dict[str, Any]:
+    """Build the dict `webdataset.TarWriter.write` takes. `meta` must carry REQUIRED_META
+    except `valid`, which comes from the argument; extra fields are kept."""
+    pcm = to_int16(audio)
+    mask_from_runs(valid, pcm.shape[0])  # validates the runs
+    full_meta = dict(meta)
+    full_meta["valid"] = [[int(s), int(e)] for s, e in valid]
+    missing = [f for f in REQUIRED_META if f not in full_meta]
+    if missing:
+        raise ValueError(f"sample {key}: meta lacks {missing}")
+    return {
+        "__key__": key,
+        f"audio.{encoding}": _encode_audio(pcm, encoding),
+        "json": json.dumps(full_meta, sort_keys=True, separators=(",", ":")).encode("utf-8"),
+    }
+
+
+def _decode_audio(name: str, data: bytes) -> np.ndarray:
+    if name == "audio.flac":
+        pcm, sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"sample rate {sr}, expected {SAMPLE_RATE}")
+    elif name == "audio.npy":
+        pcm = np.load(io.BytesIO(data), allow_pickle=False)
+        if pcm.dtype != np.int16:
+            raise ValueError(f"dtype {pcm.dtype}, expected int16")
+    else:
+        raise ValueError(f"unknown audio member {name!r}")
+    if pcm.ndim != 1:
+        raise ValueError(f"audio shape {pcm.shape}, expected mono")
+    return pcm.astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def decode_sample(members: dict[str, bytes], shard: str = "?") -> dict[str, Any]:
+    """Tar members of one key → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`.
+
+    Raises ShardFormatError naming the shard and key on any missing or undecodable member.
+    """
+    key = members.get("__key__", "?")
+    audio_names = [n for n in members if n.startswith("audio.")]
+    if len(audio_names) != 1 or "json" not in members:
+        raise ShardFormatError(
+            f"{shard}: sample {key!r} has members {sorted(n for n in members if n[0] != '_')}, "
+            "expected one audio.flac|audio.npy and json"
+        )
+    try:
+        meta = json.loads(bytes(members["json"]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc}") from exc
+    try:
+        audio = _decode_audio(audio_names[0], bytes(members[audio_names[0]]))
+    except Exception as exc:  # soundfile raises several types; all mean a bad member
+        raise ShardFormatError(f"{shard}: sample {key!r}: cannot decode {audio_names[0]}: {exc}") from exc
+    try:
+        mask = mask_from_runs(meta["valid"], audio.shape[0])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ShardFormatError(f"{shard}: sample {key!r}: bad 'valid' runs: {exc}") from exc
+    return {"key": key, "audio": audio, "mask": mask, "meta": meta}

@@ -1,0 +1,70 @@
+"""Reading shards back as decoded samples, with errors that name shard and key."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from shards.format import ShardFormatError, decode_sample
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """`dir/key.audio.flac` → (`dir/key`, `audio.flac`): the key ends at the first dot of the
+    basename, as in webdataset."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot:
+        raise ValueError(f"member {name!r} has no extension")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
+    """Group one tar's members by key, in file order, without decoding.
+
+    Raises ShardFormatError naming the shard and the last key read when the tar is
+    truncated or corrupt.
+    """
+    shard = Path(path).name
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = split_member_name(info.name)
+                data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise ShardFormatError(
+                        f"{shard}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)"
+                    )
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key}
+                if ext in current:
+                    raise ShardFormatError(f"{shard}: sample {key!r} repeats member {ext!r}")
+                current[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, ShardFormatError):
+            raise
+        last = current["__key__"] if current else "<none>"
+        raise ShardFormatError(
+            f"{shard}: unreadable tar after sample {last!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if current is not None:
+        yield current
+
+
+def read_samples(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict[str, Any]]:
+    """Yield `{"key", "audio": float32[T], "mask": bool[T], "meta": dict}` from shard paths,
+    in order. A bad shard or member raises ShardFormatError naming shard and key."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        shard = Path(path).name
+        for members in iter_raw_samples(path):
+            yield decode_sample(members, shard=shard)
