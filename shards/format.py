@@ -137,7 +137,9 @@ def decode_sample(members: dict[str, bytes], shard: str = "?") -> dict[str, Any]
     try:
         audio = _decode_audio(audio_names[0], bytes(members[audio_names[0]]))
     except Exception as exc:  # soundfile raises several types; all mean a bad member
-        raise ShardFormatError(f"{shard}: sample {key!r}: cannot decode {audio_names[0]}: {exc}") from exc
+        raise ShardFormatError(
+            f"{shard}: sample {key!r}: cannot decode {audio_names[0]}: {exc}"
+        ) from exc
     try:
         mask = mask_from_runs(meta["valid"], audio.shape[0])
     except (KeyError, TypeError, ValueError, IndexError) as exc:

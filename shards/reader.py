@@ -38,7 +38,8 @@ def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise ShardFormatError(
-                        f"{shard}: member {info.name!r} truncated ({len(data)} of {info.size} bytes)"
+                        f"{shard}: member {info.name!r} truncated "
+                        f"({len(data)} of {info.size} bytes)"
                     )
                 if current is not None and current["__key__"] != key:
                     yield current
@@ -59,7 +60,9 @@ def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
         yield current
 
 
-def read_samples(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict[str, Any]]:
+def read_samples(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+) -> Iterator[dict[str, Any]]:
     """Yield `{"key", "audio": float32[T], "mask": bool[T], "meta": dict}` from shard paths,
     in order. A bad shard or member raises ShardFormatError naming shard and key."""
     if isinstance(paths, (str, os.PathLike)):

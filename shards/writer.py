@@ -76,9 +76,7 @@ class ShardWriter:
         self._keys: set[str] = set()
         self.info: ShardInfo | None = None
 
-    def write(
-        self, key: str, audio: np.ndarray, valid, meta: dict[str, Any]
-    ) -> None:
+    def write(self, key: str, audio: np.ndarray, valid, meta: dict[str, Any]) -> None:
         """Append one sample; keys must be unique within the shard."""
         if key in self._keys:
             raise ValueError(f"{self.path.name}: duplicate key {key!r}")

@@ -1,0 +1,149 @@
+"""Bounded-memory decoding: soundfile blocks → mono → streaming soxr resampling to 16 kHz.
+
+Memory is bounded by the block size whatever the file length: blocks are decoded,
+downmixed and pushed through a streaming resampler one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+# Extensions we treat as audio even when libsndfile is too old to list them.
+_BASE_AUDIO_EXTENSIONS = {
+    ".wav",
+    ".wave",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".au",
+    ".snd",
+    ".w64",
+    ".rf64",
+    ".caf",
+    ".sph",
+    ".nist",
+    ".wv",
+    ".voc",
+    ".mat",
+    ".sd2",
+}
+
+
+def audio_extensions(extra: tuple[str, ...] = ()) -> set[str]:
+    """Lower-case extensions that are audio: libsndfile's formats, common ones and `extra`."""
+    exts = set(_BASE_AUDIO_EXTENSIONS)
+    exts.update("." + fmt.lower() for fmt in sf.available_formats())
+    exts.update(e.lower() if e.startswith(".") else "." + e.lower() for e in extra)
+    return exts
+
+
+class DecodeError(Exception):
+    """The decoder could not read the file; the message is what it said."""
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def probe(path: str | Path) -> AudioHeader:
+    """Read the header only; raises DecodeError with the decoder's message."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError…
+        raise DecodeError(_decoder_message(exc)) from exc
+    return AudioHeader(info.samplerate, info.channels, info.frames, info.format, info.subtype)
+
+
+def _decoder_message(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+@dataclass
+class DecodeResult:
+    """What streaming decode learned about the file beyond the samples themselves."""
+
+    header: AudioHeader
+    frames_read: int = 0
+
+
+def stream_mono_16k(
+    path: str | Path,
+    block_frames: int,
+    on_source_block: Callable[[np.ndarray], bool] | None = None,
+    target_rate: int = 16000,
+) -> Iterator[np.ndarray | DecodeResult]:
+    """Yield float32 mono blocks at `target_rate`, then one final DecodeResult.
+
+    `on_source_block(block)` sees every decoded source-rate block (float32[n, C]) before
+    downmixing — for checks that must run on the original samples (clipping, NaN). If it
+    returns False, decoding stops early (e.g. after NaN, which a resampler would smear).
+    Raises DecodeError when the file cannot be opened or a block cannot be decoded.
+    """
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as exc:
+        raise DecodeError(_decoder_message(exc)) from exc
+    with f:
+        header = AudioHeader(f.samplerate, f.channels, f.frames, f.format, f.subtype)
+        result = DecodeResult(header)
+        if header.sample_rate <= 0 or header.channels <= 0:
+            raise DecodeError(f"invalid header: {header.sample_rate} Hz, {header.channels} ch")
+        resampler = None
+        if header.sample_rate != target_rate:
+            resampler = soxr.ResampleStream(
+                header.sample_rate, target_rate, 1, dtype="float32", quality="HQ"
+            )
+        src_block = max(1, int(round(block_frames * header.sample_rate / target_rate)))
+        while True:
+            try:
+                block = f.read(src_block, dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise DecodeError(
+                    f"decode failed after {result.frames_read} frames: {_decoder_message(exc)}"
+                ) from exc
+            if block.shape[0] == 0:
+                break
+            result.frames_read += block.shape[0]
+            if on_source_block is not None and on_source_block(block) is False:
+                yield result
+                return
+            mono = downmix(block)
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=False)
+            if mono.size:
+                yield mono
+            if block.shape[0] < src_block:
+                break
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                yield tail
+        yield result
+
+
+def downmix(block: np.ndarray) -> np.ndarray:
+    """float32[n, C] → float32[n]: the channel mean (BS.1770 weights 1.0 for L/R/C)."""
+    if block.shape[1] == 1:
+        return np.ascontiguousarray(block[:, 0], dtype=np.float32)
+    return block.mean(axis=1, dtype=np.float64).astype(np.float32)

@@ -1,0 +1,239 @@
+"""The preprocessing pipeline end to end, on Ray: plan → scan/segment/shard → assemble.
+
+Ray tasks hash and probe files; a pool of Ray actors (one per worker) processes work
+units and writes shard parts directly (no single writer); the driver only plans and
+assembles. Units commit atomically, so a rerun after kill -9 skips finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from preprocess.config import PreprocessConfig
+from preprocess.plan import (
+    InputFile,
+    WorkUnit,
+    assign_splits,
+    fingerprint,
+    list_files,
+    make_units,
+    mark_duplicates,
+    needs_decoding,
+)
+from preprocess.policy import Decision, reject
+from preprocess.records import file_record
+from preprocess.unit import process_unit, unit_is_done
+
+_FINGERPRINT_BATCH = 32
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+
+class OutputConflict(RuntimeError):
+    """OUT holds output of a different config or input."""
+
+
+@ray.remote
+class UnitWorker:
+    """One per worker core: processes whole units and writes their shard parts."""
+
+    def __init__(self, input_root: str, work: str, cfg: dict[str, Any], files: Any):
+        self.input_root = Path(input_root)
+        self.work = Path(work)
+        cfg = {k: v for k, v in cfg.items() if k not in ("segment_samples", "frame_samples")}
+        cfg["extra_audio_extensions"] = tuple(cfg["extra_audio_extensions"])
+        self.cfg = PreprocessConfig(**cfg)
+        self.files = {f["path"]: InputFile(**f) for f in files}
+
+    def process(self, unit: dict[str, Any]) -> dict[str, Any]:
+        return process_unit(WorkUnit(**unit), self.files, self.input_root, self.work, self.cfg)
+
+
+@ray.remote
+def _fingerprint_task(root: str, paths: list[str], exts: tuple[str, ...]) -> list[dict]:
+    return fingerprint(root, paths, exts)
+
+
+def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> None:
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": _WORKER_ENV},
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # A short temp path: Ray's socket paths must stay under ~107 characters.
+        temp = tempfile.mkdtemp(prefix="tcray-", dir=str(temp_root) if temp_root else None)
+        ray.init(num_cpus=workers, _temp_dir=temp, **kwargs)
+
+
+def _plan(input_root: Path, cfg: PreprocessConfig, work: Path) -> list[InputFile]:
+    """List, hash and probe every file (in Ray tasks), then dedupe and split."""
+    paths = list_files(input_root)
+    cache_path = work / "fingerprints.jsonl"
+    cached = _load_fingerprint_cache(cache_path, input_root)
+    todo = [p for p in paths if p not in cached]
+    batches = [todo[i : i + _FINGERPRINT_BATCH] for i in range(0, len(todo), _FINGERPRINT_BATCH)]
+    refs = [
+        _fingerprint_task.remote(str(input_root), b, cfg.extra_audio_extensions) for b in batches
+    ]
+    with tqdm(
+        total=len(paths),
+        initial=len(paths) - len(todo),
+        desc="plan: hash+probe",
+        unit="file",
+        dynamic_ncols=True,
+    ) as bar:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for rec in ray.get(ready[0]):
+                cached[rec["path"]] = rec
+                bar.update(1)
+    _save_fingerprint_cache(cache_path, input_root, paths, cached)
+    files = [InputFile(**cached[p]) for p in paths]
+    mark_duplicates(files)
+    assign_splits(files, cfg)
+    return files
+
+
+def _stat_key(root: Path, rel: str) -> list[int]:
+    st = (root / rel).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
+    """Hashes from an earlier (killed) run, reused only if size and mtime still match."""
+    out: dict[str, dict] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        try:
+            if _stat_key(root, entry["rec"]["path"]) == entry["stat"]:
+                out[entry["rec"]["path"]] = entry["rec"]
+        except OSError:
+            continue
+    return out
+
+
+def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for p in paths:
+            try:
+                stat = _stat_key(root, p)
+            except OSError:
+                continue
+            f.write(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def plan_decision(f: InputFile) -> Decision:
+    if f.duplicate_of is not None:
+        return reject("duplicate", f"same bytes as {f.duplicate_of}")
+    return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
+
+
+def _check_output(out: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
+    index = out / "index.json"
+    stamp = out / ".work" / "config.json"
+    for path in (index, stamp):
+        if path.exists():
+            digest = json.loads(path.read_text()).get("config_digest")
+            if digest != cfg.digest():
+                if not overwrite:
+                    raise OutputConflict(
+                        f"{out} holds output of another config (digest {digest}, now "
+                        f"{cfg.digest()}); pass --overwrite or choose a new --output"
+                    )
+                for name in ("shards", "stats.zarr", ".work", "report"):
+                    shutil.rmtree(out / name, ignore_errors=True)
+                for name in ("index.json", "files.jsonl"):
+                    (out / name).unlink(missing_ok=True)
+                return
+
+
+def run_pipeline(
+    input_root: str | Path,
+    output: str | Path,
+    cfg: PreprocessConfig,
+    workers: int | None = None,
+    address: str | None = None,
+    overwrite: bool = False,
+    keep_work: bool = False,
+) -> dict[str, Any]:
+    """Preprocess `input_root` into `output`; returns index.json's content."""
+    from preprocess.assemble import assemble
+
+    input_root = Path(input_root).resolve()
+    out = Path(output).resolve()
+    if out == input_root or input_root in out.parents:
+        raise ValueError(f"output {out} must not lie inside the input {input_root}")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_output(out, cfg, overwrite)
+    work = out / ".work"
+    work.mkdir(exist_ok=True)
+    (work / "config.json").write_text(json.dumps({"config_digest": cfg.digest()}))
+    _init_ray(address, workers or os.cpu_count() or 1, None)
+    workers = workers or int(ray.cluster_resources().get("CPU", 1))
+    print(f"preprocess: {input_root} → {out}")
+    print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+    t0 = time.perf_counter()
+    files = _plan(input_root, cfg, work)
+    units = make_units(files, cfg)
+    plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
+    _run_units(units, files, input_root, work, cfg, workers)
+    index = assemble(out, work, cfg, units, plan_records, input_root)
+    if not keep_work:
+        shutil.rmtree(work / "units", ignore_errors=True)
+    index["_elapsed_s"] = time.perf_counter() - t0
+    return index
+
+
+def _run_units(
+    units: list[WorkUnit],
+    files: list[InputFile],
+    input_root: Path,
+    work: Path,
+    cfg: PreprocessConfig,
+    workers: int,
+) -> None:
+    todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest())]
+    total_files = sum(len(u.paths) for u in units)
+    done_files = total_files - sum(len(u.paths) for u in todo)
+    if not todo:
+        return
+    by_path = {f.path: f for f in files}
+    needed = sorted({p for u in todo for p in u.paths})
+    file_table = ray.put([vars(by_path[p]) for p in needed])
+    n_actors = max(1, min(workers, len(todo)))
+    actors = [
+        UnitWorker.remote(str(input_root), str(work), cfg.to_dict(), file_table)
+        for _ in range(n_actors)
+    ]
+    pool = ActorPool(actors)
+    hours = 0.0
+    t0 = time.perf_counter()
+    with tqdm(
+        total=total_files, initial=done_files, desc="scan+shard", unit="file", dynamic_ncols=True
+    ) as bar:
+        for done in pool.map_unordered(lambda a, u: a.process.remote(u.to_dict()), todo):
+            hours += done["seconds"] / 3600.0
+            bar.update(done["files"])
+            rate = hours / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
+    for a in actors:
+        ray.kill(a)

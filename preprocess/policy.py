@@ -1,0 +1,112 @@
+"""Keep or reject one analysed file, with a reason code; and the gain a kept file gets.
+
+The rules and their order are the table in docs/CONTRACTS.md: the first rule that fires
+is the reason. Quiet but intact speech is not a reason to reject — it is rescued by
+loudness normalisation and marked `normalized`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from preprocess.config import PreprocessConfig
+from preprocess.scan import FileAnalysis
+
+REJECT_REASONS = (
+    "not_audio",
+    "corrupt",
+    "duplicate",
+    "nonfinite",
+    "silent",
+    "quiet",
+    "no_speech",
+    "short",
+    "mostly_silent",
+    "clipped",
+)
+KEEP_REASONS = ("ok", "normalized")
+REASONS = REJECT_REASONS + KEEP_REASONS
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str  # "kept" | "rejected"
+    reason: str
+    gain_db: float = 0.0
+    detail: str | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.status == "kept"
+
+
+def reject(reason: str, detail: str | None = None) -> Decision:
+    assert reason in REJECT_REASONS, reason
+    return Decision("rejected", reason, 0.0, detail)
+
+
+def dbfs(x: float) -> float:
+    return 20.0 * math.log10(x) if x > 0 else -math.inf
+
+
+def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> Decision:
+    """Apply the policy of `cfg.preset` to an analysed file."""
+    if a.error is not None:
+        return reject("corrupt" if is_audio_extension else "not_audio", a.error)
+    if a.header is None or a.frames_read == 0:
+        return reject("corrupt", "no audio frames (header only or empty stream)")
+    if a.frames_read < a.header.frames:
+        return reject(
+            "corrupt",
+            f"truncated: header declares {a.header.frames} frames, decoded {a.frames_read}",
+        )
+    if a.nonfinite:
+        return reject("nonfinite", "NaN or Inf samples in the decoded audio")
+    if cfg.preset == "original":
+        return _decide_original(a, cfg)
+    if a.peak == 0.0:
+        return reject("silent", "digital silence: every sample is zero")
+    if dbfs(a.peak_without_dc) < cfg.min_peak_dbfs:
+        return reject(
+            "quiet", f"peak {dbfs(a.peak_without_dc):.1f} dBFS < {cfg.min_peak_dbfs} dBFS"
+        )
+    if a.active_seconds < cfg.min_no_speech_seconds:
+        return reject("no_speech", f"{a.active_seconds:.2f} s of speech-like activity")
+    if a.active_seconds < cfg.min_active_seconds:
+        return reject("short", f"{a.active_seconds:.2f} s active < {cfg.min_active_seconds} s")
+    if a.active_fraction < cfg.min_active_fraction:
+        return reject(
+            "mostly_silent", f"active fraction {a.active_fraction:.3f} < {cfg.min_active_fraction}"
+        )
+    if a.clipped_fraction > cfg.max_clipped_fraction:
+        return reject(
+            "clipped",
+            f"{100 * a.clipped_fraction:.2f} % of samples clipped > "
+            f"{100 * cfg.max_clipped_fraction:.2f} %",
+        )
+    gain_db = normalization_gain_db(a, cfg)
+    reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
+    return Decision("kept", reason, gain_db)
+
+
+def normalization_gain_db(a: FileAnalysis, cfg: PreprocessConfig) -> float:
+    """Gain to `target_lufs`, capped so the DC-free sample peak stays ≤ `peak_limit_dbfs`."""
+    if not cfg.normalize:
+        return 0.0
+    headroom = cfg.peak_limit_dbfs - dbfs(a.peak_without_dc)
+    if not math.isfinite(a.loudness_lufs):
+        return min(0.0, headroom)
+    return min(cfg.target_lufs - a.loudness_lufs, headroom)
+
+
+def _decide_original(a: FileAnalysis, cfg: PreprocessConfig) -> Decision:
+    """The original filter: duration ≥ 1 s, RMS > 0.001, peak > 0.01; no normalisation."""
+    if a.seconds < cfg.original_min_seconds:
+        return reject("short", f"{a.seconds:.2f} s < {cfg.original_min_seconds} s")
+    if a.peak <= cfg.original_min_peak:
+        return reject("quiet", f"peak {a.peak:.2e} ≤ {cfg.original_min_peak}")
+    if a.rms <= cfg.original_min_rms:
+        return reject("mostly_silent", f"RMS {a.rms:.2e} ≤ {cfg.original_min_rms}")
+    headroom = cfg.peak_limit_dbfs - dbfs(a.peak_without_dc)
+    return Decision("kept", "ok", min(0.0, headroom))

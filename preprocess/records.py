@@ -1,0 +1,78 @@
+"""The one-line-per-file record of files.jsonl, built from what planning and scanning found."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from preprocess.plan import InputFile
+from preprocess.policy import Decision
+from preprocess.scan import FileAnalysis
+
+
+def _num(x: float | int | None, digits: int = 6) -> float | int | None:
+    """Six significant digits; None for non-finite, which JSON cannot carry."""
+    if x is None:
+        return None
+    if isinstance(x, int):
+        return x
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def file_record(
+    f: InputFile,
+    decision: Decision,
+    analysis: FileAnalysis | None = None,
+    segments: int = 0,
+    valid_samples: int = 0,
+) -> dict[str, Any]:
+    """The files.jsonl line for one input file (fields in docs/PREPROCESS.md)."""
+    h = analysis.header if analysis and analysis.header else None
+    hd = f.header or {}
+    rec: dict[str, Any] = {
+        "path": f.path,
+        "file_id": f.file_id,
+        "status": decision.status,
+        "reason": decision.reason,
+        "detail": decision.detail,
+        "sha256": f.sha256,
+        "bytes": f.bytes,
+        "duplicate_of": f.duplicate_of,
+        "split": f.split if decision.kept else None,
+        "sample_rate": h.sample_rate if h else hd.get("sample_rate"),
+        "channels": h.channels if h else hd.get("channels"),
+        "format": h.format if h else hd.get("format"),
+        "subtype": h.subtype if h else hd.get("subtype"),
+        "seconds": _num(h.seconds if h else f.est_seconds if hd else None),
+        "peak": None,
+        "rms": None,
+        "dc": None,
+        "active_fraction": None,
+        "active_seconds": None,
+        "loudness_lufs": None,
+        "clipped_fraction": None,
+        "nonfinite": None,
+        "gain_db": _num(decision.gain_db) if decision.kept else None,
+        "segments": segments,
+        "valid_seconds": _num(valid_samples / 16000.0),
+    }
+    if analysis is not None and analysis.error is None and analysis.header is not None:
+        rec.update(
+            peak=_num(analysis.peak),
+            rms=_num(analysis.rms),
+            dc=_num(analysis.dc),
+            active_fraction=_num(analysis.active_fraction),
+            active_seconds=_num(analysis.active_seconds),
+            loudness_lufs=_num(analysis.loudness_lufs),
+            clipped_fraction=_num(analysis.clipped_fraction),
+            nonfinite=analysis.nonfinite,
+        )
+    return rec
+
+
+def dumps_record(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, ensure_ascii=False, sort_keys=False, separators=(",", ":"))

@@ -1,0 +1,183 @@
+"""Pass 1 over one file: decode in blocks and measure everything the policy decides on.
+
+All measurements are streamed: frame RMS/peak on whole 20 ms frames (the remainder is
+carried to the next block), moments for DC/RMS, K-weighted 100 ms powers for BS.1770
+loudness, clipping and non-finite counts on the source-rate samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from preprocess import kernels
+from preprocess.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
+from preprocess.config import PreprocessConfig
+from preprocess.loudness import LoudnessMeter, gated_loudness
+from preprocess.spool import SampleSpool
+
+_QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
+
+
+@dataclass
+class FileAnalysis:
+    """Everything pass 1 learned about a file; `error` is set when decoding failed."""
+
+    header: AudioHeader | None = None
+    error: str | None = None
+    frames_read: int = 0
+    samples_16k: int = 0
+    nonfinite: int = 0
+    clipped_samples: int = 0
+    sum: float = 0.0
+    sumsq: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    frame_rms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    active: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    loudness_lufs: float = -math.inf
+    frame_seconds: float = 0.02
+
+    @property
+    def seconds(self) -> float:
+        return self.header.seconds if self.header else 0.0
+
+    @property
+    def dc(self) -> float:
+        return self.sum / self.samples_16k if self.samples_16k else 0.0
+
+    @property
+    def peak(self) -> float:
+        """Sample peak of the 16 kHz mono signal as decoded (DC included)."""
+        return max(abs(self.min), abs(self.max)) if self.samples_16k else 0.0
+
+    @property
+    def peak_without_dc(self) -> float:
+        return max(self.max - self.dc, self.dc - self.min) if self.samples_16k else 0.0
+
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.sumsq / self.samples_16k) if self.samples_16k else 0.0
+
+    @property
+    def source_samples(self) -> int:
+        return self.frames_read * (self.header.channels if self.header else 0)
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped_samples / self.source_samples if self.source_samples else 0.0
+
+    @property
+    def active_seconds(self) -> float:
+        return float(self.active.sum()) * self.frame_seconds
+
+    @property
+    def active_fraction(self) -> float:
+        return float(self.active.mean()) if self.active.size else 0.0
+
+
+class _FrameAccumulator:
+    """Carries partial frames across blocks so frames never straddle kernel calls."""
+
+    def __init__(self, frame: int):
+        self.frame = frame
+        self.carry = np.zeros(0, np.float32)
+        self.rms: list[np.ndarray] = []
+
+    def add(self, x: np.ndarray) -> None:
+        if self.carry.size:
+            x = np.concatenate([self.carry, x])
+        n_full = (x.size // self.frame) * self.frame
+        if n_full:
+            rms, _peak = kernels.frame_rms_peak(x[:n_full], self.frame)
+            self.rms.append(rms)
+        self.carry = x[n_full:].copy()
+
+    def frames(self) -> np.ndarray:
+        return np.concatenate(self.rms) if self.rms else np.zeros(0, np.float32)
+
+
+def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) -> FileAnalysis:
+    """Decode `path` once, filling `spool` with its 16 kHz mono samples, and measure it.
+
+    Never raises for a bad file: decoder failures come back in `FileAnalysis.error`.
+    """
+    a = FileAnalysis(frame_seconds=cfg.frame_samples / cfg.sample_rate)
+    frames = _FrameAccumulator(cfg.frame_samples)
+    # Speech activity is judged on high-passed audio: rumble and DC drift are not speech.
+    vad_frames = _FrameAccumulator(cfg.frame_samples)
+    highpass = kernels.HighPass(cfg.sample_rate)
+    meter = LoudnessMeter(cfg.sample_rate)
+    run_len: np.ndarray | None = None
+    lo, hi = math.inf, -math.inf
+
+    def check_source(block: np.ndarray) -> bool:
+        nonlocal run_len
+        a.nonfinite += int(kernels.count_nonfinite(block))
+        if a.nonfinite:
+            return False  # a resampler would smear NaN over the whole file; stop here
+        if run_len is None:
+            run_len = np.zeros(block.shape[1], dtype=np.int64)
+        a.clipped_samples += int(
+            kernels.count_clipped(block, cfg.clip_level, cfg.clip_min_run, run_len)
+        )
+        return True
+
+    try:
+        for item in stream_mono_16k(path, cfg.block_frames_16k, check_source, cfg.sample_rate):
+            if isinstance(item, DecodeResult):
+                a.header, a.frames_read = item.header, item.frames_read
+                continue
+            s, ss, mn, mx = kernels.moments(item)
+            a.sum += float(s)
+            a.sumsq += float(ss)
+            lo, hi = min(lo, float(mn)), max(hi, float(mx))
+            a.samples_16k += item.size
+            frames.add(item)
+            vad_frames.add(highpass.process(item))
+            meter.add(item)
+            spool.append(item)
+    except DecodeError as exc:
+        a.error = str(exc)
+        return a
+    if a.samples_16k:
+        a.min, a.max = lo, hi
+    a.frame_rms = frames.frames()
+    if a.nonfinite:
+        return a
+    frame_db = _to_db(vad_frames.frames())
+    a.active = kernels.active_frames(
+        frame_db, margin_db=cfg.vad_margin_db, abs_floor_db=cfg.vad_floor_dbfs
+    )
+    a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
+    return a
+
+
+def _to_db(rms: np.ndarray) -> np.ndarray:
+    return (20.0 * np.log10(np.maximum(rms.astype(np.float64), 1e-12))).astype(np.float32)
+
+
+def _active_loudness(quarters: np.ndarray, active: np.ndarray, cfg: PreprocessConfig) -> float:
+    """BS.1770 loudness over 400 ms blocks that are mostly active speech.
+
+    The −70 LUFS absolute gate of BS.1770 would discard every block of intact but very
+    quiet speech; the speech-activity mask replaces it, the −10 LU relative gate stays.
+    """
+    n_blocks = max(0, quarters.size - 3)
+    if n_blocks == 0 or active.size == 0:
+        return -math.inf
+    frames_per_quarter = int(round(_QUARTER_SECONDS * 1000.0 / cfg.frame_ms))
+    frames_per_block = 4 * frames_per_quarter
+    act = active.astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(act)])
+    starts = np.arange(n_blocks) * frames_per_quarter
+    ends = np.minimum(starts + frames_per_block, act.size)
+    starts = np.minimum(starts, act.size)
+    counts = np.maximum(ends - starts, 1)
+    select = (cum[ends] - cum[starts]) / counts >= 0.5
+    if not select.any():
+        return -math.inf
+    return float(gated_loudness(quarters, select=select))

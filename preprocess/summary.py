@@ -1,0 +1,24 @@
+"""The final summary table a preprocessing run prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_summary(index: dict[str, Any]) -> None:
+    t = index["totals"]
+    print()
+    print(f"{'reason':<15}{'files':>8}{'hours':>10}")
+    print("-" * 33)
+    for reason, slot in sorted(t["by_reason"].items(), key=lambda kv: -kv[1]["files"]):
+        print(f"{reason:<15}{slot['files']:>8}{slot['hours']:>10.3f}")
+    print("-" * 33)
+    print(f"{'total':<15}{t['files']:>8}{t['input_hours']:>10.3f}")
+    for split, s in t["splits"].items():
+        print(
+            f"{split}: {s['files']} files → {s['segments']} segments in {s['shards']} shards, "
+            f"{s['valid_hours']:.3f} h of real audio"
+        )
+    if "_elapsed_s" in index:
+        rate = t["input_hours"] * 3600 / max(index["_elapsed_s"], 1e-9)
+        print(f"elapsed {index['_elapsed_s']:.1f} s ({rate:.0f} audio-seconds/s)")

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic corpus with ground truth, and pipeline runs on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cmd(args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a repo command with the test interpreter; fail with its output on error."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.update(kw.pop("env", {}))
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=kw.pop("cwd", REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command {args} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """About 1.5 minutes of procedural speech with every planted fault, and its truth."""
+    root = tmp_path_factory.mktemp("synth") / "corpus"
+    run_cmd(
+        [
+            "-m",
+            "preprocess.synth",
+            str(root),
+            "--minutes",
+            "1.5",
+            "--seed",
+            "7",
+            "--engine",
+            "procedural",
+        ]
+    )
+    truth = read_jsonl(root.with_name(root.name + ".truth.jsonl"))
+    return root, truth
+
+
+def preprocess(
+    corpus: Path, out: Path, *extra: str, script: bool = False
+) -> subprocess.CompletedProcess:
+    entry = [str(REPO / "preprocess" / "run.py")] if script else ["-m", "preprocess.run"]
+    return run_cmd([*entry, "--input", str(corpus), "--output", str(out), "--no-report", *extra])
+
+
+@pytest.fixture(scope="session")
+def synth_out(synth_corpus, tmp_path_factory) -> Path:
+    """The synth corpus preprocessed with 2 workers and small shards (several units)."""
+    out = tmp_path_factory.mktemp("out") / "w2"
+    preprocess(synth_corpus[0], out, "--workers", "2", "--shard-mb", "0.3")
+    return out

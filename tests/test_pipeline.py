@@ -1,0 +1,207 @@
+"""The preprocessing pipeline: every file accounted for, right decisions, clean shards,
+and byte-identical output whatever the worker count or interruptions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from shards import read_samples
+from tests.conftest import REPO, preprocess, read_jsonl
+
+SHARD_MB = "0.3"
+
+
+def tree_digest(out: Path) -> dict[str, str]:
+    """sha256 of every output file that must be byte-identical across runs."""
+    names = [
+        "index.json",
+        "files.jsonl",
+        *sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")),
+    ]
+    return {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names}
+
+
+def test_every_input_file_has_exactly_one_record(synth_corpus, synth_out):
+    corpus, truth = synth_corpus
+    records = read_jsonl(synth_out / "files.jsonl")
+    on_disk = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file())
+    assert [r["path"] for r in records] == on_disk
+    assert {r["path"] for r in records} == {t["path"] for t in truth}
+    for r in records:
+        assert r["status"] in ("kept", "rejected")
+        assert (r["status"] == "kept") == (r["reason"] in ("ok", "normalized"))
+
+
+def test_decisions_match_ground_truth_class_by_class(synth_corpus, synth_out):
+    _, truth = synth_corpus
+    records = {r["path"]: r for r in read_jsonl(synth_out / "files.jsonl")}
+    wrong = defaultdict(list)
+    for t in truth:
+        r = records[t["path"]]
+        if (r["status"], r["reason"]) != (t["expected_status"], t["expected_reason"]):
+            wrong[t["class"]].append(
+                f"{t['path']}: got {r['status']}/{r['reason']} ({r['detail']}), "
+                f"expected {t['expected_status']}/{t['expected_reason']}"
+            )
+    assert not wrong, "\n".join(f"{c}: {m}" for c, ms in wrong.items() for m in ms)
+
+
+def test_quiet_intact_speech_is_kept_and_normalized(synth_corpus, synth_out):
+    _, truth = synth_corpus
+    records = {r["path"]: r for r in read_jsonl(synth_out / "files.jsonl")}
+    quiet = [records[t["path"]] for t in truth if t["class"] == "quiet_speech"]
+    assert quiet
+    for r in quiet:
+        assert r["status"] == "kept" and r["reason"] == "normalized"
+        assert r["gain_db"] > 20 and r["segments"] > 0
+        assert r["peak"] < 0.01  # the original filter would have thrown it away
+
+
+def test_one_file_of_each_duplicate_group_is_kept(synth_corpus, synth_out):
+    records = read_jsonl(synth_out / "files.jsonl")
+    groups = defaultdict(list)
+    for r in records:
+        if r["bytes"]:
+            groups[r["sha256"]].append(r)
+    dup_groups = [g for g in groups.values() if len(g) > 1]
+    assert dup_groups
+    for g in dup_groups:
+        assert sum(r["reason"] != "duplicate" for r in g) == 1
+        first = min(g, key=lambda r: r["path"])
+        assert first["reason"] != "duplicate"
+
+
+def test_shards_are_clean_masked_and_match_the_index(synth_out):
+    index = json.loads((synth_out / "index.json").read_text())
+    records = {r["path"]: r for r in read_jsonl(synth_out / "files.jsonl")}
+    seg = index["segment_samples"]
+    sources = defaultdict(set)
+    per_file = defaultdict(int)
+    assert len(index["shards"]) >= 3
+    for entry in index["shards"]:
+        path = synth_out / "shards" / entry["name"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        samples = list(read_samples(path))
+        assert len(samples) == entry["samples"]
+        srcs = [s["meta"]["source"] for s in samples]
+        same_neighbours = sum(a == b for a, b in zip(srcs, srcs[1:], strict=False))
+        most = max(srcs.count(x) for x in set(srcs))
+        # Neighbours share a file only when one file holds more than half the shard.
+        assert same_neighbours == max(0, 2 * most - len(srcs) - 1), entry["name"]
+        for s in samples:
+            a, m = s["audio"], s["mask"]
+            assert a.shape == (seg,) and np.isfinite(a).all() and np.abs(a).max() <= 1.0
+            assert not a[~m].any(), "padding must be exact zeros"
+            assert m.sum() >= index["config"]["min_valid_fraction"] * seg
+            assert s["meta"]["split"] == entry["split"]
+            sources[s["meta"]["source"]].add(entry["split"])
+            per_file[s["meta"]["source"]] += 1
+    assert all(len(splits) == 1 for splits in sources.values()), "a file is in both splits"
+    assert {split for splits in sources.values() for split in splits} == {"train", "val"}
+    for path, n in per_file.items():
+        assert records[path]["status"] == "kept" and records[path]["segments"] == n
+
+
+def test_one_and_two_workers_and_script_entry_give_identical_bytes(
+    synth_corpus, synth_out, tmp_path
+):
+    out1 = tmp_path / "w1"
+    preprocess(synth_corpus[0], out1, "--workers", "1", "--shard-mb", SHARD_MB, script=True)
+    assert tree_digest(out1) == tree_digest(synth_out)
+
+
+def test_kill_9_mid_run_then_rerun_gives_identical_bytes(synth_corpus, synth_out, tmp_path):
+    out = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "preprocess.run",
+        "--input",
+        str(synth_corpus[0]),
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        "--shard-mb",
+        SHARD_MB,
+        "--no-report",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    units = out / ".work" / "units"
+    while time.time() < deadline and proc.poll() is None:
+        if units.exists() and list(units.glob("unit-*[0-9]")):
+            break  # at least one unit committed: kill in the middle of the rest
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "index.json").exists(), "run finished before it could be killed"
+    preprocess(synth_corpus[0], out, "--workers", "2", "--shard-mb", SHARD_MB)
+    assert tree_digest(out) == tree_digest(synth_out)
+
+
+def test_rerun_on_finished_output_changes_nothing(synth_corpus, synth_out):
+    before = tree_digest(synth_out)
+    preprocess(synth_corpus[0], synth_out, "--workers", "2", "--shard-mb", SHARD_MB)
+    assert tree_digest(synth_out) == before
+
+
+def test_other_config_on_same_output_is_refused(synth_corpus, synth_out):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.run",
+            "--input",
+            str(synth_corpus[0]),
+            "--output",
+            str(synth_out),
+            "--segment-seconds",
+            "2",
+            "--no-report",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert proc.returncode == 2
+    assert "another config" in proc.stderr
+
+
+def test_stats_store_aligns_with_files_jsonl(synth_out):
+    from preprocess.stats_store import read_stats
+
+    stats = read_stats(synth_out / "stats.zarr")
+    records = read_jsonl(synth_out / "files.jsonl")
+    cols = stats["files"]
+    assert list(cols["path"]) == [r["path"] for r in records]
+    reasons = stats["attrs"]["reasons"]
+    assert [reasons[i] for i in cols["reason"]] == [r["reason"] for r in records]
+    offs = stats["frame_offsets"]
+    assert offs.shape == (len(records) + 1,)
+    for i, r in enumerate(records):
+        n = offs[i + 1] - offs[i]
+        if r["status"] == "kept":
+            # 20 ms frames over the decoded file (at most one partial frame dropped)
+            assert abs(n * 0.02 - r["seconds"]) < 0.05
+            rms = stats["frame_values"][offs[i] : offs[i + 1]]
+            assert np.isfinite(rms).all()

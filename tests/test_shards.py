@@ -1,0 +1,138 @@
+"""The shard format is the contract between preprocessing and training."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+import shards
+from shards import ShardFormatError, ShardWriter, read_samples
+
+
+def _meta(i: int) -> dict:
+    return {
+        "source": f"spk/ü {i}.wav",
+        "offset": 16000 * i,
+        "gain_db": -3.5,
+        "sample_rate": 16000,
+        "split": "train",
+    }
+
+
+def _write(path, n=4, encoding="flac", seed=0):
+    rng = np.random.default_rng(seed)
+    written = []
+    with ShardWriter(path, encoding=encoding) as w:
+        for i in range(n):
+            audio = np.zeros(16000, np.float32)
+            n_valid = 16000 - 3000 * i
+            audio[:n_valid] = rng.uniform(-0.9, 0.9, n_valid).astype(np.float32)
+            key = shards.sample_key(f"f{i:03d}", i)
+            w.write(key, audio, [[0, n_valid]], _meta(i))
+            written.append((key, audio, n_valid))
+    return w.info, written
+
+
+@pytest.mark.parametrize("encoding", ["flac", "npy"])
+def test_round_trip_keeps_audio_within_int16_step_and_mask_meta_exact(tmp_path, encoding):
+    info, written = _write(tmp_path / "train-000000.tar", encoding=encoding)
+    samples = list(read_samples([tmp_path / "train-000000.tar"]))
+    assert [s["key"] for s in samples] == [k for k, _, _ in written]
+    for s, (key, audio, n_valid) in zip(samples, written, strict=True):
+        assert s["audio"].dtype == np.float32 and s["audio"].shape == (16000,)
+        assert np.max(np.abs(s["audio"] - audio)) <= 0.5 / 32767 + 1e-7
+        assert s["mask"].dtype == bool
+        assert s["mask"].sum() == n_valid and s["mask"][:n_valid].all()
+        i = int(key.split("-")[1])
+        assert s["meta"] == {**_meta(i), "valid": [[0, n_valid]]}
+    assert info.samples == 4
+
+
+def test_writer_records_count_and_sha256_of_final_bytes(tmp_path):
+    import hashlib
+
+    info, _ = _write(tmp_path / "a.tar", n=3)
+    data = (tmp_path / "a.tar").read_bytes()
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert info.bytes == len(data)
+    assert info.samples == 3
+    assert not list(tmp_path.glob("*.tmp-*")), "temporary file left behind"
+
+
+def test_same_samples_give_identical_shard_bytes(tmp_path):
+    a, _ = _write(tmp_path / "a.tar")
+    b, _ = _write(tmp_path / "b.tar")
+    assert a.sha256 == b.sha256
+
+
+def test_failed_write_leaves_no_shard(tmp_path):
+    with pytest.raises(ValueError), ShardWriter(tmp_path / "x.tar") as w:
+        w.write("k-00000", np.full(10, 2.0, np.float32), [[0, 10]], _meta(0))
+    assert not (tmp_path / "x.tar").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_writer_refuses_nonfinite_and_out_of_range_audio(tmp_path):
+    w = ShardWriter(tmp_path / "x.tar")
+    bad = np.zeros(100, np.float32)
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        w.write("k-00000", bad, [[0, 100]], _meta(0))
+    with pytest.raises(ValueError, match="full scale"):
+        w.write("k-00001", np.full(100, 1.5, np.float32), [[0, 100]], _meta(0))
+    w.abort()
+
+
+def test_mask_runs_round_trip():
+    mask = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 1], bool)
+    runs = shards.runs_from_mask(mask)
+    assert runs == [[1, 3], [5, 8], [9, 10]]
+    assert np.array_equal(shards.mask_from_runs(runs, mask.size), mask)
+
+
+def test_truncated_shard_error_names_shard_and_last_key(tmp_path):
+    _write(tmp_path / "train-000007.tar")
+    data = (tmp_path / "train-000007.tar").read_bytes()
+    (tmp_path / "train-000007.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardFormatError) as err:
+        list(read_samples(tmp_path / "train-000007.tar"))
+    msg = str(err.value)
+    assert "train-000007.tar" in msg
+    assert "f00" in msg  # names a key
+
+
+def _tar_with_members(path, members: dict[str, bytes]):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+
+
+def test_corrupt_audio_member_error_names_shard_and_key(tmp_path):
+    path = tmp_path / "val-000001.tar"
+    meta = (
+        b'{"valid": [[0, 10]], "source": "a", "offset": 0, "gain_db": 0,'
+        b' "sample_rate": 16000, "split": "val"}'
+    )
+    _tar_with_members(path, {"abc-00003.audio.flac": b"not a flac stream", "abc-00003.json": meta})
+    with pytest.raises(ShardFormatError, match=r"val-000001\.tar.*abc-00003.*audio\.flac"):
+        list(read_samples(path))
+
+
+def test_missing_member_and_bad_json_are_named(tmp_path):
+    path = tmp_path / "s.tar"
+    _tar_with_members(path, {"k1-00000.json": b"{}"})
+    with pytest.raises(ShardFormatError, match=r"s\.tar.*k1-00000.*expected one audio"):
+        list(read_samples(path))
+    _tar_with_members(path, {"k2-00000.audio.npy": b"x", "k2-00000.json": b"{not json"})
+    with pytest.raises(ShardFormatError, match=r"k2-00000.*bad json"):
+        list(read_samples(path))
+
+
+def test_valid_runs_outside_segment_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="outside segment"):
+        shards.encode_sample("k-00000", np.zeros(10, np.float32), [[0, 11]], _meta(0))
