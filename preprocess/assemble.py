@@ -92,9 +92,10 @@ def assemble(
     units: list[WorkUnit],
     plan_records: list[dict[str, Any]],
     input_root: Path,
+    scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Write the final OUT files and return the index."""
-    shards = place_shards(out, work, units)
+    """Write the final OUT files and return the index (no shards when `scan_only`)."""
+    shards = [] if scan_only else place_shards(out, work, units)
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
@@ -105,6 +106,7 @@ def assemble(
     os.replace(tmp, out / "files.jsonl")
     _write_stats(out, work, cfg, units, rows)
     index = build_index(cfg, shards, records, input_root)
+    index["scan_only"] = scan_only
     tmp = out / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     os.replace(tmp, out / "index.json")
@@ -167,7 +169,7 @@ def build_index(
         rs = [r for r in kept if r["split"] == split]
         split_totals[split] = {
             "files": len(rs),
-            "segments": sum(s["samples"] for s in shards if s["split"] == split),
+            "segments": sum(r["segments"] for r in rs),
             "shards": sum(1 for s in shards if s["split"] == split),
             "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
         }

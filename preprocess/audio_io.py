@@ -6,6 +6,7 @@ downmixed and pushed through a streaming resampler one at a time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,24 @@ class DecodeResult:
 
     header: AudioHeader
     frames_read: int = 0
+    truncated: str | None = None
+
+
+# Streaming writers put these in a data chunk's size field when they cannot seek back.
+_PLACEHOLDER_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+_DATA_SIZE = re.compile(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def truncation_detail(extra_info: str) -> str | None:
+    """A truncated WAV/AIFF: libsndfile clamps the frame count to the bytes present, so
+    only its log tells that the data chunk declared more than the file holds."""
+    m = _DATA_SIZE.search(extra_info or "")
+    if not m:
+        return None
+    declared, present = int(m.group(1)), int(m.group(2))
+    if declared in _PLACEHOLDER_SIZES or declared <= present:
+        return None
+    return f"truncated: data chunk declares {declared} bytes, file holds {present}"
 
 
 def stream_mono_16k(
@@ -106,7 +125,7 @@ def stream_mono_16k(
         raise DecodeError(_decoder_message(exc)) from exc
     with f:
         header = AudioHeader(f.samplerate, f.channels, f.frames, f.format, f.subtype)
-        result = DecodeResult(header)
+        result = DecodeResult(header, truncated=truncation_detail(f.extra_info))
         if header.sample_rate <= 0 or header.channels <= 0:
             raise DecodeError(f"invalid header: {header.sample_rate} Hz, {header.channels} ch")
         resampler = None

@@ -54,8 +54,10 @@ class UnitWorker:
         self.cfg = PreprocessConfig(**cfg)
         self.files = {f["path"]: InputFile(**f) for f in files}
 
-    def process(self, unit: dict[str, Any]) -> dict[str, Any]:
-        return process_unit(WorkUnit(**unit), self.files, self.input_root, self.work, self.cfg)
+    def process(self, unit: dict[str, Any], scan_only: bool = False) -> dict[str, Any]:
+        return process_unit(
+            WorkUnit(**unit), self.files, self.input_root, self.work, self.cfg, scan_only
+        )
 
 
 @ray.remote
@@ -174,8 +176,13 @@ def run_pipeline(
     address: str | None = None,
     overwrite: bool = False,
     keep_work: bool = False,
+    scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Preprocess `input_root` into `output`; returns index.json's content."""
+    """Preprocess `input_root` into `output`; returns index.json's content.
+
+    `scan_only` runs the same planning, actors and kernels but writes no shards: the
+    files.jsonl, stats.zarr and index.json that `preprocess.diagnose` reads.
+    """
     from preprocess.assemble import assemble
 
     input_root = Path(input_root).resolve()
@@ -195,8 +202,8 @@ def run_pipeline(
     files = _plan(input_root, cfg, work)
     units = make_units(files, cfg)
     plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-    _run_units(units, files, input_root, work, cfg, workers)
-    index = assemble(out, work, cfg, units, plan_records, input_root)
+    _run_units(units, files, input_root, work, cfg, workers, scan_only)
+    index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
     index["_elapsed_s"] = time.perf_counter() - t0
@@ -210,8 +217,9 @@ def _run_units(
     work: Path,
     cfg: PreprocessConfig,
     workers: int,
+    scan_only: bool = False,
 ) -> None:
-    todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest())]
+    todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest(), scan_only)]
     total_files = sum(len(u.paths) for u in units)
     done_files = total_files - sum(len(u.paths) for u in todo)
     if not todo:
@@ -228,9 +236,13 @@ def _run_units(
     hours = 0.0
     t0 = time.perf_counter()
     with tqdm(
-        total=total_files, initial=done_files, desc="scan+shard", unit="file", dynamic_ncols=True
+        total=total_files,
+        initial=done_files,
+        desc="scan" if scan_only else "scan+shard",
+        unit="file",
+        dynamic_ncols=True,
     ) as bar:
-        for done in pool.map_unordered(lambda a, u: a.process.remote(u.to_dict()), todo):
+        for done in pool.map_unordered(lambda a, u: a.process.remote(u.to_dict(), scan_only), todo):
             hours += done["seconds"] / 3600.0
             bar.update(done["files"])
             rate = hours / max(time.perf_counter() - t0, 1e-9)

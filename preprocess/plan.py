@@ -136,15 +136,17 @@ def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> None:
     """Val membership by group (speaker directory or file), from a hash of the group name.
 
     Stable under adding files: a group's split depends only on its own name. When hashing
-    puts no group in val but val is wanted and there are ≥ 2 groups, the group with the
-    smallest hash goes to val, so a small corpus still gets a validation set.
+    puts no group holding decodable audio in val, but val is wanted and there are ≥ 2 such
+    groups, the one with the smallest hash goes to val, so a small corpus still gets a
+    validation set. Call after `mark_duplicates`.
     """
     key = (lambda f: f.group) if cfg.split_by == "dir" else (lambda f: f.path)
     groups = sorted({key(f) for f in files})
     threshold = int(cfg.val_fraction * 2**64)
     val = {g for g in groups if _unit_hash(g, cfg.split_seed) < threshold}
-    if cfg.val_fraction > 0 and not val and len(groups) >= 2:
-        val = {min(groups, key=lambda g: _unit_hash(g, cfg.split_seed))}
+    audio_groups = sorted({key(f) for f in files if needs_decoding(f)})
+    if cfg.val_fraction > 0 and not (val & set(audio_groups)) and len(audio_groups) >= 2:
+        val.add(min(audio_groups, key=lambda g: _unit_hash(g, cfg.split_seed)))
     for f in files:
         f.split = "val" if key(f) in val else "train"
 

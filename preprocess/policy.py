@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 from preprocess.config import PreprocessConfig
 from preprocess.scan import FileAnalysis
@@ -56,6 +57,8 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
         return reject("corrupt" if is_audio_extension else "not_audio", a.error)
     if a.header is None or a.frames_read == 0:
         return reject("corrupt", "no audio frames (header only or empty stream)")
+    if a.truncated:
+        return reject("corrupt", a.truncated)
     if a.frames_read < a.header.frames:
         return reject(
             "corrupt",
@@ -63,6 +66,56 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
         )
     if a.nonfinite:
         return reject("nonfinite", "NaN or Inf samples in the decoded audio")
+    return decide_measured(a, cfg)
+
+
+class Measured(Protocol):
+    """The scalar measurements threshold rules use: a FileAnalysis or a files.jsonl record
+    (`Measurements.from_record`), so what-if questions need no decoding."""
+
+    seconds: float
+    peak: float
+    peak_without_dc: float
+    rms: float
+    active_seconds: float
+    active_fraction: float
+    clipped_fraction: float
+    loudness_lufs: float
+
+
+@dataclass(frozen=True)
+class Measurements:
+    seconds: float
+    peak: float
+    peak_without_dc: float
+    rms: float
+    active_seconds: float
+    active_fraction: float
+    clipped_fraction: float
+    loudness_lufs: float
+
+    @classmethod
+    def from_record(cls, rec: dict) -> Measurements:
+        """From a files.jsonl line of a decoded file (its measurement fields are set)."""
+
+        def f(name: str, missing: float = 0.0) -> float:
+            v = rec.get(name)
+            return missing if v is None else float(v)
+
+        return cls(
+            seconds=f("seconds"),
+            peak=f("peak"),
+            peak_without_dc=f("peak_without_dc"),
+            rms=f("rms"),
+            active_seconds=f("active_seconds"),
+            active_fraction=f("active_fraction"),
+            clipped_fraction=f("clipped_fraction"),
+            loudness_lufs=f("loudness_lufs", -math.inf),
+        )
+
+
+def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
+    """The threshold rules, on measurements alone (integrity checks already passed)."""
     if cfg.preset == "original":
         return _decide_original(a, cfg)
     if a.peak == 0.0:
@@ -90,7 +143,7 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
     return Decision("kept", reason, gain_db)
 
 
-def normalization_gain_db(a: FileAnalysis, cfg: PreprocessConfig) -> float:
+def normalization_gain_db(a: Measured, cfg: PreprocessConfig) -> float:
     """Gain to `target_lufs`, capped so the DC-free sample peak stays ≤ `peak_limit_dbfs`."""
     if not cfg.normalize:
         return 0.0
@@ -100,7 +153,7 @@ def normalization_gain_db(a: FileAnalysis, cfg: PreprocessConfig) -> float:
     return min(cfg.target_lufs - a.loudness_lufs, headroom)
 
 
-def _decide_original(a: FileAnalysis, cfg: PreprocessConfig) -> Decision:
+def _decide_original(a: Measured, cfg: PreprocessConfig) -> Decision:
     """The original filter: duration ≥ 1 s, RMS > 0.001, peak > 0.01; no normalisation."""
     if a.seconds < cfg.original_min_seconds:
         return reject("short", f"{a.seconds:.2f} s < {cfg.original_min_seconds} s")

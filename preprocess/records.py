@@ -29,6 +29,7 @@ def file_record(
     analysis: FileAnalysis | None = None,
     segments: int = 0,
     valid_samples: int = 0,
+    trimmed_samples: int = 0,
 ) -> dict[str, Any]:
     """The files.jsonl line for one input file (fields in docs/PREPROCESS.md)."""
     h = analysis.header if analysis and analysis.header else None
@@ -49,6 +50,7 @@ def file_record(
         "subtype": h.subtype if h else hd.get("subtype"),
         "seconds": _num(h.seconds if h else f.est_seconds if hd else None),
         "peak": None,
+        "peak_without_dc": None,
         "rms": None,
         "dc": None,
         "active_fraction": None,
@@ -58,11 +60,13 @@ def file_record(
         "nonfinite": None,
         "gain_db": _num(decision.gain_db) if decision.kept else None,
         "segments": segments,
+        "trimmed_seconds": _num(trimmed_samples / 16000.0),
         "valid_seconds": _num(valid_samples / 16000.0),
     }
     if analysis is not None and analysis.error is None and analysis.header is not None:
         rec.update(
             peak=_num(analysis.peak),
+            peak_without_dc=_num(analysis.peak_without_dc),
             rms=_num(analysis.rms),
             dc=_num(analysis.dc),
             active_fraction=_num(analysis.active_fraction),

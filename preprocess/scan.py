@@ -29,6 +29,7 @@ class FileAnalysis:
     header: AudioHeader | None = None
     error: str | None = None
     frames_read: int = 0
+    truncated: str | None = None
     samples_16k: int = 0
     nonfinite: int = 0
     clipped_samples: int = 0
@@ -130,6 +131,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         for item in stream_mono_16k(path, cfg.block_frames_16k, check_source, cfg.sample_rate):
             if isinstance(item, DecodeResult):
                 a.header, a.frames_read = item.header, item.frames_read
+                a.truncated = item.truncated
                 continue
             s, ss, mn, mx = kernels.moments(item)
             a.sum += float(s)

@@ -22,6 +22,8 @@ SCALARS: dict[str, str] = {
     "channels": "i4",
     "bytes": "i8",
     "peak": "f4",
+    "peak_without_dc": "f4",
+    "trimmed_seconds": "f4",
     "rms": "f4",
     "dc": "f4",
     "active_fraction": "f4",

@@ -22,7 +22,7 @@ from preprocess.plan import InputFile, WorkUnit
 from preprocess.policy import decide, reject
 from preprocess.records import dumps_record, file_record
 from preprocess.scan import analyze_file
-from preprocess.segment import cut_segments
+from preprocess.segment import cut_segments, plan_segments, trim_range
 from preprocess.spool import SampleSpool
 from shards import ShardWriter, encode_sample, sample_key
 
@@ -31,12 +31,13 @@ def unit_dir(work: Path, unit_id: int) -> Path:
     return work / "units" / f"unit-{unit_id:06d}"
 
 
-def unit_is_done(work: Path, unit_id: int, digest: str) -> bool:
+def unit_is_done(work: Path, unit_id: int, digest: str, scan_only: bool = False) -> bool:
     done = unit_dir(work, unit_id) / "done.json"
     if not done.exists():
         return False
     try:
-        return json.loads(done.read_text())["config_digest"] == digest
+        d = json.loads(done.read_text())
+        return d["config_digest"] == digest and d.get("scan_only", False) == scan_only
     except (json.JSONDecodeError, KeyError):
         return False
 
@@ -77,8 +78,13 @@ def process_unit(
     input_root: Path,
     work: Path,
     cfg: PreprocessConfig,
+    scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Run one unit to completion and commit it; returns its done.json content."""
+    """Run one unit to completion and commit it; returns its done.json content.
+
+    `scan_only` measures and decides (and counts the segments a file would give) but
+    encodes and writes nothing: the diagnosis of a raw corpus.
+    """
     udir = unit_dir(work, unit.unit_id)
     if udir.exists():
         shutil.rmtree(udir)  # a half-finished attempt from a killed run
@@ -94,12 +100,14 @@ def process_unit(
     try:
         for rel in unit.paths:
             f = files[rel]
-            rec, rms, samples = _process_file(f, input_root / rel, tmp, cfg, encoded)
+            rec, rms, samples = _process_file(
+                f, input_root / rel, tmp, cfg, None if scan_only else encoded
+            )
             records.append(rec)
             frame_rms.append(rms)
             per_file_samples.append(samples)
             seconds_in += rec["seconds"] or 0.0
-        shards = _write_parts(tmp, unit, per_file_samples, encoded, cfg)
+        shards = [] if scan_only else _write_parts(tmp, unit, per_file_samples, encoded, cfg)
     finally:
         encoded.close()
     _write_unit_stats(tmp, records, frame_rms)
@@ -107,6 +115,7 @@ def process_unit(
         "unit_id": unit.unit_id,
         "split": unit.split,
         "config_digest": cfg.digest(),
+        "scan_only": scan_only,
         "shards": shards,
         "files": len(records),
         "seconds": seconds_in,
@@ -119,16 +128,23 @@ def process_unit(
 
 
 def _process_file(
-    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: _EncodedSpool
+    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: _EncodedSpool | None
 ) -> tuple[dict[str, Any], np.ndarray, list[tuple[int, str]]]:
-    """Scan, decide and segment one file. A failure of any kind becomes a reason code."""
+    """Scan, decide and segment one file. A failure of any kind becomes a reason code.
+
+    With `encoded` None (scan only) segments are planned and counted, not cut.
+    """
     samples: list[tuple[int, str]] = []
+    n_segments = 0
     with SampleSpool(tmp) as spool:
         try:
             analysis = analyze_file(full, cfg, spool)
             decision = decide(analysis, cfg, f.is_audio_extension)
             valid = 0
-            if decision.kept:
+            if decision.kept and encoded is None:
+                plan = plan_segments(analysis, cfg)
+                n_segments, valid = len(plan), int(plan[:, 1].sum())
+            elif decision.kept:
                 for seg in cut_segments(analysis, spool, cfg, decision.gain_db):
                     key = sample_key(f.file_id, seg.index)
                     meta = {
@@ -141,11 +157,11 @@ def _process_file(
                     sample = encode_sample(key, seg.audio, seg.valid, meta, cfg.audio_encoding)
                     samples.append((encoded.add(sample), key))
                     valid += seg.n_valid
-                if not samples:
-                    decision = reject(
-                        "short", "no segment reaches min_valid_fraction after trimming"
-                    )
-            rec = file_record(f, decision, analysis, len(samples), valid)
+                n_segments = len(samples)
+            if decision.kept and n_segments == 0:
+                decision = reject("short", "no segment reaches min_valid_fraction after trimming")
+            start, end = trim_range(analysis, cfg) if analysis.error is None else (0, 0)
+            rec = file_record(f, decision, analysis, n_segments, valid, end - start)
             rms = analysis.frame_rms.astype(np.float32)
         except Exception as exc:  # one bad file never stops the job
             samples = []

@@ -1,0 +1,483 @@
+"""Numba kernels for the preprocessing scan: per-frame statistics, fault counters, speech
+activity, trimming and segment cutting.
+
+The scan touches every sample of the corpus once, in blocks (~10 s), so these loops run in
+compiled code with float64 accumulation and never allocate more than their block. Each
+kernel is a plain loop (`_name`, `@njit(cache=True)`) behind a small typed Python wrapper
+that checks shapes and dtypes, so a caller's mistake fails with a message instead of a
+silent recompile for a new dtype or a wrong answer. The rules behind the defaults are in
+docs/KERNELS.md; every kernel has a pure-numpy reference in tests/test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "ClipState",
+    "HighPass",
+    "active_frames",
+    "count_clipped",
+    "count_nonfinite",
+    "fill_segment",
+    "frame_rms_peak",
+    "moments",
+    "pad_segment",
+    "rms_db",
+    "segment_plan",
+    "trim_bounds",
+]
+
+# Frames whose energy is below this are "no signal" for rms_db (−200 dBFS, far under any floor).
+_RMS_DB_FLOOR = -200.0
+
+
+def _f32_1d(x: np.ndarray, name: str) -> np.ndarray:
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D float32 array, got shape {a.shape}")
+    return a
+
+
+# ---------------------------------------------------------------------------------------
+# Frame statistics
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _frame_rms_peak(x, frame, rms, peak):
+    for f in range(rms.size):
+        acc = 0.0
+        top = np.float32(0.0)
+        base = f * frame
+        for i in range(base, base + frame):
+            v = x[i]
+            acc += np.float64(v) * np.float64(v)
+            a = abs(v)
+            if a > top:
+                top = a
+        rms[f] = math.sqrt(acc / frame)
+        peak[f] = top
+
+
+def frame_rms_peak(x: np.ndarray, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """RMS and sample peak of each complete frame.
+
+    x: float32[N]; frame: samples per frame (320 = 20 ms at 16 kHz).
+    Returns (rms float32[F], peak float32[F]) with F = N // frame: only full frames, the
+    caller carries the remainder into the next block so frames never straddle calls.
+    NaN samples are skipped by the peak (files with them are rejected earlier).
+    """
+    x = _f32_1d(x, "frame_rms_peak x")
+    if frame <= 0:
+        raise ValueError(f"frame_rms_peak: frame must be positive, got {frame}")
+    n_frames = x.size // frame
+    rms = np.empty(n_frames, np.float32)
+    peak = np.empty(n_frames, np.float32)
+    _frame_rms_peak(x, int(frame), rms, peak)
+    return rms, peak
+
+
+def rms_db(rms: np.ndarray) -> np.ndarray:
+    """float32[F] frame RMS → float32[F] dBFS (20·log10), zero RMS → −200 dB (never active)."""
+    r = np.asarray(rms, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        db = 20.0 * np.log10(r)
+    return np.maximum(db, _RMS_DB_FLOOR).astype(np.float32)
+
+
+@njit(cache=True)
+def _moments(x):
+    s = 0.0
+    ss = 0.0
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for i in range(x.size):
+        v = x[i]
+        d = np.float64(v)
+        s += d
+        ss += d * d
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+    return s, ss, lo, hi
+
+
+def moments(x: np.ndarray) -> tuple[float, float, np.float32, np.float32]:
+    """(Σx, Σx², min, max) of float32[N], sums in float64, so blocks combine by addition.
+
+    For the file: mean = Σx/N (the DC removed from kept files), RMS = sqrt(Σx²/N), and the
+    post-DC peak = max(max − mean, mean − min). An empty block gives (0, 0, +inf, −inf).
+    """
+    s, ss, lo, hi = _moments(_f32_1d(x, "moments x"))
+    return float(s), float(ss), np.float32(lo), np.float32(hi)
+
+
+# ---------------------------------------------------------------------------------------
+# Fault counters (run on decoded source-rate samples)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _count_nonfinite(x):
+    bad = 0
+    for i in range(x.size):
+        d = x[i] - x[i]  # 0 for finite values, NaN for NaN and ±Inf; branch-free
+        bad += d != d
+    return bad
+
+
+def count_nonfinite(block: np.ndarray) -> int:
+    """Number of NaN/±Inf values in float[n] or float[n, C] (any float dtype, not cast:
+    casting float64 to float32 could itself create infinities)."""
+    a = np.asarray(block)
+    if a.dtype.kind != "f":
+        return 0  # integer PCM cannot hold NaN or Inf
+    return int(_count_nonfinite(np.ascontiguousarray(a).reshape(-1)))
+
+
+@njit(cache=True)
+def _count_clipped(block, level, min_run, run_len):
+    counted = 0
+    for c in range(block.shape[1]):
+        run = run_len[c]
+        for i in range(block.shape[0]):
+            if abs(block[i, c]) >= level:
+                run += 1
+                if run == min_run:
+                    counted += run  # the run just qualified: count it from its start
+                elif run > min_run:
+                    counted += 1
+            else:
+                run = 0
+        run_len[c] = run
+    return counted
+
+
+def count_clipped(block: np.ndarray, level: float, min_run: int, run_len: np.ndarray) -> int:
+    """Samples in runs of ≥ `min_run` consecutive |x| ≥ `level`, streaming across blocks.
+
+    block: float32[n, C] (or [n] for mono); run_len: int64[C], the open run length per
+    channel, updated in place. A run straddling blocks is counted exactly once and whole:
+    when it reaches `min_run` all its samples so far are counted, then one per sample.
+    Counts are of sample values (n·C per block); divide by frames·channels for a fraction.
+    NaN never counts as clipped (it fails |x| ≥ level).
+    """
+    b = np.ascontiguousarray(block, dtype=np.float32)
+    if b.ndim == 1:
+        b = b.reshape(-1, 1)
+    if b.ndim != 2:
+        raise ValueError(f"count_clipped: expected block [n, C], got shape {b.shape}")
+    if run_len.dtype != np.int64 or run_len.shape != (b.shape[1],):
+        raise ValueError(
+            f"count_clipped: run_len must be int64[{b.shape[1]}], got "
+            f"{run_len.dtype}{list(run_len.shape)}"
+        )
+    if min_run < 1:
+        raise ValueError(f"count_clipped: min_run must be ≥ 1, got {min_run}")
+    return int(_count_clipped(b, np.float32(level), int(min_run), run_len))
+
+
+class ClipState:
+    """Streaming clip detector for one file: feed decoded blocks, read `clipped` at the end.
+
+    Default rule (docs/CONTRACTS.md): a sample is clipped when it is part of a run of ≥ 3
+    consecutive samples at |x| ≥ 0.99 on the same channel; isolated full-scale peaks are not.
+    """
+
+    def __init__(self, channels: int, level: float = 0.99, min_run: int = 3):
+        self.level = float(level)
+        self.min_run = int(min_run)
+        self.run_len = np.zeros(int(channels), np.int64)
+        self.clipped = 0  # sample values in qualifying runs
+        self.samples = 0  # sample values seen (frames · channels)
+
+    def add(self, block: np.ndarray) -> int:
+        """Count one float32[n, C] block; returns the clipped samples it added."""
+        added = count_clipped(block, self.level, self.min_run, self.run_len)
+        self.clipped += added
+        self.samples += int(np.asarray(block).size)
+        return added
+
+    @property
+    def fraction(self) -> float:
+        return self.clipped / self.samples if self.samples else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Rumble high-pass for the activity detector's energy
+# ---------------------------------------------------------------------------------------
+
+
+def highpass_sos(sample_rate: int, cutoff_hz: float) -> np.ndarray:
+    """float64[1, 6] second-order Butterworth high-pass (RBJ cookbook, Q = 1/√2, the
+    bilinear transform with pre-warping: same as scipy.signal.butter(2, ..., 'high'))."""
+    w0 = 2.0 * math.pi * cutoff_hz / sample_rate
+    alpha = math.sin(w0) / (2.0 * (1.0 / math.sqrt(2.0)))
+    cw = math.cos(w0)
+    a0 = 1.0 + alpha
+    sos = [(1.0 + cw) / 2.0, -(1.0 + cw), (1.0 + cw) / 2.0, a0, -2.0 * cw, 1.0 - alpha]
+    return (np.array(sos, np.float64) / a0).reshape(1, 6)
+
+
+@njit(cache=True)
+def sos_filter(x, sos, zi, out):
+    """Cascade of biquads, transposed direct form II (as scipy's sosfilt), float64 state.
+
+    x: float[n]; sos: float64[S, 6] rows (b0, b1, b2, 1, a1, a2); zi: float64[S, 2] state,
+    updated in place so consecutive calls equal one call on the concatenation; out: [n].
+    """
+    for n in range(x.size):
+        v = np.float64(x[n])
+        for s in range(sos.shape[0]):
+            y = sos[s, 0] * v + zi[s, 0]
+            zi[s, 0] = sos[s, 1] * v - sos[s, 4] * y + zi[s, 1]
+            zi[s, 1] = sos[s, 2] * v - sos[s, 5] * y
+            v = y
+        out[n] = v
+
+
+def steady_state(sos: np.ndarray, x0: float) -> np.ndarray:
+    """float64[S, 2] state of `sos_filter` after a constant input x0 forever (the same as
+    scipy's sosfilt_zi(sos) · x0), so a filter starts without a step transient."""
+    zi = np.empty((sos.shape[0], 2), np.float64)
+    v = float(x0)
+    for s, (b0, b1, b2, _, a1, a2) in enumerate(sos):
+        y = v * (b0 + b1 + b2) / (1.0 + a1 + a2)  # DC gain
+        zi[s, 1] = b2 * v - a2 * y
+        zi[s, 0] = b1 * v - a1 * y + zi[s, 1]
+        v = y
+    return zi
+
+
+class HighPass:
+    """Streaming 2nd-order Butterworth high-pass (default 80 Hz) for the activity energy.
+
+    Speech carries no information below ~80 Hz (G.729 Annex B and the WebRTC VAD also
+    discard it), while rumble, drift and brown noise put most of their energy there: a
+    random walk's frame energy swings by 20–30 dB as it wanders through zero, which an
+    energy detector would take for speech. Filter the 16 kHz mono signal with this before
+    the frame RMS that feeds `active_frames`; keep the unfiltered RMS/peak for the stats.
+    The state starts as if the first sample had always been there, so a file that opens
+    on a DC offset does not start with a click.
+    """
+
+    def __init__(self, sample_rate: int = 16000, cutoff_hz: float = 80.0):
+        if not 0 < cutoff_hz < sample_rate / 2:
+            raise ValueError(f"HighPass: cutoff {cutoff_hz} Hz must lie in (0, {sample_rate / 2})")
+        self.sos = highpass_sos(sample_rate, cutoff_hz)
+        self.zi: np.ndarray | None = None
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """float32[n] → float32[n] filtered; state carries over to the next call."""
+        x = _f32_1d(block, "HighPass.process block")
+        out = np.empty_like(x)
+        if x.size == 0:
+            return out
+        if self.zi is None:
+            self.zi = steady_state(self.sos, x[0])
+        sos_filter(x, self.sos, self.zi, out)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Speech activity: energy against an adaptive noise floor (minimum statistics)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _smoothed_power(db, abs_floor_db, half):
+    """Mean power within ±half frames (edges truncated); frames at or below the absolute
+    floor (or NaN) count as the floor itself: they are evidence of a quiet background."""
+    n = db.size
+    floor_power = 10.0 ** (abs_floor_db / 10.0)
+    power = np.empty(n, np.float64)
+    for t in range(n):
+        power[t] = 10.0 ** (np.float64(db[t]) / 10.0) if db[t] > abs_floor_db else floor_power
+    out = np.empty(n, np.float64)
+    for t in range(n):
+        acc = 0.0
+        lo = max(0, t - half)
+        hi = min(n, t + half + 1)
+        for j in range(lo, hi):
+            acc += power[j]
+        out[t] = acc / (hi - lo)
+    return out
+
+
+@njit(cache=True)
+def _sliding_min(x, half):
+    """min(x[t−half : t+half+1]) for every t (edges truncated), monotonic deque, O(n)
+    (Lemire 2006)."""
+    n = x.size
+    out = np.empty(n, np.float64)
+    dq = np.empty(n, np.int64)  # indices with increasing values
+    head = 0
+    tail = 0
+    for i in range(n + half):
+        if i < n:
+            while tail > head and x[dq[tail - 1]] >= x[i]:
+                tail -= 1
+            dq[tail] = i
+            tail += 1
+        t = i - half
+        if t >= 0:
+            while dq[head] < t - half:
+                head += 1
+            out[t] = x[dq[head]]
+    return out
+
+
+@njit(cache=True)
+def _fill_gaps(active, max_gap):
+    """Set gaps of ≤ max_gap inactive frames between two active frames (hangover)."""
+    last = -1  # last active frame seen
+    for t in range(active.size):
+        if active[t]:
+            if last >= 0 and 0 < t - last - 1 <= max_gap:
+                for j in range(last + 1, t):
+                    active[j] = True
+            last = t
+
+
+@njit(cache=True)
+def _drop_short_runs(active, min_len):
+    """Clear active runs shorter than min_len frames (isolated clicks and bursts)."""
+    n = active.size
+    t = 0
+    while t < n:
+        if active[t]:
+            start = t
+            while t < n and active[t]:
+                t += 1
+            if t - start < min_len:
+                for j in range(start, t):
+                    active[j] = False
+        else:
+            t += 1
+
+
+@njit(cache=True)
+def _active_frames(db, margin_db, abs_floor_db, smooth_half, window_half, max_gap, min_burst):
+    smoothed = _smoothed_power(db, abs_floor_db, smooth_half)
+    floor = _sliding_min(smoothed, window_half)
+    active = np.zeros(db.size, np.bool_)
+    for t in range(db.size):
+        if db[t] > abs_floor_db:
+            active[t] = np.float64(db[t]) > 10.0 * math.log10(floor[t]) + margin_db
+    _fill_gaps(active, max_gap)
+    _drop_short_runs(active, min_burst)
+    return active
+
+
+def _frames(seconds: float, frame_seconds: float) -> int:
+    return max(0, int(round(seconds / frame_seconds)))
+
+
+def active_frames(
+    frame_db: np.ndarray,
+    margin_db: float = 12.0,
+    abs_floor_db: float = -100.0,
+    *,
+    frame_seconds: float = 0.02,
+    window_seconds: float = 1.5,
+    smooth_seconds: float = 0.1,
+    fill_gap_seconds: float = 0.1,
+    min_burst_seconds: float = 0.04,
+) -> np.ndarray:
+    """Speech-activity mask of one file from its frame energies, float32[F] dBFS → bool[F].
+
+    Noise floor by minimum statistics (Martin 2001, "Noise power spectral density estimation
+    based on optimal smoothing and minimum statistics"), on broadband frame energy:
+      1. smooth frame power over `smooth_seconds` (centred) so a noise floor's estimate has
+         little variance; frames at or below `abs_floor_db` (digital silence, a noise
+         gate's zeros) count as that floor, so the floor never sinks below it;
+      2. the floor at frame t is the minimum of that over a centred `window_seconds` window:
+         a window that long nearly always holds a pause between words, so the floor follows
+         noise that drifts, and a file that starts mid-speech still finds its floor ahead;
+      3. a frame is active if frame_db > floor + `margin_db` and frame_db > `abs_floor_db`;
+      4. hangover: gaps ≤ `fill_gap_seconds` between active frames are filled, then active
+         bursts shorter than `min_burst_seconds` are dropped.
+    Everything is relative, so scaling the file changes nothing while frames stay above
+    `abs_floor_db`; stationary noise and hum stay within a few dB of their own minimum, far
+    under the 12 dB margin. Feed it the energy of high-passed audio (`HighPass`), or
+    infrasonic noise (a random walk) looks active. Runs once per file, O(F).
+    """
+    db = _f32_1d(frame_db, "active_frames frame_db")
+    if frame_seconds <= 0 or window_seconds <= 0 or smooth_seconds < 0:
+        raise ValueError("active_frames: frame, window and smoothing durations must be > 0")
+    return _active_frames(
+        db,
+        float(margin_db),
+        float(abs_floor_db),
+        _frames(smooth_seconds, frame_seconds) // 2,
+        _frames(window_seconds, frame_seconds) // 2,
+        _frames(fill_gap_seconds, frame_seconds),
+        _frames(min_burst_seconds, frame_seconds),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Trimming and segment cutting
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _first_last(active):
+    first = -1
+    last = -1
+    for t in range(active.size):
+        if active[t]:
+            if first < 0:
+                first = t
+            last = t
+    return first, last
+
+
+def trim_bounds(active: np.ndarray, margin_frames: int) -> tuple[int, int]:
+    """Half-open frame range [start, end) to keep: first active frame − margin to last
+    active frame + 1 + margin, clamped to [0, F]; (0, 0) when no frame is active."""
+    a = np.ascontiguousarray(active, dtype=np.bool_)
+    first, last = _first_last(a)
+    if first < 0:
+        return 0, 0
+    return max(0, int(first) - margin_frames), min(a.size, int(last) + 1 + margin_frames)
+
+
+def segment_plan(start: int, end: int, segment: int, min_valid: int) -> np.ndarray:
+    """Cut samples [start, end) into consecutive segments: int64[K, 2] rows
+    (offset, n_valid), n_valid == segment except a last partial one, which is kept only
+    if n_valid ≥ min_valid. Empty (shape [0, 2]) when nothing qualifies."""
+    if segment <= 0:
+        raise ValueError(f"segment_plan: segment must be positive, got {segment}")
+    offsets = np.arange(start, max(start, end), segment, dtype=np.int64)
+    valid = np.minimum(np.int64(end) - offsets, segment)
+    keep = valid >= min_valid
+    return np.stack([offsets[keep], valid[keep]], axis=1).reshape(-1, 2)
+
+
+def fill_segment(src: np.ndarray, out: np.ndarray, mask: np.ndarray) -> None:
+    """Copy float32[n_valid] into out float32[segment], zero the tail; mask bool[segment]
+    True exactly on the real samples. In place, for a reused buffer."""
+    n = src.shape[0]
+    if n > out.shape[0] or out.shape != mask.shape:
+        raise ValueError(
+            f"fill_segment: {n} samples do not fit out{list(out.shape)}/mask{list(mask.shape)}"
+        )
+    out[:n] = src
+    out[n:] = 0.0
+    mask[:n] = True
+    mask[n:] = False
+
+
+def pad_segment(src: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32[n_valid] → (audio float32[segment] zero-padded, mask bool[segment])."""
+    src = _f32_1d(src, "pad_segment src")
+    audio = np.empty(segment, np.float32)
+    mask = np.empty(segment, np.bool_)
+    fill_segment(src, audio, mask)
+    return audio, mask

@@ -1,0 +1,111 @@
+"""Robustness of the pipeline's units: bad files become reason codes, memory stays flat."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from preprocess import unit as unit_mod
+from preprocess.config import PreprocessConfig
+from preprocess.plan import InputFile, WorkUnit, fingerprint
+from tests.conftest import run_cmd
+
+
+def _speechlike(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Amplitude-modulated harmonics with pauses: active enough for the policy."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    syll = (np.sin(2 * np.pi * 3.0 * t) > -0.3).astype(float)
+    x = x * syll + 0.001 * rng.standard_normal(t.size)
+    return (0.3 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def _files(root: Path, names: list[str]) -> dict[str, InputFile]:
+    recs = fingerprint(root, names)
+    out = {}
+    for r in recs:
+        f = InputFile(**r)
+        f.split = "train"
+        out[f.path] = f
+    return out
+
+
+def test_an_exception_on_one_file_becomes_its_reason_and_others_go_on(tmp_path, monkeypatch):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(root / name, _speechlike(3.0, 16000, seed=len(name)), 16000)
+    files = _files(root, ["a.wav", "b.wav", "c.wav"])
+    real = unit_mod.analyze_file
+
+    def flaky(path, cfg, spool):
+        if Path(path).name == "b.wav":
+            raise MemoryError("simulated decoder blow-up")
+        return real(path, cfg, spool)
+
+    monkeypatch.setattr(unit_mod, "analyze_file", flaky)
+    cfg = PreprocessConfig()
+    done = unit_mod.process_unit(
+        WorkUnit(0, "train", ["a.wav", "b.wav", "c.wav"]), files, root, tmp_path / "work", cfg
+    )
+    recs = {
+        json.loads(line)["path"]: json.loads(line)
+        for line in (tmp_path / "work/units/unit-000000/files.jsonl").read_text().splitlines()
+    }
+    assert recs["b.wav"]["reason"] == "corrupt"
+    assert "simulated decoder blow-up" in recs["b.wav"]["detail"]
+    assert recs["a.wav"]["status"] == recs["c.wav"]["status"] == "kept"
+    assert done["segments"] == recs["a.wav"]["segments"] + recs["c.wav"]["segments"] > 0
+
+
+_RSS_PROBE = r"""
+import json, resource, sys
+from pathlib import Path
+from preprocess import unit as u
+from preprocess.config import PreprocessConfig
+from preprocess.plan import InputFile, WorkUnit, fingerprint
+root, name, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+f = InputFile(**fingerprint(root, [name])[0]); f.split = "train"
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+done = u.process_unit(WorkUnit(0, "train", [name]), {name: f}, root, work, PreprocessConfig())
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"segments": done["segments"], "rss_kb": after, "growth_kb": after - before}))
+"""
+
+
+def _peak_rss(root: Path, name: str, work: Path) -> dict:
+    proc = run_cmd(["-c", _RSS_PROBE, str(root), name, str(work)])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_ten_minute_file_is_processed_with_flat_memory(tmp_path):
+    """Peak RSS for a 10-minute 48 kHz stereo file stays within a few MB of a 1-minute one;
+    loading it whole would take 230 MB at the source rate."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, minutes in (("one.wav", 1), ("ten.wav", 10)):
+        with sf.SoundFile(root / name, "w", 48000, 2, subtype="PCM_16") as f:
+            for i in range(minutes * 6):  # write in 10 s blocks: the test itself stays small
+                block = _speechlike(10.0, 48000, seed=i)
+                f.write(np.stack([block, 0.9 * block], axis=1))
+    small = _peak_rss(root, "one.wav", tmp_path / "w1")
+    large = _peak_rss(root, "ten.wav", tmp_path / "w10")
+    assert large["segments"] > 9 * small["segments"]
+    growth_mb = (large["rss_kb"] - small["rss_kb"]) / 1024
+    print(f"peak RSS 1 min: {small['rss_kb'] >> 10} MB, 10 min: {large['rss_kb'] >> 10} MB")
+    assert growth_mb < 40, f"peak RSS grew by {growth_mb:.1f} MB for a 10x longer file"
+
+
+def test_script_and_module_entry_points_share_the_parser():
+    out = run_cmd([str(Path(__file__).parent.parent / "preprocess" / "run.py"), "--help"])
+    mod = run_cmd(["-m", "preprocess.run", "--help"])
+    assert "--address" in out.stdout and "--workers" in out.stdout
+    assert out.stdout.split("options:")[1] == mod.stdout.split("options:")[1]
+    assert sys.executable
