@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -55,9 +56,12 @@ class UnitWorker:
         self.files = {f["path"]: InputFile(**f) for f in files}
 
     def process(self, unit: dict[str, Any], scan_only: bool = False) -> dict[str, Any]:
-        return process_unit(
+        done = process_unit(
             WorkUnit(**unit), self.files, self.input_root, self.work, self.cfg, scan_only
         )
+        # Peak RSS of this worker process so far: reported, never written to OUT.
+        done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return done
 
 
 @ray.remote
@@ -202,11 +206,12 @@ def run_pipeline(
     files = _plan(input_root, cfg, work)
     units = make_units(files, cfg)
     plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-    _run_units(units, files, input_root, work, cfg, workers, scan_only)
+    peak_rss = _run_units(units, files, input_root, work, cfg, workers, scan_only)
     index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
     index["_elapsed_s"] = time.perf_counter() - t0
+    index["_worker_peak_rss_mb"] = peak_rss
     return index
 
 
@@ -218,12 +223,13 @@ def _run_units(
     cfg: PreprocessConfig,
     workers: int,
     scan_only: bool = False,
-) -> None:
+) -> float:
+    """Run the units not yet committed on a pool of actors; returns peak worker RSS (MB)."""
     todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest(), scan_only)]
     total_files = sum(len(u.paths) for u in units)
     done_files = total_files - sum(len(u.paths) for u in todo)
     if not todo:
-        return
+        return 0.0
     by_path = {f.path: f for f in files}
     needed = sorted({p for u in todo for p in u.paths})
     file_table = ray.put([vars(by_path[p]) for p in needed])
@@ -233,7 +239,7 @@ def _run_units(
         for _ in range(n_actors)
     ]
     pool = ActorPool(actors)
-    hours = 0.0
+    hours, peak_rss = 0.0, 0.0
     t0 = time.perf_counter()
     with tqdm(
         total=total_files,
@@ -244,8 +250,10 @@ def _run_units(
     ) as bar:
         for done in pool.map_unordered(lambda a, u: a.process.remote(u.to_dict(), scan_only), todo):
             hours += done["seconds"] / 3600.0
+            peak_rss = max(peak_rss, done["_peak_rss_mb"])
             bar.update(done["files"])
             rate = hours / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
     for a in actors:
         ray.kill(a)
+    return peak_rss

@@ -152,7 +152,11 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         return a
     frame_db = _to_db(vad_frames.frames())
     a.active = kernels.active_frames(
-        frame_db, margin_db=cfg.vad_margin_db, abs_floor_db=cfg.vad_floor_dbfs
+        frame_db,
+        margin_db=cfg.vad_margin_db,
+        abs_floor_db=cfg.vad_floor_dbfs,
+        frame_seconds=cfg.frame_samples / cfg.sample_rate,
+        window_seconds=cfg.vad_window_seconds,
     )
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
     return a

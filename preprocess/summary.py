@@ -22,3 +22,5 @@ def print_summary(index: dict[str, Any]) -> None:
     if "_elapsed_s" in index:
         rate = t["input_hours"] * 3600 / max(index["_elapsed_s"], 1e-9)
         print(f"elapsed {index['_elapsed_s']:.1f} s ({rate:.0f} audio-seconds/s)")
+    if index.get("_worker_peak_rss_mb"):
+        print(f"peak worker RSS {index['_worker_peak_rss_mb']:.0f} MB")
