@@ -1,0 +1,240 @@
+"""The report's figures: one PNG per question of the original flowchart (Agg, no display).
+
+Each function takes plain arrays and thresholds and writes one file, so a figure can be
+regenerated or tested without the rest of the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in Ray jobs
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from preprocess.report import Findings
+    from preprocess.whatif import PaddingCurve
+
+FLOOR_DB = -140.0  # where −inf dBFS (all-zero files) is drawn
+_DPI = 110
+
+
+def _db(values: Sequence[float | None]) -> np.ndarray:
+    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.maximum(20.0 * np.log10(np.abs(x)), FLOOR_DB)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def _no_data(ax: plt.Axes) -> None:
+    ax.text(0.5, 0.5, "no files", ha="center", va="center", transform=ax.transAxes)
+
+
+def _vline(ax: plt.Axes, x: float, label: str, color: str, style: str = "--") -> None:
+    ax.axvline(x, color=color, linestyle=style, linewidth=1.2, label=label)
+
+
+def plot_durations(seconds: Sequence[float], marks: dict[str, float], path: Path) -> Path:
+    """Duration histogram (log x: a few 0.3 s files hide on a linear axis next to 60 s ones)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    s = np.asarray([x for x in seconds if x and x > 0], dtype=float)
+    if s.size:
+        lo, hi = max(s.min() * 0.8, 0.05), max(s.max() * 1.2, 1.0)
+        ax.hist(s, bins=np.geomspace(lo, hi, 40), color="#4c72b0", edgecolor="white")
+        ax.set_xscale("log")
+    else:
+        _no_data(ax)
+    styles = (("#c44e52", "--"), ("#55a868", "-."), ("#8172b2", ":"))
+    for (label, x), (color, style) in zip(marks.items(), styles, strict=False):
+        _vline(ax, x, label, color, style)
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("duration (s)")
+    ax.set_ylabel("files")
+    ax.set_title("A: file durations (decodable files)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_padding_curve(
+    curve: PaddingCurve,
+    configured: float,
+    original: float,
+    recommended: float,
+    max_padding: float,
+    path: Path,
+) -> Path:
+    """Padding fraction vs segment length: the original way, ours stored, ours counted."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = curve.seconds
+    ax.plot(x, 100 * curve.naive, color="#c44e52", lw=2, label="original: padding counted")
+    ax.plot(x, 100 * curve.stored, color="#4c72b0", lw=2, label="ours: padding stored (masked)")
+    ax.plot(x, np.zeros_like(x), color="#55a868", lw=2, label="ours: padding counted")
+    ax.plot(x, 100 * curve.dropped, color="#8c8c8c", lw=1, ls=":", label="ours: audio dropped")
+    ax.axhline(100 * max_padding, color="black", lw=0.8, ls=":", label="max padding")
+    _vline(ax, original, f"original {original:g} s", "#c44e52")
+    _vline(ax, configured, f"configured {configured:g} s", "#4c72b0")
+    ax.plot(
+        [recommended],
+        [100 * curve.stored[curve.at(recommended)]],
+        "o",
+        color="black",
+        label=f"recommended {recommended:g} s",
+    )
+    ax.set_xlabel("segment length (s)")
+    ax.set_ylabel("% of samples that are padding")
+    ax.set_ylim(bottom=-2, top=max(35.0, 105 * float(np.nanmax(curve.naive, initial=0.0))))
+    ax.set_title("A: zero padding vs segment length")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_levels(
+    peaks: Sequence[float],
+    rms: Sequence[float],
+    peak_marks: dict[str, float],
+    rms_marks: dict[str, float],
+    path: Path,
+) -> Path:
+    """Peak and RMS in dBFS side by side, with the original's and our thresholds."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    bins = np.arange(FLOOR_DB, 5.0, 5.0)
+    colors = ("#c44e52", "#8172b2", "#55a868")
+    for ax, values, marks, name in (
+        (axes[0], peaks, peak_marks, "peak"),
+        (axes[1], rms, rms_marks, "RMS"),
+    ):
+        db = _db(values)
+        db = db[np.isfinite(db)]
+        if db.size:
+            ax.hist(db, bins=bins, color="#4c72b0", edgecolor="white")
+        else:
+            _no_data(ax)
+        for (label, x), color in zip(marks.items(), colors, strict=False):
+            _vline(ax, x, label, color)
+        ax.set_xlabel(f"{name} (dBFS; all-zero files at {FLOOR_DB:g})")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("files")
+    axes[0].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    fig.suptitle("B: levels of the measured files")
+    return _save(fig, path)
+
+
+def plot_gain(gains: Sequence[float], rescue_db: float, path: Path) -> Path:
+    """Histogram of the loudness gain applied to kept files."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    g = np.asarray([x for x in gains if x is not None and math.isfinite(x)], dtype=float)
+    if g.size:
+        lo, hi = min(g.min(), -5.0), max(g.max(), rescue_db + 5.0)
+        ax.hist(
+            g,
+            bins=np.arange(math.floor(lo), math.ceil(hi) + 2, 2.0),
+            color="#4c72b0",
+            edgecolor="white",
+        )
+    else:
+        _no_data(ax)
+    _vline(ax, rescue_db, f"rescue ≥ +{rescue_db:g} dB (normalized)", "#55a868")
+    ax.set_xlabel("gain applied by normalization (dB)")
+    ax.set_ylabel("kept files")
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_title("B: loudness normalization gain")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_activity(
+    active: Sequence[float],
+    min_active: float,
+    frame_hist: np.ndarray | None,
+    bin_edges: np.ndarray,
+    path: Path,
+) -> Path:
+    """Per-file active fraction, and per-frame RMS levels (kept vs silence/noise files)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    a = np.asarray([x for x in active if x is not None], dtype=float)
+    if a.size:
+        axes[0].hist(a, bins=np.linspace(0, 1, 21), color="#4c72b0", edgecolor="white")
+    else:
+        _no_data(axes[0])
+    _vline(axes[0], min_active, f"min active {min_active:g}", "#c44e52")
+    axes[0].set_xlabel("active (speech-like) fraction of the file")
+    axes[0].set_ylabel("files")
+    axes[0].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8)
+    centers = 0.5 * (bin_edges[1:] + bin_edges[:-1])
+    if frame_hist is not None and frame_hist.sum():
+        for k, (label, color) in enumerate(
+            (("kept files", "#4c72b0"), ("silent / noise / dead files", "#c44e52"))
+        ):
+            total = frame_hist[k].sum()
+            if total:
+                axes[1].plot(centers, 100 * frame_hist[k] / total, color=color, label=label)
+        axes[1].legend(fontsize=8)
+    else:
+        _no_data(axes[1])
+    axes[1].set_xlabel("20 ms frame RMS (dBFS)")
+    axes[1].set_ylabel("% of frames")
+    fig.suptitle("C: how much of each file is speech")
+    return _save(fig, path)
+
+
+def write_plots(f: Findings, directory: Path) -> list[Path]:
+    """All figures of the report into `directory`."""
+    from preprocess.report import FRAME_DB_BINS
+    from preprocess.whatif import ORIGINAL_SEGMENT_SECONDS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg, m = f.cfg, f.measured
+    kept = [r for r in f.records if r["status"] == "kept"]
+    return [
+        plot_durations(
+            [r["seconds"] for r in f.decodable],
+            {
+                f"original segment {ORIGINAL_SEGMENT_SECONDS:g} s": ORIGINAL_SEGMENT_SECONDS,
+                f"configured segment {cfg.segment_seconds:g} s": cfg.segment_seconds,
+                f"original min {cfg.original_min_seconds:g} s": cfg.original_min_seconds,
+            },
+            directory / "durations.png",
+        ),
+        plot_padding_curve(
+            f.curve,
+            cfg.segment_seconds,
+            ORIGINAL_SEGMENT_SECONDS,
+            f.recommended,
+            f.max_padding,
+            directory / "padding_curve.png",
+        ),
+        plot_levels(
+            [r["peak"] for r in m],
+            [r["rms"] for r in m],
+            {
+                f"original peak > {cfg.original_min_peak:g}": 20
+                * math.log10(cfg.original_min_peak),
+                f"dead < {cfg.min_peak_dbfs:g} dBFS": cfg.min_peak_dbfs,
+            },
+            {f"original RMS > {cfg.original_min_rms:g}": 20 * math.log10(cfg.original_min_rms)},
+            directory / "levels.png",
+        ),
+        plot_gain([r["gain_db"] for r in kept], cfg.rescue_gain_db, directory / "gain.png"),
+        plot_activity(
+            [r["active_fraction"] for r in m],
+            cfg.min_active_fraction,
+            f.frame_hist,
+            FRAME_DB_BINS,
+            directory / "active_fraction.png",
+        ),
+    ]

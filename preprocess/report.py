@@ -1,0 +1,703 @@
+"""The diagnosis as words: findings per scenario, verdicts, report.md and the terminal summary.
+
+The original diagnosis (shared/original-diagnosis.md) was a flowchart of guesses: "if
+debug shows > 30 % padding … if range < 0.01 … if RMS < 0.001". This module answers each
+branch with a measurement over files.jsonl and states what our pipeline does about it,
+and every count links to a TSV of the files behind it, so a user can go and listen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from preprocess.config import PreprocessConfig
+from preprocess.policy import REASONS
+from preprocess.whatif import (
+    INTEGRITY_REASONS,
+    ORIGINAL_SEGMENT_SECONDS,
+    Outcome,
+    PaddingCurve,
+)
+
+FLOWCHART_PADDING = 0.30  # "If debug shows > 30 % padding" (scenario A)
+DC_NOTABLE = 0.01  # |mean| above −40 dBFS is worth a look; kept files have it removed anyway
+SILENCE_REASONS = ("mostly_silent", "no_speech", "silent")  # scenario C
+FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
+CURVE_TABLE_SECONDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+LIST_ALL_CAP = 500  # rows of an "all of them" table in report.md; the TSV has every file
+
+
+# ---------------------------------------------------------------------------------------
+# Small formatting helpers
+# ---------------------------------------------------------------------------------------
+
+
+def dbfs(x: float | None) -> float:
+    """Linear amplitude → dBFS; −inf for 0, NaN when not measured."""
+    if x is None:
+        return math.nan
+    return 20.0 * math.log10(x) if x > 0 else -math.inf
+
+
+def pct(x: float) -> str:
+    return f"{100.0 * x:.1f} %"
+
+
+def hours(h: float) -> str:
+    return f"{h:.1f} h" if h >= 10 else f"{h:.3f} h"
+
+
+def num(x: float | None, fmt: str = ".1f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and math.isinf(x):
+        return "-inf" if x < 0 else "inf"
+    return format(x, fmt)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table; '|' inside a cell is escaped."""
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plain(markdown: str) -> str:
+    """Markdown → terminal text: links become their label, emphasis and backticks go."""
+    text = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", markdown)
+    return text.replace("**", "").replace("`", "")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
+
+
+# ---------------------------------------------------------------------------------------
+# Findings: everything the report says, computed once
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Links:
+    """Each count in the report links to `files/<name>.tsv`, the files behind it."""
+
+    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def count(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+        name = _slug(name)
+        self.lists[name] = list(records)
+        return f"[{len(records)}](files/{name}.tsv)"
+
+    def files(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+        """`[3](…) files` / `[1](…) file`: a linked count with its noun."""
+        return self.count(name, records) + (" file" if len(records) == 1 else " files")
+
+
+@dataclass
+class Findings:
+    """The measured answers to the original flowchart, plus what-ifs and top-N lists."""
+
+    source: str  # the corpus the records describe
+    out: Path
+    cfg: PreprocessConfig  # the config of the run, with the report's segment length
+    records: list[dict[str, Any]]
+    curve: PaddingCurve
+    recommended: float  # our way (masked)
+    recommended_naive: float  # the original way, for comparison
+    outcomes: list[Outcome]  # current config first
+    mismatches: list[str]  # paths where re-deciding the current config disagrees
+    frame_hist: np.ndarray | None  # [2, bins]: kept files, silence/noise files
+    top: int
+    max_padding: float
+    links: Links = field(default_factory=Links)
+
+    @cached_property
+    def decodable(self) -> list[dict[str, Any]]:
+        """Every file that decodes: what the original training would have padded."""
+        return [
+            r
+            for r in self.records
+            if r["reason"] not in ("corrupt", "not_audio") and (r["seconds"] or 0) > 0
+        ]
+
+    @cached_property
+    def measured(self) -> list[dict[str, Any]]:
+        """Files the threshold rules looked at (integrity checks passed)."""
+        return [
+            r
+            for r in self.records
+            if r["reason"] not in INTEGRITY_REASONS and r["peak"] is not None
+        ]
+
+    @cached_property
+    def _reason_groups(self) -> dict[str, list[dict[str, Any]]]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in self.records:
+            groups.setdefault(r["reason"], []).append(r)
+        return groups
+
+    def by_reason(self, *reasons: str) -> list[dict[str, Any]]:
+        """Files with any of these reasons, in files.jsonl (path) order."""
+        if len(reasons) == 1:
+            return list(self._reason_groups.get(reasons[0], []))
+        return [r for r in self.records if r["reason"] in reasons]
+
+
+def frame_level_histograms(
+    values: Any, offsets: np.ndarray, group: np.ndarray, chunk: int = 1 << 22
+) -> np.ndarray:
+    """Histogram of per-frame RMS in dBFS for file groups 0 and 1 (−1: not counted).
+
+    Reads the ragged frame store in chunks, so memory stays bounded on a big corpus.
+    """
+    hist = np.zeros((2, FRAME_DB_BINS.size - 1), dtype=np.int64)
+    total = int(offsets[-1]) if offsets.size else 0
+    for start in range(0, total, chunk):
+        stop = min(total, start + chunk)
+        v = np.asarray(values[start:stop], dtype=np.float64)
+        owner = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
+        g = group[owner]
+        db = np.clip(20.0 * np.log10(np.maximum(v, 1e-7)), -119.0, 1.0)
+        for k in (0, 1):
+            hist[k] += np.histogram(db[g == k], bins=FRAME_DB_BINS)[0]
+    return hist
+
+
+def frame_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """0 for kept files, 1 for files rejected as silence/noise/dead, −1 otherwise."""
+    out = np.full(len(records), -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        if r["status"] == "kept":
+            out[i] = 0
+        elif r["reason"] in (*SILENCE_REASONS, "quiet"):
+            out[i] = 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts: one line per scenario of the original flowchart
+# ---------------------------------------------------------------------------------------
+
+
+def recommendation(f: Findings) -> str:
+    """The recommended length in words, honest about the ends of the examined range."""
+    c = f.curve
+    if c.stored[c.at(f.recommended)] > f.max_padding:
+        return f"{f.recommended:g} s (no length examined keeps padding ≤ {pct(f.max_padding)})"
+    longer = " or longer" if f.recommended >= c.seconds[-1] else ""
+    return f"{f.recommended:g} s{longer} (≤ {pct(f.max_padding)} padding)"
+
+
+def verdict_a(f: Findings) -> str:
+    """Scenario A (too short → padding), measured both ways."""
+    L = f.cfg.segment_seconds
+    naive2 = f.curve.naive[f.curve.at(ORIGINAL_SEGMENT_SECONDS)]
+    stored = f.curve.stored[f.curve.at(L)]
+    shorter = [r for r in f.decodable if r["seconds"] < ORIGINAL_SEGMENT_SECONDS]
+    if naive2 > FLOWCHART_PADDING:
+        state = f"over {pct(FLOWCHART_PADDING)}: scenario A — FIXED by masks"
+    else:
+        state = f"≤ {pct(FLOWCHART_PADDING)}: not scenario A; masks count none anyway — OK"
+    line = (
+        f"**A — too short / padding:** {pct(naive2)} of samples would be padding at "
+        f"{ORIGINAL_SEGMENT_SECONDS} s (original; "
+        f"{f.links.files('shorter-than-2s', shorter)} shorter than "
+        f"{ORIGINAL_SEGMENT_SECONDS} s); with masking at {L:g} s: 0 % counted "
+        f"({pct(stored)} stored as masked padding) — {state}. "
+        f"{f.links.files('reason-short', f.by_reason('short'))} rejected `short`; "
+        f"recommended segment length {recommendation(f)}."
+    )
+    if stored > f.max_padding:
+        line += (
+            f" Warning: {pct(stored)} padding at the configured {L:g} s exceeds "
+            f"{pct(f.max_padding)}: shorter segments waste less compute."
+        )
+    return line
+
+
+def verdict_b(f: Findings) -> str:
+    """Scenario B ("range < 0.01"): rescued quiet speech vs numerically dead files."""
+    limit = f.cfg.original_min_peak
+    low = [r for r in f.measured if r["peak"] <= limit]
+    if not low:
+        return (
+            f"**B — too quiet:** no file has peak ≤ {limit:g} — not scenario B; "
+            f"{f.links.files('reason-normalized', f.by_reason('normalized'))} "
+            "normalized by ≥ +{:g} dB anyway — OK.".format(f.cfg.rescue_gain_db)
+        )
+    parts = Counter(r["reason"] for r in low)
+    rescued = [r for r in low if r["reason"] == "normalized"]
+    gains = [r["gain_db"] for r in rescued if r["gain_db"] is not None]
+    gain = f", median gain +{float(np.median(gains)):.1f} dB" if gains else ""
+    bits = [
+        f"{f.links.count('peak-low-normalized', rescued)} intact quiet speech rescued by "
+        f"normalization (`normalized`{gain})",
+        f"{f.links.count('peak-low-quiet', [r for r in low if r['reason'] == 'quiet'])} "
+        f"numerically dead (`quiet`, < {f.cfg.min_peak_dbfs:g} dBFS)",
+        f"{f.links.count('peak-low-silent', [r for r in low if r['reason'] == 'silent'])} "
+        "digital silence (`silent`)",
+    ]
+    other = [r for r in low if r["reason"] not in ("normalized", "quiet", "silent")]
+    if other:
+        names = ", ".join(
+            f"`{k}` {v}"
+            for k, v in sorted(parts.items())
+            if k not in ("normalized", "quiet", "silent")
+        )
+        bits.append(f"{f.links.count('peak-low-other', other)} other ({names})")
+    state = "FIXED by normalization" if rescued else "dead files filtered"
+    return (
+        f"**B — too quiet:** peak ≤ {limit:g} in {f.links.files('peak-low', low)} "
+        f"(the original filter drops them all): " + ", ".join(bits) + f" — {state}."
+    )
+
+
+def verdict_c(f: Findings) -> str:
+    """Scenario C ("RMS < 0.001"): files dominated by silence or noise."""
+    silent = f.by_reason(*SILENCE_REASONS)
+    low_rms = [r for r in f.measured if r["rms"] <= f.cfg.original_min_rms]
+    kept_low = [r for r in low_rms if r["status"] == "kept"]
+    original = (
+        f"The original's test (RMS ≤ {f.cfg.original_min_rms:g}) flags "
+        f"{f.links.files('rms-low', low_rms)}, of which "
+        f"we keep {f.links.count('rms-low-kept', kept_low)} as intact speech."
+    )
+    if not silent:
+        return f"**C — mostly silent:** no file is dominated by silence or noise — OK. {original}"
+    counts = ", ".join(
+        f"{f.links.count('reason-' + reason, f.by_reason(reason))} `{reason}`"
+        for reason in SILENCE_REASONS
+    )
+    return (
+        f"**C — mostly silent:** silence or noise dominates "
+        f"{f.links.files('silence-or-noise', silent)} ({counts}; active fraction < "
+        f"{f.cfg.min_active_fraction:g} or < {f.cfg.min_no_speech_seconds:g} s of speech) — "
+        f"FILTERED. {original}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+
+
+def _file_row(r: dict[str, Any], *cols: str) -> list[Any]:
+    """One row of a top-N table: the path first, then the named columns, formatted."""
+    fmt: dict[str, Callable[[dict[str, Any]], str]] = {
+        "seconds": lambda r: num(r["seconds"], ".2f"),
+        "peak_dbfs": lambda r: num(dbfs(r["peak"])),
+        "rms_dbfs": lambda r: num(dbfs(r["rms"])),
+        "active": lambda r: num(r["active_fraction"], ".2f"),
+        "gain_db": lambda r: num(r["gain_db"], "+.1f"),
+        "clipped": lambda r: pct(r["clipped_fraction"] or 0.0),
+        "dc": lambda r: num(r["dc"], "+.3f"),
+        "nonfinite": lambda r: str(r["nonfinite"]),
+        "reason": lambda r: f"{r['status']}/{r['reason']}",
+        "detail": lambda r: r["detail"] or "",
+        "duplicate_of": lambda r: f"`{r['duplicate_of']}`",
+    }
+    return [f"`{r['path']}`", *(fmt[c](r) for c in cols)]
+
+
+_HEADERS = {
+    "seconds": "seconds",
+    "peak_dbfs": "peak dBFS",
+    "rms_dbfs": "RMS dBFS",
+    "active": "active",
+    "gain_db": "gain dB",
+    "clipped": "clipped",
+    "dc": "DC",
+    "nonfinite": "non-finite samples",
+    "reason": "decision",
+    "detail": "error / detail",
+    "duplicate_of": "duplicate of",
+}
+
+
+def top_table(
+    f: Findings,
+    title: str,
+    records: Sequence[dict[str, Any]],
+    key: Callable[[dict[str, Any]], float],
+    cols: Sequence[str],
+    descending: bool = False,
+    limit: int | None = None,
+) -> str:
+    """The `--top` worst files of one kind, worst first (limit=0: all, up to LIST_ALL_CAP;
+    the linked TSV always has every file)."""
+    if not records:
+        return f"*{title}: none.*"
+    n = LIST_ALL_CAP if limit == 0 else (limit or f.top)
+    rows = heapq.nsmallest(  # not a full sort: a corpus may have a million files
+        n, records, key=lambda r: (-key(r) if descending else key(r), r["path"])
+    )
+    table = md_table(["file", *(_HEADERS[c] for c in cols)], [_file_row(r, *cols) for r in rows])
+    more = f" (first {len(rows)} of {len(records)})" if len(records) > len(rows) else ""
+    return f"**{title}**{more}\n\n{table}"
+
+
+def section_decisions(f: Findings) -> str:
+    total_h = sum(r["seconds"] or 0.0 for r in f.records) / 3600.0
+    counts = Counter(r["reason"] for r in f.records)
+    rows = []
+    for reason in sorted(counts, key=lambda k: (-counts[k], REASONS.index(k))):
+        rs = f.by_reason(reason)
+        h = sum(r["seconds"] or 0.0 for r in rs) / 3600.0
+        status = "kept" if rs[0]["status"] == "kept" else "rejected"
+        rows.append(
+            [
+                f"`{reason}`",
+                status,
+                f.links.count("reason-" + reason, rs),
+                hours(h),
+                pct(h / total_h) if total_h else "–",
+            ]
+        )
+    rows.append(["**total**", "", f.links.count("all", f.records), hours(total_h), ""])
+    return "## Decisions\n\n" + md_table(["reason", "status", "files", "hours", "of hours"], rows)
+
+
+def section_a(f: Findings) -> str:
+    c, L = f.curve, f.cfg.segment_seconds
+    marks = sorted({*CURVE_TABLE_SECONDS, L, f.recommended})
+    rows = [
+        [
+            f"{s:g} s" + (" (configured)" if s == L else "") + (" (original)" if s == 2.0 else ""),
+            pct(c.naive[c.at(s)]),
+            pct(c.stored[c.at(s)]),
+            "0.0 %",
+            pct(c.dropped[c.at(s)]),
+            int(c.segments[c.at(s)]),
+        ]
+        for s in marks
+    ]
+    short = f.decodable
+    return "\n\n".join(
+        [
+            "## A — too short / padding",
+            verdict_a(f),
+            "![durations](durations.png)\n![padding curve](padding_curve.png)",
+            "*original*: every decodable file zero-padded up to whole segments, padding "
+            "counted as signal. *ours*: the kept files' trimmed audio; a final partial "
+            f"segment is kept only if ≥ {pct(f.cfg.min_valid_fraction)} of it is real, and "
+            "its padding is masked out of losses and metrics (stored, never counted). "
+            "*dropped*: real audio in partial tails too short to keep.",
+            md_table(
+                [
+                    "segment",
+                    "original: padding counted",
+                    "ours: padding stored",
+                    "ours: padding counted",
+                    "ours: audio dropped",
+                    "segments",
+                ],
+                rows,
+            ),
+            f"Recommended: `--segment-seconds {f.recommended:g}`, {recommendation(f)} — the "
+            f"largest length examined ({f.curve.seconds[0]:g}–{f.curve.seconds[-1]:g} s) whose "
+            f"masked padding is ≤ {pct(f.max_padding)} of stored samples (`--max-padding`). "
+            f"Counting padding as signal, the original way would need ≤ "
+            f"{f.recommended_naive:g} s.",
+            top_table(f, "Shortest files", short, lambda r: r["seconds"], ["seconds", "reason"]),
+        ]
+    )
+
+
+def section_b(f: Findings) -> str:
+    kept = [r for r in f.records if r["status"] == "kept" and r["gain_db"] is not None]
+    return "\n\n".join(
+        [
+            "## B — too quiet",
+            verdict_b(f),
+            "![levels](levels.png)\n![gain](gain.png)",
+            f"Kept files are loudness-normalized to {f.cfg.target_lufs:g} LUFS on their active "
+            f"part (peak-limited to {f.cfg.peak_limit_dbfs:g} dBFS); a gain ≥ "
+            f"+{f.cfg.rescue_gain_db:g} dB marks the file `normalized` (quiet speech rescued). "
+            "Rescued that way: "
+            f"{f.links.files('reason-normalized', f.by_reason('normalized'))}.",
+            top_table(
+                f,
+                "Quietest files",
+                f.measured,
+                lambda r: r["peak"],
+                ["peak_dbfs", "rms_dbfs", "gain_db", "reason"],
+            ),
+            top_table(
+                f,
+                "Largest normalization gains",
+                kept,
+                lambda r: r["gain_db"],
+                ["gain_db", "peak_dbfs", "reason"],
+                descending=True,
+            ),
+        ]
+    )
+
+
+def section_c(f: Findings) -> str:
+    return "\n\n".join(
+        [
+            "## C — mostly silent",
+            verdict_c(f),
+            "![active fraction](active_fraction.png)",
+            "Active fraction: the share of 20 ms frames the voice-activity detector marks "
+            f"as speech-like. Rejected below {f.cfg.min_active_fraction:g} (`mostly_silent`), "
+            f"with under {f.cfg.min_no_speech_seconds:g} s active (`no_speech`), or all-zero "
+            "(`silent`). The right panel shows per-frame levels from stats.zarr.",
+            top_table(
+                f,
+                "Least active files",
+                f.measured,
+                lambda r: r["active_fraction"] or 0.0,
+                ["active", "seconds", "rms_dbfs", "reason"],
+            ),
+        ]
+    )
+
+
+def section_integrity(f: Findings) -> str:
+    """Clipping, DC, non-finite samples, formats, duplicates, corrupt and non-audio files."""
+    m = f.measured
+    clipped = [r for r in m if (r["clipped_fraction"] or 0.0) > 0]
+    dc = [r for r in m if abs(r["dc"] or 0.0) > DC_NOTABLE]
+    nonfinite = f.by_reason("nonfinite")
+    parts = [
+        "## Clipping",
+        f"Clipped runs (≥ {f.cfg.clip_min_run} samples at |x| ≥ {f.cfg.clip_level:g}) in "
+        f"{f.links.files('clipping-any', clipped)}; over {pct(f.cfg.max_clipped_fraction)} "
+        f"of samples, rejected `clipped`: "
+        f"{f.links.files('reason-clipped', f.by_reason('clipped'))}.",
+        top_table(
+            f,
+            "Most clipped files",
+            clipped,
+            lambda r: r["clipped_fraction"],
+            ["clipped", "peak_dbfs", "reason"],
+            descending=True,
+        ),
+        "## DC offset",
+        f"|DC| > {DC_NOTABLE:g} in {f.links.files('dc-offset', dc)}; kept files have "
+        "their mean removed before normalization, so DC never reaches a shard.",
+        top_table(
+            f,
+            "Largest DC offsets",
+            dc,
+            lambda r: abs(r["dc"]),
+            ["dc", "peak_dbfs", "reason"],
+            descending=True,
+        ),
+        "## Non-finite samples",
+        f"NaN or Inf samples in {f.links.files('reason-nonfinite', nonfinite)} "
+        "(rejected `nonfinite`).",
+        top_table(
+            f,
+            "Files with non-finite samples",
+            nonfinite,
+            lambda r: r["nonfinite"] or 0,
+            ["nonfinite", "seconds"],
+            descending=True,
+        ),
+        section_formats(f),
+        "## Duplicates",
+        f"Byte copies of a file earlier in sorted path order: "
+        f"{f.links.files('reason-duplicate', f.by_reason('duplicate'))}; the first of each "
+        "group is judged, the rest rejected `duplicate`.",
+        top_table(
+            f, "Duplicates", f.by_reason("duplicate"), lambda r: 0, ["duplicate_of"], limit=0
+        ),
+        "## Corrupt and non-audio files",
+        f"{f.links.count('reason-corrupt', f.by_reason('corrupt'))} `corrupt` (cannot be "
+        f"decoded, empty or truncated), "
+        f"{f.links.count('reason-not_audio', f.by_reason('not_audio'))} `not_audio`.",
+        top_table(
+            f,
+            "Corrupt and non-audio files",
+            f.by_reason("corrupt", "not_audio"),
+            lambda r: 0,
+            ["reason", "detail"],
+            limit=0,
+        ),
+    ]
+    return "\n\n".join(parts)
+
+
+def section_formats(f: Findings) -> str:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in f.records:
+        if r["sample_rate"] is None:
+            continue
+        key = (r["format"] or "?", r["subtype"] or "?", r["sample_rate"], r["channels"])
+        groups.setdefault(key, []).append(r)
+    rows = [
+        [
+            fmt,
+            sub,
+            sr,
+            ch,
+            f.links.count(f"format-{fmt}-{sub}-{sr}-{ch}", rs),
+            hours(sum(r["seconds"] or 0.0 for r in rs) / 3600.0),
+        ]
+        for (fmt, sub, sr, ch), rs in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
+    return "## Sample rates, channels, formats\n\n" + md_table(
+        ["format", "subtype", "sample rate", "channels", "files", "hours"], rows
+    )
+
+
+def section_what_if(f: Findings) -> str:
+    base = f.outcomes[0]
+    rows = []
+    for i, o in enumerate(f.outcomes):
+        gained_paths, lost_paths = o.kept_paths - base.kept_paths, base.kept_paths - o.kept_paths
+        gained = [r for r in f.records if r["path"] in gained_paths]
+        lost = [r for r in f.records if r["path"] in lost_paths]
+        rows.append(
+            [
+                f"`{o.label}`",
+                o.cfg.preset,
+                f.links.count(
+                    f"whatif-{i}-kept", [r for r in f.records if r["path"] in o.kept_paths]
+                ),
+                hours(o.hours_kept),
+                hours(o.valid_hours),
+                o.segments,
+                f.links.count(f"whatif-{i}-gained", gained),
+                f.links.count(f"whatif-{i}-lost", lost),
+            ]
+        )
+    reasons = sorted({k for o in f.outcomes for k in o.by_reason}, key=REASONS.index)
+    per_reason = [[f"`{k}`", *(o.by_reason.get(k, 0) for o in f.outcomes)] for k in reasons]
+    check = (
+        f"Re-deciding the current config from files.jsonl reproduces "
+        f"{len(f.records) - len(f.mismatches)} of {len(f.records)} decisions"
+        + (
+            ": differs for " + ", ".join(f"`{p}`" for p in f.mismatches[: f.top])
+            if f.mismatches
+            else "."
+        )
+    )
+    return "\n\n".join(
+        [
+            "## What-if: other thresholds",
+            "Decisions re-made by `preprocess.policy.decide_measured` from files.jsonl "
+            '(no decoding). `--what-if "min_seconds=0.5,min_rms=0.0005"` uses the original '
+            "filter's names (→ `original_min_*`, preset original); any config field works "
+            "(`--what-if min_active_fraction=0.1`); `--what-if original` is the preset.",
+            md_table(
+                [
+                    "config",
+                    "preset",
+                    "files kept",
+                    "hours kept",
+                    "hours in segments",
+                    "segments",
+                    "gained",
+                    "lost",
+                ],
+                rows,
+            ),
+            md_table(["reason", *(f"`{o.label}`" for o in f.outcomes)], per_reason),
+            check,
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Documents
+# ---------------------------------------------------------------------------------------
+
+
+def render_markdown(f: Findings) -> str:
+    """The whole report.md; fills `f.links` with the file lists the counts point to."""
+    total_h = sum(r["seconds"] or 0.0 for r in f.records) / 3600.0
+    head = [
+        "# Corpus diagnosis",
+        f"Corpus `{f.source}`: {len(f.records)} files, {hours(total_h)}. Diagnosis data "
+        f"`{f.out}` (files.jsonl + stats.zarr; no audio decoded for this report). Paths below "
+        "are relative to the corpus; each count links to a TSV of the files behind it.",
+        "## Verdicts",
+        "\n".join(f"- {v}" for v in (verdict_a(f), verdict_b(f), verdict_c(f))),
+    ]
+    body = [
+        section_decisions(f),
+        section_a(f),
+        section_b(f),
+        section_c(f),
+        section_integrity(f),
+        section_what_if(f),
+    ]
+    return "\n\n".join(head + body) + "\n"
+
+
+def render_terminal(f: Findings, report_path: Path | None = None) -> str:
+    """The summary printed at the end of `python -m preprocess.diagnose`."""
+    scratch = Links()  # terminal text links nowhere; keep f.links as the report made it
+    g = dataclasses.replace(f, links=scratch)
+    lines = [f"diagnosis of {f.source}: {len(f.records)} files", ""]
+    lines += [plain(v) for v in (verdict_a(g), verdict_b(g), verdict_c(g))]
+    counts = Counter(r["reason"] for r in f.records)
+    lines += ["", f"{'reason':<15}{'files':>7}{'hours':>10}", "-" * 32]
+    for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], REASONS.index(kv[0]))):
+        h = sum(r["seconds"] or 0.0 for r in f.by_reason(reason)) / 3600.0
+        lines.append(f"{reason:<15}{n:>7}{h:>10.3f}")
+    lines += ["", "what-if (from files.jsonl, no decoding):"]
+    w = max(len(o.label) for o in f.outcomes) + 2
+    lines.append(f"{'config':<{w}}{'kept':>6}{'hours kept':>12}{'in segments':>13}{'segments':>10}")
+    for o in f.outcomes:
+        lines.append(
+            f"{o.label:<{w}}{o.files_kept:>6}{o.hours_kept:>12.3f}{o.valid_hours:>13.3f}"
+            f"{o.segments:>10}"
+        )
+    if f.mismatches:
+        lines.append(f"note: re-deciding differs from files.jsonl for {len(f.mismatches)} files")
+    if report_path is not None:
+        lines += ["", f"report: {report_path}"]
+    return "\n".join(lines)
+
+
+def write_file_lists(links: Links, directory: Path, root: str) -> None:
+    """One TSV per linked count: path, decision, the key measurements, and the full path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cols = (
+        "path",
+        "status",
+        "reason",
+        "seconds",
+        "peak",
+        "rms",
+        "active_fraction",
+        "gain_db",
+        "clipped_fraction",
+        "dc",
+        "duplicate_of",
+        "detail",
+    )
+    lines: dict[int, str] = {}  # one formatted line per record, shared by every list
+
+    def line(r: dict[str, Any]) -> str:
+        key = id(r)
+        if key not in lines:
+            cells = ["" if r.get(c) is None else str(r[c]) for c in cols]
+            cells.append(f"{root}/{r['path']}")
+            lines[key] = "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
+        return lines[key]
+
+    for name, records in links.lists.items():
+        with open(directory / f"{name}.tsv", "w", encoding="utf-8", newline="\n") as out:
+            out.write("\t".join((*cols, "file")) + "\n")
+            out.writelines(line(r) + "\n" for r in records)

@@ -1,0 +1,314 @@
+"""`python -m preprocess.diagnose`: the original diagnosis's scenarios, measured and right.
+
+One preprocessed copy of the synth corpus (the corpus deleted afterwards) is diagnosed
+once; the tests compare the report with the corpus's ground truth and with independent
+recomputations from files.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocess import diagnose, kernels
+from preprocess.config import load_config
+from preprocess.whatif import (
+    masked_segments,
+    padding_curve,
+    parse_what_if,
+    recommend_segment_seconds,
+)
+from tests.conftest import preprocess, read_jsonl, run_cmd
+
+WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
+LINK = re.compile(r"\[(\d+)\]\(files/([^)]+)\.tsv\)")
+
+
+@pytest.fixture(scope="module")
+def diagnosed(synth_corpus, tmp_path_factory) -> dict:
+    """Preprocess a copy of the corpus, delete the copy, then diagnose OUT (CLI)."""
+    root = tmp_path_factory.mktemp("diagnose")
+    corpus = root / "corpus"
+    shutil.copytree(synth_corpus[0], corpus)
+    out = root / "out"
+    preprocess(corpus, out, "--workers", "1")
+    shutil.rmtree(corpus)  # from here on there is no audio to decode
+    args = ["-m", "preprocess.diagnose", str(out), "--top", "5"]
+    for spec in WHAT_IFS:
+        args += ["--what-if", spec]
+    proc = run_cmd(args, timeout=120)
+    report = out / "report"
+    return {
+        "out": out,
+        "corpus": corpus,
+        "stdout": proc.stdout,
+        "report": report,
+        "md": (report / "report.md").read_text(encoding="utf-8"),
+        "records": read_jsonl(out / "files.jsonl"),
+        "truth": synth_corpus[1],
+    }
+
+
+def listed(report: Path, name: str) -> list[str]:
+    """Paths in the TSV a report count links to."""
+    lines = (report / "files" / f"{name}.tsv").read_text(encoding="utf-8").splitlines()
+    return [line.split("\t")[0] for line in lines[1:]]
+
+
+def truth_paths(truth: list[dict], *classes: str) -> list[str]:
+    return sorted(t["path"] for t in truth if t["class"] in classes)
+
+
+def md_row(md: str, first_cell: str) -> list[str]:
+    """The cells of the markdown table row whose first cell is `first_cell`."""
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in report.md")
+
+
+# ---------------------------------------------------------------------------------------
+# The report against ground truth
+# ---------------------------------------------------------------------------------------
+
+
+def test_every_planted_fault_is_counted_under_its_reason(diagnosed):
+    expected = Counter(t["expected_reason"] for t in diagnosed["truth"])
+    for reason, n in expected.items():
+        cell = md_row(diagnosed["md"], f"`{reason}`")[2]
+        assert cell == f"[{n}](files/reason-{reason}.tsv)", (reason, cell)
+        want = sorted(t["path"] for t in diagnosed["truth"] if t["expected_reason"] == reason)
+        assert sorted(listed(diagnosed["report"], f"reason-{reason}")) == want
+    for reason, n in expected.items():  # the terminal summary says the same
+        assert re.search(rf"^{reason}\s+{n}\s", diagnosed["stdout"], re.M), reason
+
+
+def test_scenario_counts_point_at_the_planted_files(diagnosed):
+    report, truth = diagnosed["report"], diagnosed["truth"]
+    assert listed(report, "peak-low-normalized") == truth_paths(truth, "quiet_speech")
+    assert listed(report, "peak-low-quiet") == truth_paths(truth, "dead")
+    assert listed(report, "peak-low-silent") == truth_paths(truth, "digital_silence")
+    assert sorted(listed(report, "silence-or-noise")) == truth_paths(
+        truth, "mostly_silent", "noise_only", "digital_silence"
+    )
+    assert sorted(listed(report, "reason-duplicate")) == truth_paths(truth, "duplicate")
+    assert set(listed(report, "dc-offset")) >= set(truth_paths(truth, "dc_offset"))
+    assert set(listed(report, "clipping-any")) >= set(truth_paths(truth, "clipped"))
+    # Every quiet intact speech file is one the original's RMS test would have discarded.
+    assert set(truth_paths(truth, "quiet_speech")) <= set(listed(report, "rms-low-kept"))
+
+
+def test_report_has_the_three_scenarios_each_with_a_verdict(diagnosed):
+    md = diagnosed["md"]
+    for title in ("A — too short / padding", "B — too quiet", "C — mostly silent"):
+        assert f"\n## {title}\n" in md
+        verdict = next(line for line in md.splitlines() if line.startswith(f"- **{title}:**"))
+        assert re.search(r"— (FIXED by masks|FIXED by normalization|FILTERED|OK)", verdict)
+        assert plain_line(verdict) in diagnosed["stdout"]
+    assert "0 % counted" in md  # masks: padding never counted, whatever the length
+    for section in (
+        "Clipping",
+        "DC offset",
+        "Non-finite samples",
+        "Duplicates",
+        "Corrupt and non-audio files",
+        "Sample rates, channels, formats",
+    ):
+        assert f"\n## {section}\n" in md
+    for t in diagnosed["truth"]:  # each corrupt/not_audio file is listed with its error
+        if t["expected_reason"] in ("corrupt", "not_audio"):
+            assert f"`{t['path']}`" in md
+
+
+def plain_line(md_line: str) -> str:
+    from preprocess.report import plain
+
+    return plain(md_line[2:])
+
+
+def test_corrupt_files_are_listed_with_their_decoder_message(diagnosed):
+    rows = {r["path"]: r for r in diagnosed["records"]}
+    for t in diagnosed["truth"]:
+        if t["expected_reason"] in ("corrupt", "not_audio"):
+            detail = rows[t["path"]]["detail"]
+            assert detail and detail.split("\n")[0][:40].replace("|", "\\|") in diagnosed["md"]
+
+
+# ---------------------------------------------------------------------------------------
+# What-if against an independent recomputation
+# ---------------------------------------------------------------------------------------
+
+
+def original_filter_kept(
+    records: list[dict], min_seconds: float, min_rms: float, min_peak: float
+) -> set[str]:
+    """The original three rules, written again from the diagnosis text, plus the
+    pipeline's one segment rule (a 1 s segment needs ≥ 0.5 s of trimmed audio)."""
+    kept = set()
+    for r in records:
+        if r["reason"] in ("corrupt", "not_audio", "duplicate", "nonfinite"):
+            continue
+        passes = r["seconds"] >= min_seconds and r["rms"] > min_rms and r["peak"] > min_peak
+        if passes and round(r["trimmed_seconds"] * 16000) >= 8000:
+            kept.add(r["path"])
+    return kept
+
+
+@pytest.mark.parametrize(
+    ("column", "rules"),
+    [(1, (1.0, 0.001, 0.01)), (2, (0.5, 0.0005, 0.01))],
+    ids=WHAT_IFS,
+)
+def test_what_if_table_equals_recomputation_from_files_jsonl(diagnosed, column, rules):
+    records = diagnosed["records"]
+    kept = original_filter_kept(records, *rules)
+    row = md_row(diagnosed["md"], f"`{WHAT_IFS[column - 1]}`")
+    assert row[1] == "original"
+    assert row[2] == f"[{len(kept)}](files/whatif-{column}-kept.tsv)"
+    hours = sum(r["seconds"] for r in records if r["path"] in kept) / 3600.0
+    assert row[3] == f"{hours:.3f} h"
+    assert set(listed(diagnosed["report"], f"whatif-{column}-kept")) == kept
+
+
+def test_what_if_current_reproduces_files_jsonl(diagnosed):
+    records = diagnosed["records"]
+    kept = [r for r in records if r["status"] == "kept"]
+    row = md_row(diagnosed["md"], "`current`")
+    assert row[2] == f"[{len(kept)}](files/whatif-0-kept.tsv)"
+    assert row[5] == str(sum(r["segments"] for r in kept))
+    assert f"reproduces {len(records)} of {len(records)} decisions" in diagnosed["md"]
+
+
+def test_what_if_spec_names():
+    base = load_config(None)
+    label, cfg = parse_what_if("min_seconds=0.5, min_rms=0.0005", base)
+    assert (cfg.preset, cfg.original_min_seconds, cfg.original_min_rms) == ("original", 0.5, 5e-4)
+    assert cfg.original_min_peak == base.original_min_peak
+    assert parse_what_if("original", base)[1] == base.replace(preset="original")
+    _, cfg = parse_what_if("min_active_fraction=0.1,normalize=false", base)
+    assert (cfg.preset, cfg.min_active_fraction, cfg.normalize) == ("default", 0.1, False)
+    with pytest.raises(ValueError, match="min_sec"):
+        parse_what_if("min_sec=1", base)
+    with pytest.raises(ValueError, match="vad_margin_db"):
+        parse_what_if("vad_margin_db=6", base)
+
+
+# ---------------------------------------------------------------------------------------
+# The padding curve, by hand
+# ---------------------------------------------------------------------------------------
+
+
+def test_padding_curve_matches_hand_computation():
+    # 0.5 s and 1.5 s files at 2 s segments: the original pads both to 2 s → 2 of 4 s.
+    # Ours (≥ 50 % real): 0.5 s is dropped, 1.5 s → one segment with 0.5 s masked padding.
+    c = padding_curve([0.5, 1.5], [0.5, 1.5], [1.0, 2.0], min_valid_fraction=0.5)
+    assert c.naive[1] == pytest.approx(0.5)
+    assert c.stored[1] == pytest.approx(0.25)
+    assert c.dropped[1] == pytest.approx(0.25)
+    assert c.segments[1] == 1
+    # At 1 s: original 0.5 pad + 0.5 pad of 3 s; ours: 0.5 s keeps one (half padded),
+    # 1.5 s gives one whole and one half segment → 1 s padding in 3 s stored, none dropped.
+    assert c.naive[0] == pytest.approx(1 / 3)
+    assert c.stored[0] == pytest.approx(1 / 3)
+    assert c.dropped[0] == 0.0 and c.segments[0] == 3
+
+
+def test_padding_curve_matches_direct_loops():
+    durations = [0.31, 0.99, 1.0, 1.73, 2.5, 4.26, 7.0]
+    lengths = [0.5, 0.8, 1.0, 2.0, 3.5]
+    c = padding_curve(durations, durations, lengths, min_valid_fraction=0.6)
+    for i, length in enumerate(lengths):
+        seg = round(length * 16000)
+        naive_pad = naive_total = stored = valid = 0
+        for d in durations:
+            n = round(d * 16000)
+            k = math.ceil(n / seg)
+            naive_pad, naive_total = naive_pad + k * seg - n, naive_total + k * seg
+            plan = kernels.segment_plan(0, n, seg, math.ceil(seg * 0.6))
+            stored, valid = stored + len(plan) * seg, valid + int(plan[:, 1].sum())
+        assert c.naive[i] == pytest.approx(naive_pad / naive_total)
+        assert c.stored[i] == pytest.approx((stored - valid) / stored)
+
+
+def test_masked_segments_agree_with_the_pipeline_kernel():
+    rng = np.random.default_rng(0)
+    n = rng.integers(0, 200_000, 300)
+    segs, valid = masked_segments(n, 16000, 8000)
+    for i, length in enumerate(n):
+        plan = kernels.segment_plan(0, int(length), 16000, 8000)
+        assert (segs[i], valid[i]) == (len(plan), int(plan[:, 1].sum()))
+
+
+def test_recommended_length_is_the_longest_within_the_padding_budget():
+    c = padding_curve([1.0, 3.0], [1.0, 3.0], [0.5, 1.0, 1.5, 2.0], min_valid_fraction=0.5)
+    # Stored padding of a 1 s and a 3 s file: whole segments up to 1 s; at 1.5 s the 1 s
+    # file pads 0.5 s of 4.5 s stored; at 2 s both pad 1 s of 6 s stored.
+    assert c.stored.tolist() == pytest.approx([0.0, 0.0, 0.5 / 4.5, 2 / 6])
+    assert recommend_segment_seconds(c, 0.10) == 1.0
+    assert recommend_segment_seconds(c, 0.12) == 1.5
+
+
+# ---------------------------------------------------------------------------------------
+# No audio, plots, raw corpora
+# ---------------------------------------------------------------------------------------
+
+
+def test_diagnosing_an_output_decodes_no_audio(diagnosed, monkeypatch, tmp_path):
+    import soundfile
+
+    assert not diagnosed["corpus"].exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("diagnosing OUT tried to decode audio")
+
+    for name in ("read", "info", "SoundFile", "blocks"):
+        monkeypatch.setattr(soundfile, name, refuse)
+    path = diagnose.report_for_output(diagnosed["out"], report_dir=tmp_path / "r")
+    assert path == tmp_path / "r" / "report.md" and path.stat().st_size > 1000
+
+
+def test_plots_are_non_empty_pngs(diagnosed):
+    import matplotlib.image
+
+    names = ("durations", "padding_curve", "levels", "gain", "active_fraction")
+    for name in names:
+        png = diagnosed["report"] / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 200 and image.std() > 0.01  # something is drawn
+        assert f"({name}.png)" in diagnosed["md"]
+
+
+def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tmp_path):
+    """A raw corpus goes through run_pipeline(scan_only=True) into PATH.diagnose/."""
+    import preprocess.pipeline
+
+    corpus = tmp_path / "raw"
+    corpus.mkdir()
+    calls = []
+
+    def fake_run_pipeline(input_root, output, cfg, **kw):
+        calls.append((Path(input_root), Path(output), cfg, kw))
+        Path(output).mkdir(parents=True, exist_ok=True)
+        for name in ("files.jsonl", "index.json"):
+            shutil.copy(diagnosed["out"] / name, Path(output) / name)
+        shutil.copytree(diagnosed["out"] / "stats.zarr", Path(output) / "stats.zarr")
+        return {}
+
+    monkeypatch.setattr(preprocess.pipeline, "run_pipeline", fake_run_pipeline)
+    assert diagnose.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
+    (root, work, cfg, kw) = calls[0]
+    assert work == tmp_path / "raw.diagnose" and root == corpus
+    assert kw["scan_only"] is True and kw["workers"] == 1 and cfg.segment_seconds == 2.0
+    assert (work / "report" / "report.md").is_file()
+    # A real OUT with shards is never overwritten by a scan.
+    assert diagnose.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
+    assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False
