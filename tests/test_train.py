@@ -1,0 +1,462 @@
+"""Training glue: the sharded loader, masked validation, and train_ds.py in every launch mode.
+
+The end-to-end tests run `train_ds.py` as a subprocess on tiny shard fixtures with the `tiny`
+codec: one process (`python`), two CPU ranks under the `deepspeed` launcher, two under
+`cluster/train.sbatch` (torchrun, with stand-ins for srun/scontrol), and a kill -9
+followed by `--resume`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import shards
+from shards import ShardWriter, loader
+from shards.format import encode_sample
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SEGMENT = 16000
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def speechlike(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A voiced, amplitude-modulated harmonic tone: enough structure for a codec to learn."""
+    t = np.arange(n) / 16000
+    f0 = rng.uniform(100, 220)
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in range(1, 8))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
+    return (0.07 * x * envelope).astype(np.float32)
+
+
+def _meta(split: str, i: int) -> dict:
+    return {
+        "source": f"{split}/{i}.wav",
+        "offset": 0,
+        "gain_db": 0.0,
+        "sample_rate": 16000,
+        "split": split,
+    }
+
+
+def make_shard_dir(
+    root: Path, train=(6, 4), val=(5, 4), seed=0, corrupt_sample=False, truncated_shard=False
+) -> Path:
+    """A preprocess OUT: shards/{train,val}-NNNNNN.tar with `train`/`val` samples per shard
+    (every other one half padding) and index.json. `corrupt_sample` puts an undecodable
+    audio member into train shard 0; `truncated_shard` adds a train shard cut mid-sample."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    specs = [("train", s, n) for s, n in enumerate(train)]
+    specs += [("val", s, n) for s, n in enumerate(val)]
+    if truncated_shard:
+        specs.append(("train", len(train), 4))
+    for split, s, n in specs:
+        name = f"{split}-{s:06d}.tar"
+        with ShardWriter(root / "shards" / name) as w:
+            for i in range(n):
+                n_valid = SEGMENT if i % 2 == 0 else SEGMENT // 2
+                audio = np.zeros(SEGMENT, np.float32)
+                audio[:n_valid] = speechlike(rng, n_valid)
+                key = shards.sample_key(f"{split}{s}f{i}", 0)
+                sample = encode_sample(key, audio, [[0, n_valid]], _meta(split, i))
+                if corrupt_sample and split == "train" and s == 0 and i == 1:
+                    sample["audio.flac"] = b"this is not a flac stream"
+                w.write_encoded(sample)
+        info = w.info.to_dict()
+        if truncated_shard and split == "train" and s == len(train):
+            path = root / "shards" / name
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        entries.append({**info, "split": split})
+    index = {"shards": entries, "config": {"segment_samples": SEGMENT}}
+    (root / "index.json").write_text(json.dumps(index, indent=1))
+    return root
+
+
+@pytest.fixture
+def clean_shm():
+    """The deepspeed launcher leaves /dev/shm/deepspeed_allreduce_buffer_*; remove ours."""
+    before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+    yield
+    for path in set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) - before:
+        path.unlink(missing_ok=True)
+
+
+def _env(port: int) -> dict:
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MASTER_PORT=str(port),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO),
+        PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+    )
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        env.pop(name, None)
+    return env
+
+
+def _train_args(data: Path, ckpt: Path, name: str, *extra: str) -> list[str]:
+    """train_ds.py and its flags for a few-second run of the tiny codec (the first seven
+    items are the script and the three run-naming flags)."""
+    fast = (
+        "--model_config tiny --batch_size 2 --segment_seconds 0.25 --shuffle_buffer 8 "
+        "--num_workers 1 --log_every 1 --val_every 0 --audio_examples 1"
+    )
+    run = ["--data_dir", str(data), "--checkpoint_dir", str(ckpt), "--experiment_name", name]
+    return [str(REPO / "train_ds.py"), *run, *fast.split(), *extra]
+
+
+def run_training(cmd: list[str], port: int, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(port), capture_output=True, text=True, timeout=timeout
+    )
+    output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{cmd}\n{output}"
+    return proc
+
+
+def metrics_of(ckpt: Path, name: str) -> dict:
+    return json.loads((ckpt / name / "metrics.json").read_text())
+
+
+def _import_train_ds():
+    spec = importlib.util.spec_from_file_location("train_ds", REPO / "train_ds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -------------------------------------------------------------------------- loader units
+
+
+def _keys(batches) -> list[list[str]]:
+    return [b["key"] for b in batches]
+
+
+def _stream(data: Path, batch: int = 2, per_epoch: int = 5, seed: int = 3) -> loader.TrainStream:
+    urls = [e.path for e in loader.shard_entries(data, "train")]
+    return loader.TrainStream(
+        urls,
+        batch_size=batch,
+        batches_per_epoch=per_epoch,
+        crop_samples=4000,
+        shuffle_buffer=6,
+        seed=seed,
+    )
+
+
+def _take(stream: loader.TrainStream, n: int, workers: int) -> list[dict]:
+    it = iter(loader.train_loader(stream, num_workers=workers))
+    return [next(it) for _ in range(n)]
+
+
+def test_every_rank_gets_the_same_batches_per_epoch_from_uneven_shards(tmp_path, monkeypatch):
+    data = make_shard_dir(tmp_path, train=(9, 1, 2), val=(1,))
+    per_rank = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        batches = _take(_stream(data, per_epoch=4), 8, workers=0)
+        assert [b["epoch"] for b in batches] == [0] * 4 + [1] * 4
+        assert all(b["audio"].shape == (2, 4000) and b["mask"].dtype == torch.bool for b in batches)
+        per_rank[rank] = _keys(batches)
+    # Resampled draws are dealt out, so the ranks do not see one identical stream.
+    assert per_rank[0] != per_rank[1]
+
+
+def test_resumed_stream_replays_the_batches_of_an_uninterrupted_one(tmp_path):
+    data = make_shard_dir(tmp_path, train=(5, 3))
+    straight = _take(_stream(data), 12, workers=2)
+    resumed_stream = _stream(data)
+    resumed_stream.start = 7  # mid-epoch, and not a multiple of the worker count
+    resumed = _take(resumed_stream, 5, workers=2)
+    assert _keys(resumed) == _keys(straight[7:])
+    for a, b in zip(resumed, straight[7:], strict=True):
+        assert torch.equal(a["audio"], b["audio"]) and torch.equal(a["mask"], b["mask"])
+    assert [b["epoch"] for b in resumed] == [1, 1, 1, 2, 2]
+
+
+def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path):
+    data = make_shard_dir(tmp_path, train=(3, 2), corrupt_sample=True, truncated_shard=True)
+    batches = _take(_stream(data, per_epoch=20), 20, workers=0)
+    errors = loader.EpochErrors()
+    for b in batches:
+        errors.update(b)
+        assert all("train0f1" not in key for key in b["key"])  # the corrupt one never appears
+    bad_samples, bad_shards = errors.totals()
+    assert bad_samples > 0 and bad_shards > 0
+    # The truncated shard still gave the samples before the cut.
+    assert any(key.startswith("train2f0") for b in batches for key in b["key"])
+
+
+def test_validation_batches_cover_every_item_once_in_the_same_batches_for_any_world(tmp_path):
+    data = make_shard_dir(tmp_path, train=(1,), val=(5, 4, 3))
+    paths = [e.path for e in loader.shard_entries(data, "val")]
+    one = _keys(loader.val_batches(paths, 4, rank=0, world=1))
+    two = [_keys(loader.val_batches(paths, 4, rank=r, world=2)) for r in (0, 1)]
+    assert sorted(sum(one, [])) == sorted(sum(sum(two, []), []))
+    assert len(sum(one, [])) == 12 == len(set(sum(one, [])))
+    assert two[0] == one[0::2] and two[1] == one[1::2]
+    batches = list(loader.val_batches(paths, 4))
+    assert all(b["audio"].shape[1] == SEGMENT for b in batches)
+    # Shards of 5, 4 and 3 items, every other one half padding: 7 whole, 5 half.
+    assert sum(int(b["mask"].sum()) for b in batches) == 7 * SEGMENT + 5 * SEGMENT // 2
+
+
+# ------------------------------------------------------------------ masked validation
+
+
+class PointwiseCodec(torch.nn.Module):
+    """A stand-in codec whose output at a sample depends only on that sample's input and
+    position, and which writes garbage where the input is zero padding, as an untrained
+    decoder does. Real codecs look across samples; this isolates the metric plumbing."""
+
+    def forward(self, audio, n_quantizers=None):
+        position = torch.arange(audio.shape[-1], dtype=audio.dtype)
+        garbage = 0.05 * torch.sin(0.3 * position) * (audio == 0)
+        est = 0.9 * audio + 0.002 * torch.cos(0.01 * position * n_quantizers) + garbage
+        return SimpleNamespace(audio=est)
+
+
+def test_masked_validation_is_unchanged_by_extra_padding(tmp_path):
+    train_ds = _import_train_ds()
+    rng = np.random.default_rng(5)
+    clips = [speechlike(rng, n) for n in (8000, 12000, 16000)]
+
+    def shard(name: str, pad: int) -> str:
+        with ShardWriter(tmp_path / name) as w:
+            for i, clip in enumerate(clips):
+                audio = np.concatenate([clip, np.zeros(pad, np.float32)])
+                w.write(shards.sample_key(f"c{i}", 0), audio, [[0, len(clip)]], _meta("val", i))
+        return str(tmp_path / name)
+
+    def figures(path: str) -> dict:
+        result = train_ds.evaluate(
+            PointwiseCodec(), loader.val_batches([path], 2), [6.0], [12], torch.device("cpu")
+        )
+        return train_ds.summarize(result["sums"][0])
+
+    bare, padded = figures(shard("bare.tar", 0)), figures(shard("padded.tar", 24000))
+    for name in ("masked_snr_db", "masked_snr_global_db", "masked_si_sdr_db", "mel_distance"):
+        assert padded[name] == pytest.approx(bare[name], rel=1e-9, abs=1e-9), name
+    assert padded["items"] == bare["items"] == 3 and padded["gated_items"] == 0
+    # Scored over the whole segment, the padding's garbage drags the figure down.
+    assert padded["unmasked_snr_db"] < bare["unmasked_snr_db"] - 3
+    assert padded["padding_fraction"] > 0.5 > bare["padding_fraction"]
+
+
+def test_ds_config_is_zero1_with_explicit_clipping_torch_adam_and_auto_precision():
+    cfg = json.loads((REPO / "ds_config.json").read_text())
+    assert cfg["zero_optimization"]["stage"] == 1
+    assert cfg["gradient_clipping"] > 0
+    assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["torch_adam"]
+    assert cfg["scheduler"]["type"] == "WarmupDecayLR"
+    assert cfg["tensorboard"]["enabled"]
+    train_ds = _import_train_ds()
+    args = train_ds.parse_args(["--data_dir", "x", "--learning_rate", "0.002", "--batch_size", "3"])
+    cpu = train_ds.resolve_ds_config(args.deepspeed_config, args, 50, False, Path("tb"))
+    gpu = train_ds.resolve_ds_config(args.deepspeed_config, args, 50, True, Path("tb"))
+    assert cpu["bf16"]["enabled"] is False and gpu["bf16"]["enabled"] is True
+    assert cpu["train_micro_batch_size_per_gpu"] == 3 and "train_batch_size" not in cpu
+    assert cpu["optimizer"]["params"]["lr"] == cpu["scheduler"]["params"]["warmup_max_lr"] == 0.002
+    assert cpu["scheduler"]["params"]["total_num_steps"] == 50
+    assert cpu["scheduler"]["params"]["warmup_num_steps"] <= 10
+
+
+# ------------------------------------------------------------------------- end to end
+
+
+def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_data(tmp_path):
+    from telucodec.checkpoint import load_codec
+
+    data = make_shard_dir(tmp_path / "out", train=(3,), corrupt_sample=True, truncated_shard=True)
+    ckpt = tmp_path / "ckpt"
+    proc = run_training(
+        [
+            sys.executable,
+            *_train_args(
+                data, ckpt, "single", "--max_steps", "6", "--val_every", "3", "--debug_validation"
+            ),
+        ],
+        port=29611,
+    )
+    exp = ckpt / "single"
+    m = metrics_of(ckpt, "single")
+    assert m["step"] == 6 and m["world_size"] == 1
+    assert [r["step"] for r in m["history"]["train"]] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in m["history"]["train"])
+    assert [r["step"] for r in m["history"]["val"]] == [3, 6]
+    final = m["final"]["6"]
+    assert final["items"] == 9 and np.isfinite(final["masked_snr_db"])
+    assert {"masked_snr_global_db", "masked_si_sdr_db", "mel_distance", "unmasked_snr_db"} <= set(
+        final
+    )
+    assert set(m["final"]) == {"1.5", "3", "6"}
+    errors = m["history"]["data_errors"]
+    assert sum(e["bad_samples"] for e in errors) > 0 and sum(e["bad_shards"] for e in errors) > 0
+    assert "skipped" in proc.stdout and "corrupt samples" in proc.stdout
+    assert "=== VALIDATION SNR DEBUG ===" in proc.stdout and "Signal power" in proc.stdout
+    assert "val masked SNR 6 kbps:" in proc.stdout and "unmasked" in proc.stdout.splitlines()[-1]
+    assert (exp / "checkpoints" / "latest").read_text().strip() == "step00000006"
+    assert (exp / "curves.png").stat().st_size > 1000
+    assert list((exp / "tb").glob("events.out.tfevents.*"))
+    run_config = json.loads((exp / "run_config.json").read_text())
+    assert run_config["deepspeed"]["bf16"]["enabled"] is False
+    assert run_config["model"]["name"] == "tiny"
+    codec = load_codec(exp / "final")
+    with torch.no_grad():
+        assert codec(torch.zeros(1, 1, 1600), n_quantizers=3).audio.shape == (1, 1, 1600)
+
+
+@pytest.mark.usefixtures("clean_shm")
+def test_two_cpu_ranks_under_deepspeed_launcher_finish_on_uneven_shards(tmp_path):
+    data = make_shard_dir(tmp_path / "out", train=(9, 1, 2), val=(3,))
+    ckpt = tmp_path / "ckpt"
+    cmd = [
+        str(BIN / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29621",
+        *_train_args(
+            data,
+            ckpt,
+            "ds2",
+            "--max_steps",
+            "5",
+            "--deepspeed_config",
+            str(REPO / "ds_config.json"),
+        ),
+    ]
+    run_training(cmd, port=29621)
+    m = metrics_of(ckpt, "ds2")
+    assert m["world_size"] == 2 and m["step"] == 5
+    # 12 samples / (2 per batch x 2 ranks) = 3 batches per epoch: epoch 0 whole, 1 partial.
+    assert [(e["epoch"], e["step"]) for e in m["history"]["data_errors"]] == [(0, 3), (1, 5)]
+    assert m["final"]["6"]["items"] == 3
+
+
+def fake_slurm(tmp_path: Path, port: int) -> dict:
+    """`scontrol` and `srun` stand-ins for one node, so cluster/train.sbatch runs here."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && echo 127.0.0.1\n'
+    )
+    (bin_dir / "srun").write_text(
+        '#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nSLURM_NODEID=0 exec "$@"\n'
+    )
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = _env(port)
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_NNODES="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+        NPROC_PER_NODE="2",
+    )
+    return env
+
+
+@pytest.mark.usefixtures("clean_shm")
+def test_validation_figures_are_identical_for_one_and_two_ranks(tmp_path):
+    """World 1 by plain `python`; world 2 by cluster/train.sbatch, i.e. torchrun on a node."""
+    data = make_shard_dir(tmp_path / "out", train=(4,), val=(5, 4, 2))
+    ckpt = tmp_path / "ckpt"
+    eval_only = ("--max_steps", "0", "--debug_validation")
+    run_training([sys.executable, *_train_args(data, ckpt, "w1", *eval_only)], port=29631)
+    sbatch = [
+        "bash",
+        str(REPO / "cluster" / "train.sbatch"),
+        str(data),
+        str(ckpt),
+        "w2",
+        *_train_args(data, ckpt, "w2", *eval_only)[7:],
+    ]
+    proc = subprocess.run(
+        sbatch,
+        cwd=tmp_path,
+        env=fake_slurm(tmp_path, 29632),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 node(s) x 2 process(es), master 127.0.0.1:29632" in proc.stdout
+    one, two = metrics_of(ckpt, "w1"), metrics_of(ckpt, "w2")
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for kbps in ("1.5", "3", "6"):
+        assert one["final"][kbps]["items"] == two["final"][kbps]["items"] == 11
+        for name, value in one["final"][kbps].items():
+            assert two["final"][kbps][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
+    """Generator and discriminator engines, optimizer, LR schedule, data position and RNG all
+    come back: the resumed run's losses are those of the uninterrupted one."""
+    data = make_shard_dir(tmp_path / "out", train=(5, 4))
+    ckpt = tmp_path / "ckpt"
+    steps = (
+        "--max_steps",
+        "8",
+        "--save_every",
+        "4",
+        "--keep_checkpoints",
+        "0",
+        "--use_discriminator",
+        "--num_workers",
+        "2",
+    )
+    run_training([sys.executable, *_train_args(data, ckpt, "straight", *steps)], port=29641)
+
+    cmd = [sys.executable, *_train_args(data, ckpt, "killed", *steps)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(29642),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    try:
+        for line in proc.stdout:
+            if "checkpoint saved:" in line and "step00000004" in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            assert time.time() < deadline, "no checkpoint at step 4"
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (ckpt / "killed" / "metrics.json").exists()
+
+    run_training(
+        [sys.executable, *_train_args(data, ckpt, "killed", *steps, "--resume")], port=29643
+    )
+    straight = {r["step"]: r for r in metrics_of(ckpt, "straight")["history"]["train"]}
+    resumed = {r["step"]: r for r in metrics_of(ckpt, "killed")["history"]["train"]}
+    assert sorted(resumed) == sorted(straight) == list(range(1, 9))
+    for step in range(1, 9):
+        for term in ("loss", "l1", "mel", "adv", "disc", "lr"):
+            assert resumed[step][term] == pytest.approx(straight[step][term], rel=1e-4, abs=1e-7), (
+                step,
+                term,
+            )
