@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEMO ?= demo
 DEMO_MINUTES ?= 12
 DEMO_TRAIN_SECONDS ?= 180
+DEMO_WORKERS ?= 2
 
 .PHONY: venv demo test lint bench clean
 
@@ -20,9 +21,22 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# The demo: corpus with real-world faults → preprocess (+ diagnosis report) → train the
+# `small` codec on CPU → evaluate per bitrate. Re-running reuses what is already built.
 demo: venv
-	$(BIN)/python -m preprocess.demo --workdir $(DEMO) --minutes $(DEMO_MINUTES) \
-		--train-seconds $(DEMO_TRAIN_SECONDS)
+	@test -d $(DEMO)/corpus || $(BIN)/python -m preprocess.synth $(DEMO)/corpus \
+		--minutes $(DEMO_MINUTES) --seed 0 --no-progress
+	RAY_AUTH_MODE=disabled $(BIN)/python -m preprocess.run --input $(DEMO)/corpus \
+		--output $(DEMO)/out --workers $(DEMO_WORKERS) --shard-mb 2
+	$(BIN)/python train_ds.py --deepspeed_config ds_config.json --data_dir $(DEMO)/out \
+		--checkpoint_dir $(DEMO)/runs --experiment_name demo --model_config small \
+		--max_steps 100000 --max_seconds $(DEMO_TRAIN_SECONDS) --val_every 100000
+	$(BIN)/python -m telucodec eval --checkpoint $(DEMO)/runs/demo/final --data $(DEMO)/out \
+		--split val --kbps 1.5,3,6 --out $(DEMO)/eval.json
+	@echo
+	@echo "diagnosis report: $(DEMO)/out/report/report.md"
+	@echo "training curves:  $(DEMO)/runs/demo/curves.png   metrics: $(DEMO)/runs/demo/metrics.json"
+	@echo "codec eval:       $(DEMO)/eval.json"
 
 test: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
