@@ -69,9 +69,10 @@ def _fingerprint_task(root: str, paths: list[str], exts: tuple[str, ...]) -> lis
     return fingerprint(root, paths, exts)
 
 
-def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> None:
+def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> Path | None:
+    """Join `address` or start a local Ray; returns the temp dir of a Ray we started."""
     if ray.is_initialized():
-        return
+        return None
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": True,
@@ -79,10 +80,19 @@ def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> None
     }
     if address:
         ray.init(address=address, **kwargs)
-    else:
+        return None
         # A short temp path: Ray's socket paths must stay under ~107 characters.
         temp = tempfile.mkdtemp(prefix="tcray-", dir=str(temp_root) if temp_root else None)
         ray.init(num_cpus=workers, _temp_dir=temp, **kwargs)
+        return Path(temp)
+
+
+def _shutdown_ray(temp: Path | None) -> None:
+    """Stop a Ray this run started and remove its temp dir (sessions, logs, sockets)."""
+    if temp is None:
+        return
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _plan(input_root: Path, cfg: PreprocessConfig, work: Path) -> list[InputFile]:
@@ -187,8 +197,6 @@ def run_pipeline(
     `scan_only` runs the same planning, actors and kernels but writes no shards: the
     files.jsonl, stats.zarr and index.json that `preprocess.diagnose` reads.
     """
-    from preprocess.assemble import assemble
-
     input_root = Path(input_root).resolve()
     out = Path(output).resolve()
     if out == input_root or input_root in out.parents:
@@ -198,20 +206,13 @@ def run_pipeline(
     work = out / ".work"
     work.mkdir(exist_ok=True)
     (work / "config.json").write_text(json.dumps({"config_digest": cfg.digest()}))
-    _init_ray(address, workers or os.cpu_count() or 1, None)
-    workers = workers or int(ray.cluster_resources().get("CPU", 1))
-    print(f"preprocess: {input_root} → {out}")
-    print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
-    t0 = time.perf_counter()
-    files = _plan(input_root, cfg, work)
-    units = make_units(files, cfg)
-    plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-    peak_rss = _run_units(units, files, input_root, work, cfg, workers, scan_only)
-    index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
+    ray_temp = _init_ray(address, workers or os.cpu_count() or 1, None)
+    try:
+        index = _run(input_root, out, cfg, work, workers, scan_only)
+    finally:
+        _shutdown_ray(ray_temp)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
-    index["_elapsed_s"] = time.perf_counter() - t0
-    index["_worker_peak_rss_mb"] = peak_rss
     return index
 
 
@@ -257,3 +258,28 @@ def _run_units(
     for a in actors:
         ray.kill(a)
     return peak_rss
+
+
+def _run(
+    input_root: Path,
+    out: Path,
+    cfg: PreprocessConfig,
+    work: Path,
+    workers: int | None,
+    scan_only: bool,
+) -> dict[str, Any]:
+    """Plan, process units, assemble; Ray is up. Returns the index plus run figures."""
+    from preprocess.assemble import assemble
+
+    workers = workers or int(ray.cluster_resources().get("CPU", 1))
+    print(f"preprocess: {input_root} → {out}")
+    print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+    t0 = time.perf_counter()
+    files = _plan(input_root, cfg, work)
+    units = make_units(files, cfg)
+    plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
+    peak_rss = _run_units(units, files, input_root, work, cfg, workers, scan_only)
+    index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
+    index["_elapsed_s"] = time.perf_counter() - t0
+    index["_worker_peak_rss_mb"] = peak_rss
+    return index
