@@ -7,9 +7,9 @@ step is idempotent: rerunning after a kill mid-assembly finishes the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,25 +26,21 @@ FORMAT_VERSION = 1
 
 
 def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
+    """Package version plus a hash of the code that shapes the output (preprocess/ and
+    shards/ sources): the same wherever it runs (a checkout, a `ray job` upload, an
+    install), and different whenever that code differs, committed or not."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         v = version("telucodec")
     except PackageNotFoundError:
         v = "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        return f"{v}+g{commit}"
-    except (OSError, subprocess.SubprocessError):
-        return v
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for package in (here, here.parent / "shards"):
+        for src in sorted(package.glob("*.py")):
+            h.update(src.name.encode() + b"\0" + src.read_bytes())
+    return f"{v}+src.{h.hexdigest()[:12]}"
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
