@@ -1,0 +1,7 @@
+"""`python -m telucodec …` runs the codec CLI (telucodec/cli.py)."""
+
+import sys
+
+from telucodec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The `.tcq` bitstream: a fixed header and the code indices bit-packed, bytes in, bytes out.
+
+Layout (little-endian header, 32 bytes):
+
+| offset | size | field |
+|---|---|---|
+| 0 | 4 | magic `b"TCQ\\x00"` |
+| 4 | 1 | version (1) |
+| 5 | 1 | codebook_bits (10 for 1024 entries) |
+| 6 | 2 | n_codebooks used (Nq) |
+| 8 | 4 | sample_rate |
+| 12 | 4 | hop_length |
+| 16 | 4 | n_frames F |
+| 20 | 8 | n_samples (exact decoded length) |
+| 28 | 4 | CRC-32 of the payload |
+| 32 | ceil(F·Nq·bits/8) | payload: codes frame-major (frame 0's Nq codes, frame 1's, …), each code MSB-first in `bits` bits, zero-padded to a byte |
+
+Frame-major order lets a stream be cut after any frame. The payload is exactly
+F·Nq·bits bits rounded up to a byte, so its bitrate is Nq·bits·frame_rate: 0.5 kbps per
+codebook at 50 frames/s. No file I/O here; the CLI reads and writes the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"TCQ\x00"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBHIIIQI")
+HEADER_BYTES = _HEADER.size
+
+
+class BitstreamError(ValueError):
+    """A bitstream that is corrupt, truncated, or does not match the codec decoding it."""
+
+
+@dataclass(frozen=True)
+class Header:
+    sample_rate: int
+    hop_length: int
+    n_codebooks: int
+    codebook_bits: int
+    n_frames: int
+    n_samples: int
+    version: int = VERSION
+
+
+def payload_bytes(n_frames: int, n_codebooks: int, codebook_bits: int) -> int:
+    """ceil(F · Nq · bits / 8): the exact payload size."""
+    return -(-n_frames * n_codebooks * codebook_bits // 8)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """int[Nq x F] code indices in [0, 2**bits) -> packed payload bytes (frame-major)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be [Nq x F], got shape {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
+        raise ValueError(f"codes outside 0..{(1 << bits) - 1} cannot be packed in {bits} bits")
+    values = codes.T.reshape(-1).astype(np.uint32)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
+    bit_array = ((values[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bit_array.reshape(-1)).tobytes()
+
+
+def unpack_codes(payload: bytes, n_codebooks: int, n_frames: int, bits: int) -> np.ndarray:
+    """Inverse of pack_codes -> int64[Nq x F]. The payload length must be exact."""
+    expected = payload_bytes(n_frames, n_codebooks, bits)
+    if len(payload) != expected:
+        raise BitstreamError(
+            f"payload is {len(payload)} bytes, expected {expected} for {n_frames} frames x "
+            f"{n_codebooks} codebooks x {bits} bits"
+        )
+    count = n_frames * n_codebooks
+    bit_array = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * bits]
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    values = bit_array.reshape(count, bits).astype(np.int64) @ weights
+    return values.reshape(n_frames, n_codebooks).T.copy()
+
+
+def encode_bitstream(codes: np.ndarray, header: Header) -> bytes:
+    """int[Nq x F] codes + header -> complete .tcq bytes."""
+    codes = np.asarray(codes)
+    if codes.shape != (header.n_codebooks, header.n_frames):
+        raise ValueError(
+            f"codes shape {codes.shape} does not match header "
+            f"({header.n_codebooks} codebooks x {header.n_frames} frames)"
+        )
+    payload = pack_codes(codes, header.codebook_bits)
+    head = _HEADER.pack(MAGIC, VERSION, header.codebook_bits, header.n_codebooks,
+                        header.sample_rate, header.hop_length, header.n_frames,
+                        header.n_samples, zlib.crc32(payload))
+    return head + payload
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and check the header of .tcq bytes; BitstreamError says what was expected."""
+    if len(data) < HEADER_BYTES:
+        raise BitstreamError(f"{len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
+    magic, version, bits, nq, sr, hop, frames, samples, _ = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BitstreamError(f"bad magic {magic!r}, expected {MAGIC!r}: not a .tcq bitstream")
+    if version != VERSION:
+        raise BitstreamError(f"bitstream version {version}, this reader expects {VERSION}")
+    if not 1 <= bits <= 16 or nq < 1 or sr < 1 or hop < 1:
+        raise BitstreamError(
+            f"implausible header: {bits} bits, {nq} codebooks, {sr} Hz, hop {hop}"
+        )
+    if frames != -(-samples // hop):
+        raise BitstreamError(
+            f"header says {samples} samples but {frames} frames; expected "
+            f"ceil({samples} / {hop}) = {-(-samples // hop)}"
+        )
+    return Header(sr, hop, nq, bits, frames, samples, version)
+
+
+def decode_bitstream(data: bytes) -> tuple[Header, np.ndarray]:
+    """.tcq bytes -> (Header, int64[Nq x F] codes). Raises BitstreamError on bad magic or
+    version, a truncated or padded payload, or a CRC mismatch."""
+    header = read_header(data)
+    payload = data[HEADER_BYTES:]
+    codes = unpack_codes(payload, header.n_codebooks, header.n_frames, header.codebook_bits)
+    crc = _HEADER.unpack_from(data)[-1]
+    if zlib.crc32(payload) != crc:
+        raise BitstreamError(f"payload CRC-32 {zlib.crc32(payload):08x}, header says {crc:08x}")
+    return header, codes
+
+
+def check_compatible(header: Header, *, sample_rate: int, hop_length: int, codebook_bits: int,
+                     n_codebooks: int) -> None:
+    """Raise BitstreamError unless a codec with these numbers can decode `header`'s stream
+    (same rate, hop and code width; at most its number of codebooks)."""
+    problems = []
+    if header.sample_rate != sample_rate:
+        problems.append(f"sample rate {header.sample_rate} Hz, codec has {sample_rate} Hz")
+    if header.hop_length != hop_length:
+        problems.append(f"hop {header.hop_length}, codec has {hop_length}")
+    if header.codebook_bits != codebook_bits:
+        problems.append(f"{header.codebook_bits}-bit codes, codec has {codebook_bits}-bit codes")
+    if header.n_codebooks > n_codebooks:
+        problems.append(f"{header.n_codebooks} codebooks, codec has only {n_codebooks}")
+    if problems:
+        raise BitstreamError("bitstream does not match the checkpoint: " + "; ".join(problems))

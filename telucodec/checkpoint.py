@@ -1,0 +1,81 @@
+"""Checkpoints as data: `model.safetensors` (weights and EMA codebooks) + `config.json`.
+
+Nothing is pickled, so loading a checkpoint cannot run code: the config is JSON rebuilt into
+a CodecConfig, the tensors are safetensors, and the state dict must match the model exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from telucodec.configs import CodecConfig
+from telucodec.model import Codec
+
+FORMAT = "telucodec-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing files or does not match its config."""
+
+
+def save_codec(directory: str | os.PathLike, model: Codec, extra: dict[str, Any] | None = None) -> Path:
+    """Write directory/model.safetensors and directory/config.json ({"format", "version",
+    "config", "extra"}); `extra` must be JSON-serializable (step, metrics, ...). Files are
+    written to temporaries and renamed, so a crash never leaves a half checkpoint."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.cfg.to_dict(),
+            "extra": extra or {}}
+    tmp_weights = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+    tmp_config = directory / (CONFIG + ".tmp")
+    tmp_config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_weights, directory / WEIGHTS)
+    os.replace(tmp_config, directory / CONFIG)
+    return directory
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> tuple[CodecConfig, dict[str, Any]]:
+    """(CodecConfig, extra) from directory/config.json; CheckpointError names the problem."""
+    path = Path(directory) / CONFIG
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; a checkpoint directory holds {CONFIG} and {WEIGHTS}") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: 'format' is not {FORMAT!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: version {meta.get('version')}, expected {FORMAT_VERSION}")
+    try:
+        cfg = CodecConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad 'config': {exc}") from exc
+    return cfg, meta.get("extra", {})
+
+
+def load_codec(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Codec:
+    """Rebuild the Codec from config.json and load model.safetensors strictly; eval() mode."""
+    cfg, _ = read_checkpoint_config(directory)
+    path = Path(directory) / WEIGHTS
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    device = str(map_location) if isinstance(map_location, torch.device) else map_location
+    state = load_file(str(path), device=device)
+    model = Codec(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match config {cfg.name!r}: {exc}") from exc
+    return model.to(map_location).eval()

@@ -1,0 +1,209 @@
+"""Codec configuration as data: one frozen dataclass and the three named configs.
+
+A checkpoint stores `CodecConfig.to_dict()` beside its weights, so a model is always rebuilt
+from the exact numbers it was trained with. Training hyperparameters (learning rate, batch)
+belong to the training script, not here: this file describes the codec and its losses.
+
+Named configs:
+- `tiny`: unit tests; a few thousand parameters, trains in seconds on one CPU core.
+- `small`: the CPU demo; a learned frame-pair codec (one strided conv in, one transposed conv
+  out) that passes 0 dB validation masked SNR within minutes on 2 cores.
+- `base`: GPU scale, SEANet at the size of DAC-16k (encoder 64, decoder 1536, 12 x 1024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+ARCHS = ("frame", "seanet")
+ACTIVATIONS = ("snake", "elu")
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Every number that defines a codec model and its training losses."""
+
+    name: str = "custom"
+    arch: str = "frame"  # "frame" | "seanet"
+    sample_rate: int = 16000
+    hop_length: int = 320  # samples per code frame: 16000 / 320 = 50 frames/s
+    latent_dim: int = 64
+
+    # arch == "frame": Conv1d(1, C, 2*hop, stride=hop) -> C -> latent, mirrored in the decoder.
+    frame_channels: int = 512
+    frame_residual_layers: int = 0  # optional pointwise residual MLP layers on each side
+
+    # arch == "seanet": strided conv blocks with dilated residual units (SoundStream / DAC).
+    encoder_dim: int = 64
+    encoder_rates: tuple[int, ...] = (2, 4, 5, 8)
+    decoder_dim: int = 1536
+    decoder_rates: tuple[int, ...] = (8, 5, 4, 2)
+    dilations: tuple[int, ...] = (1, 3, 9)
+    activation: str = "snake"  # "snake" (DAC) | "elu" (SoundStream / EnCodec)
+
+    # Residual vector quantizer with EMA codebooks.
+    n_codebooks: int = 12
+    codebook_size: int = 1024
+    codebook_dim: int = 64  # < latent_dim: factorized codes through 1x1 projections (DAC)
+    ema_decay: float = 0.99
+    kmeans_iters: int = 10
+    dead_code_ratio: float = 0.1  # a code is dead below this fraction of the mean usage
+    quantizer_dropout: float = 0.5
+
+    # Loss weights; spectral terms use (n_fft, n_mels) pairs with hop n_fft // 4.
+    l1_weight: float = 1.0
+    stft_weight: float = 1.0
+    mel_weight: float = 1.0
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+    spectral_resolutions: tuple[tuple[int, int], ...] = ((256, 32), (512, 64), (1024, 80))
+
+    # Optional multi-scale STFT discriminator (EnCodec); off by default on CPU.
+    use_discriminator: bool = False
+    disc_n_ffts: tuple[int, ...] = (1024, 512, 256)
+    disc_channels: int = 32
+    adv_weight: float = 1.0
+    feature_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"config {self.name!r}: arch {self.arch!r}, expected one of {ARCHS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"config {self.name!r}: activation {self.activation!r}, expected {ACTIVATIONS}"
+            )
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(
+                f"config {self.name!r}: codebook_size {self.codebook_size} must be a power of 2"
+            )
+        if self.sample_rate % self.hop_length:
+            raise ValueError(
+                f"config {self.name!r}: hop_length {self.hop_length} must divide "
+                f"sample_rate {self.sample_rate}"
+            )
+        if self.arch == "seanet":
+            for rates in (self.encoder_rates, self.decoder_rates):
+                if math.prod(rates) != self.hop_length:
+                    raise ValueError(
+                        f"config {self.name!r}: rates {rates} multiply to {math.prod(rates)}, "
+                        f"expected hop_length {self.hop_length}"
+                    )
+        if self.arch == "frame" and self.hop_length % 2:
+            raise ValueError(f"config {self.name!r}: frame arch needs an even hop_length")
+        if not 0 < self.codebook_dim <= self.latent_dim:
+            raise ValueError(
+                f"config {self.name!r}: codebook_dim {self.codebook_dim} must be in "
+                f"1..latent_dim ({self.latent_dim})"
+            )
+
+    @property
+    def frame_rate(self) -> float:
+        """Code frames per second (50.0 at 16 kHz, hop 320)."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def codebook_bits(self) -> int:
+        """Bits per code index: log2(codebook_size)."""
+        return self.codebook_size.bit_length() - 1
+
+    @property
+    def kbps_per_codebook(self) -> float:
+        """Bitrate one codebook adds: codebook_bits * frame_rate / 1000 (0.5 by default)."""
+        return self.codebook_bits * self.frame_rate / 1000.0
+
+    @property
+    def max_kbps(self) -> float:
+        return self.n_codebooks * self.kbps_per_codebook
+
+    def n_quantizers_for_kbps(self, kbps: float) -> int:
+        """Codebooks needed for `kbps`; ValueError unless it is a whole number of codebooks
+        between 1 and n_codebooks."""
+        n = kbps / self.kbps_per_codebook
+        nq = round(n)
+        if abs(n - nq) > 1e-6 or not 1 <= nq <= self.n_codebooks:
+            raise ValueError(
+                f"{kbps} kbps is not a whole number of codebooks for config {self.name!r}: "
+                f"expected a multiple of {self.kbps_per_codebook} kbps up to {self.max_kbps}"
+            )
+        return nq
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CodecConfig:
+        """Inverse of to_dict; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown codec config keys {unknown}; expected a subset of {sorted(names)}"
+            )
+        kwargs = {}
+        for key, value in data.items():
+            if isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> CodecConfig:
+        return dataclasses.replace(self, **changes)
+
+
+CONFIGS: dict[str, CodecConfig] = {
+    "tiny": CodecConfig(
+        name="tiny",
+        arch="frame",
+        latent_dim=16,
+        frame_channels=64,
+        codebook_dim=16,
+        n_codebooks=12,
+        kmeans_iters=5,
+        spectral_resolutions=((256, 32), (512, 48)),
+        disc_n_ffts=(256, 128),
+        disc_channels=8,
+    ),
+    "small": CodecConfig(
+        name="small",
+        arch="frame",
+        latent_dim=64,
+        frame_channels=512,
+        codebook_dim=64,
+        n_codebooks=12,
+        # Waveform L1 alone: magnitude-only spectral terms leave phase free and, measured on
+        # the demo corpus (60 s of CPU training), held validation SNR at -0.3 dB with unit
+        # weights, 5.5 dB at 0.02, 7.4 dB at 0. A tiny mel term keeps a spectral signal.
+        stft_weight=0.0,
+        mel_weight=0.01,
+    ),
+    "base": CodecConfig(
+        name="base",
+        arch="seanet",
+        latent_dim=1024,
+        encoder_dim=64,
+        encoder_rates=(2, 4, 5, 8),
+        decoder_dim=1536,
+        decoder_rates=(8, 5, 4, 2),
+        codebook_dim=8,
+        n_codebooks=12,
+        l1_weight=1.0,
+        stft_weight=1.0,
+        mel_weight=15.0,
+        spectral_resolutions=((128, 20), (256, 40), (512, 80), (1024, 160), (2048, 320)),
+        use_discriminator=False,
+    ),
+}
+
+
+def get_config(name: str) -> CodecConfig:
+    """The named config `tiny`, `small` or `base`."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown codec config {name!r}; expected one of {sorted(CONFIGS)}"
+        ) from None
