@@ -30,7 +30,7 @@ demo: venv
 		--output $(DEMO)/out --workers $(DEMO_WORKERS) --shard-mb 2
 	$(BIN)/python train_ds.py --deepspeed_config ds_config.json --data_dir $(DEMO)/out \
 		--checkpoint_dir $(DEMO)/runs --experiment_name demo --model_config small \
-		--max_steps 2000 --max_seconds $(DEMO_TRAIN_SECONDS) --val_every 0
+		--max_steps 2000 --max_seconds $(DEMO_TRAIN_SECONDS) --val_every 300
 	$(BIN)/python -m telucodec eval --checkpoint $(DEMO)/runs/demo/final --data $(DEMO)/out \
 		--split val --kbps 1.5,3,6 --out $(DEMO)/eval.json
 	@echo
