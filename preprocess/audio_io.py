@@ -41,6 +41,27 @@ _BASE_AUDIO_EXTENSIONS = {
 }
 
 
+# Audio that libsndfile cannot decode: rejected as `unsupported_format`, not `not_audio`,
+# so the user knows to convert rather than that the file is junk.
+UNSUPPORTED_AUDIO_EXTENSIONS = {
+    ".m4a",
+    ".aac",
+    ".mp4",
+    ".m4b",
+    ".wma",
+    ".amr",
+    ".awb",
+    ".webm",
+    ".3gp",
+    ".ape",
+    ".ra",
+    ".ac3",
+    ".mka",
+    ".mkv",
+    ".spx",
+}
+
+
 def audio_extensions(extra: tuple[str, ...] = ()) -> set[str]:
     """Lower-case extensions that are audio: libsndfile's formats, common ones and `extra`."""
     exts = set(_BASE_AUDIO_EXTENSIONS)

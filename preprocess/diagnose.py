@@ -87,7 +87,9 @@ def diagnose_output(
     cfg = run_cfg.replace(segment_seconds=segment_seconds) if segment_seconds else run_cfg
     outcomes = what_if_table(records, cfg, what_ifs)
     as_run = outcomes[0] if cfg == run_cfg else outcome("as run", records, run_cfg)
-    decodable = [r for r in records if r["reason"] not in ("corrupt", "not_audio")]
+    decodable = [
+        r for r in records if r["reason"] not in ("corrupt", "not_audio", "unsupported_format")
+    ]
     curve = padding_curve(
         [r["seconds"] for r in decodable],
         [r["trimmed_seconds"] for r, ok in zip(records, outcomes[0].passing, strict=True) if ok],

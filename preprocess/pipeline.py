@@ -160,6 +160,13 @@ def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict
 def plan_decision(f: InputFile) -> Decision:
     if f.duplicate_of is not None:
         return reject("duplicate", f"same bytes as {f.duplicate_of}")
+    if f.is_unsupported_audio:
+        ext = Path(f.path).suffix.lower()
+        return reject(
+            "unsupported_format",
+            f"libsndfile cannot decode {ext} ({f.probe_error}); convert it first, e.g. "
+            f"`ffmpeg -i in{ext} out.flac`",
+        )
     return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
 
 

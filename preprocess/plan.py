@@ -12,7 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocess.audio_io import DecodeError, audio_extensions, probe
+from preprocess.audio_io import (
+    UNSUPPORTED_AUDIO_EXTENSIONS,
+    DecodeError,
+    audio_extensions,
+    probe,
+)
 from preprocess.config import PreprocessConfig
 
 _HASH_CHUNK = 1 << 20
@@ -28,6 +33,7 @@ class InputFile:
     bytes: int
     sha256: str
     is_audio_extension: bool
+    is_unsupported_audio: bool = False
     header: dict[str, Any] | None = None
     probe_error: str | None = None
     duplicate_of: str | None = None
@@ -93,7 +99,12 @@ def fingerprint(
     out = []
     for rel in rel_paths:
         full = Path(root) / rel
-        rec: dict[str, Any] = {"path": rel, "is_audio_extension": full.suffix.lower() in exts}
+        suffix = full.suffix.lower()
+        rec: dict[str, Any] = {
+            "path": rel,
+            "is_audio_extension": suffix in exts,
+            "is_unsupported_audio": suffix in UNSUPPORTED_AUDIO_EXTENSIONS,
+        }
         try:
             rec["bytes"] = full.stat().st_size
             rec["sha256"] = sha256_file(full)

@@ -16,6 +16,7 @@ from preprocess.scan import FileAnalysis
 
 REJECT_REASONS = (
     "not_audio",
+    "unsupported_format",
     "corrupt",
     "duplicate",
     "nonfinite",

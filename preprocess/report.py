@@ -132,7 +132,8 @@ class Findings:
         return [
             r
             for r in self.records
-            if r["reason"] not in ("corrupt", "not_audio") and (r["seconds"] or 0) > 0
+            if r["reason"] not in ("corrupt", "not_audio", "unsupported_format")
+            and (r["seconds"] or 0) > 0
         ]
 
     @cached_property
@@ -527,7 +528,7 @@ def section_integrity(f: Findings) -> str:
         top_table(
             f,
             "Corrupt and non-audio files",
-            f.by_reason("corrupt", "not_audio"),
+            f.by_reason("corrupt", "not_audio", "unsupported_format"),
             lambda r: 0,
             ["reason", "detail"],
             limit=0,

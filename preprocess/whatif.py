@@ -24,7 +24,7 @@ from preprocess.policy import Measurements, decide_measured
 
 SAMPLE_RATE = 16000
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
-INTEGRITY_REASONS = ("not_audio", "corrupt", "duplicate", "nonfinite")
+INTEGRITY_REASONS = ("not_audio", "unsupported_format", "corrupt", "duplicate", "nonfinite")
 # The original filter's names for its three thresholds (original-diagnosis.md, Solution #2).
 SHORT_NAMES = {
     "min_seconds": "original_min_seconds",

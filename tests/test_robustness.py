@@ -109,3 +109,18 @@ def test_script_and_module_entry_points_share_the_parser():
     assert "--address" in out.stdout and "--workers" in out.stdout
     assert out.stdout.split("options:")[1] == mod.stdout.split("options:")[1]
     assert sys.executable
+
+
+def test_undecodable_audio_formats_are_unsupported_not_junk(tmp_path):
+    from preprocess.pipeline import plan_decision
+
+    (tmp_path / "talk.M4A").write_bytes(b"\x00\x00\x00\x18ftypM4A junk")
+    (tmp_path / "notes.txt").write_text("transcript")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF????WAVEjunk")
+    files = _files(tmp_path, ["talk.M4A", "notes.txt", "broken.wav"])
+    reasons = {p: plan_decision(f) for p, f in files.items()}
+    assert reasons["talk.M4A"].reason == "unsupported_format"
+    assert "ffmpeg" in reasons["talk.M4A"].detail
+    assert reasons["notes.txt"].reason == "not_audio"
+    assert reasons["broken.wav"].reason == "corrupt"
+    assert reasons["broken.wav"].detail  # the decoder's own message
