@@ -13,7 +13,10 @@ Layout (little-endian header, 32 bytes):
 | 16 | 4 | n_frames F |
 | 20 | 8 | n_samples (exact decoded length) |
 | 28 | 4 | CRC-32 of the payload |
-| 32 | ceil(F·Nq·bits/8) | payload: codes frame-major (frame 0's Nq codes, frame 1's, …), each code MSB-first in `bits` bits, zero-padded to a byte |
+| 32 | ceil(F·Nq·bits/8) | payload: the codes, frame-major, MSB-first, zero-padded to a byte |
+
+Payload order: frame 0's Nq codes (codebook 0 first), then frame 1's, …; each code is `bits`
+bits, most significant bit first, and the last byte is padded with zero bits.
 
 Frame-major order lets a stream be cut after any frame. The payload is exactly
 F·Nq·bits bits rounded up to a byte, so its bitrate is Nq·bits·frame_rate: 0.5 kbps per
@@ -91,9 +94,17 @@ def encode_bitstream(codes: np.ndarray, header: Header) -> bytes:
             f"({header.n_codebooks} codebooks x {header.n_frames} frames)"
         )
     payload = pack_codes(codes, header.codebook_bits)
-    head = _HEADER.pack(MAGIC, VERSION, header.codebook_bits, header.n_codebooks,
-                        header.sample_rate, header.hop_length, header.n_frames,
-                        header.n_samples, zlib.crc32(payload))
+    head = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        header.codebook_bits,
+        header.n_codebooks,
+        header.sample_rate,
+        header.hop_length,
+        header.n_frames,
+        header.n_samples,
+        zlib.crc32(payload),
+    )
     return head + payload
 
 
@@ -106,9 +117,10 @@ def read_header(data: bytes) -> Header:
         raise BitstreamError(f"bad magic {magic!r}, expected {MAGIC!r}: not a .tcq bitstream")
     if version != VERSION:
         raise BitstreamError(f"bitstream version {version}, this reader expects {VERSION}")
-    if not 1 <= bits <= 16 or nq < 1 or sr < 1 or hop < 1:
+    if not 1 <= bits <= 16 or nq < 1 or sr < 1 or hop < 1 or samples < 1:
         raise BitstreamError(
-            f"implausible header: {bits} bits, {nq} codebooks, {sr} Hz, hop {hop}"
+            f"implausible header: {bits} bits, {nq} codebooks, {sr} Hz, hop {hop}, "
+            f"{samples} samples"
         )
     if frames != -(-samples // hop):
         raise BitstreamError(
@@ -130,8 +142,9 @@ def decode_bitstream(data: bytes) -> tuple[Header, np.ndarray]:
     return header, codes
 
 
-def check_compatible(header: Header, *, sample_rate: int, hop_length: int, codebook_bits: int,
-                     n_codebooks: int) -> None:
+def check_compatible(
+    header: Header, *, sample_rate: int, hop_length: int, codebook_bits: int, n_codebooks: int
+) -> None:
     """Raise BitstreamError unless a codec with these numbers can decode `header`'s stream
     (same rate, hop and code width; at most its number of codebooks)."""
     problems = []

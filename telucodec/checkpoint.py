@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from telucodec.configs import CodecConfig
@@ -27,15 +28,21 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing files or does not match its config."""
 
 
-def save_codec(directory: str | os.PathLike, model: Codec, extra: dict[str, Any] | None = None) -> Path:
+def save_codec(
+    directory: str | os.PathLike, model: Codec, extra: dict[str, Any] | None = None
+) -> Path:
     """Write directory/model.safetensors and directory/config.json ({"format", "version",
     "config", "extra"}); `extra` must be JSON-serializable (step, metrics, ...). Files are
     written to temporaries and renamed, so a crash never leaves a half checkpoint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.cfg.to_dict(),
-            "extra": extra or {}}
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "extra": extra or {},
+    }
     tmp_weights = directory / (WEIGHTS + ".tmp")
     save_file(state, str(tmp_weights), metadata={"format": FORMAT})
     tmp_config = directory / (CONFIG + ".tmp")
@@ -51,7 +58,9 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[CodecConfig, d
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; a checkpoint directory holds {CONFIG} and {WEIGHTS}") from None
+        raise CheckpointError(
+            f"{path}: missing; a checkpoint directory holds {CONFIG} and {WEIGHTS}"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -72,7 +81,10 @@ def load_codec(directory: str | os.PathLike, map_location: str | torch.device = 
     if not path.exists():
         raise CheckpointError(f"{path}: missing")
     device = str(map_location) if isinstance(map_location, torch.device) else map_location
-    state = load_file(str(path), device=device)
+    try:
+        state = load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     model = Codec(cfg)
     try:
         model.load_state_dict(state, strict=True)

@@ -4,8 +4,9 @@ encode: any audio file (format, rate, channels) → 16 kHz mono → `.tcq` bitst
 decode: `.tcq` → WAV of exactly the original length.
 eval:   masked and unmasked metrics per bitrate on a preprocess output's split.
 
-This is glue like train_ds.py: the only telucodec module that does file I/O, and the only
-one that imports `shards` (lazily, in `eval`) to read validation samples.
+This is glue like train_ds.py: the only telucodec module that reads audio files, and the only
+one that imports `shards` (lazily, in `eval`) to read validation samples. (checkpoint.py
+reads and writes checkpoint directories; every other module works on arrays.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ import soundfile as sf
 import soxr
 import torch
 
-from telucodec.bitstream import BitstreamError, Header, check_compatible, decode_bitstream
-from telucodec.bitstream import encode_bitstream
+from telucodec.bitstream import (
+    BitstreamError,
+    Header,
+    check_compatible,
+    decode_bitstream,
+    encode_bitstream,
+)
 from telucodec.checkpoint import CheckpointError, load_codec
 
 
@@ -82,11 +88,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def _batches(paths: list[Path], batch_size: int, limit: int):
     from shards import read_samples  # the CLI's one corpus read; the model never does
 
-    audio, mask, seen = [], [], 0
-    for sample in read_samples(paths):
+    audio, mask = [], []
+    for seen, sample in enumerate(read_samples(paths), start=1):
         audio.append(sample["audio"])
         mask.append(sample["mask"])
-        seen += 1
         if len(audio) == batch_size:
             yield np.stack(audio), np.stack(mask)
             audio, mask = [], []

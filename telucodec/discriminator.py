@@ -30,19 +30,22 @@ class STFTDiscriminator(nn.Module):
             return weight_norm(nn.Conv2d(cin, cout, kernel, stride, padding, dilation))
 
         # (frames, bins) kernels; time dilations 1, 2, 4 and frequency stride 2 as in EnCodec.
-        self.convs = nn.ModuleList([
-            conv(2, channels, (3, 9)),
-            conv(channels, channels, (3, 9), stride=(1, 2), dilation=(1, 1)),
-            conv(channels, channels, (3, 9), stride=(1, 2), dilation=(2, 1)),
-            conv(channels, channels, (3, 9), stride=(1, 2), dilation=(4, 1)),
-            conv(channels, channels, (3, 3)),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                conv(2, channels, (3, 9)),
+                conv(channels, channels, (3, 9), stride=(1, 2), dilation=(1, 1)),
+                conv(channels, channels, (3, 9), stride=(1, 2), dilation=(2, 1)),
+                conv(channels, channels, (3, 9), stride=(1, 2), dilation=(4, 1)),
+                conv(channels, channels, (3, 3)),
+            ]
+        )
         self.post = conv(channels, 1, (3, 3))
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        spec = torch.stft(audio[:, 0], self.n_fft, hop_length=self.hop, window=self.window,
-                          return_complex=True)
+        spec = torch.stft(
+            audio[:, 0], self.n_fft, hop_length=self.hop, window=self.window, return_complex=True
+        )
         x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # B x 2 x frames x bins
         features = []
         for conv in self.convs:

@@ -51,22 +51,29 @@ class Accumulator:
         self.sums["error_all"] += float(err_a.sum())
 
     def result(self) -> dict[str, Any]:
+        """Figures for JSON: None where nothing could be scored (never NaN, which is not JSON)."""
+
         def mean(xs: list[float]) -> float | None:
             return float(np.mean(xs)) if xs else None
+
+        def finite(x: float) -> float | None:
+            return float(x) if np.isfinite(x) else None
 
         return {
             "items": self.items,
             "masked": {
                 "snr_db": mean(self.masked_snr),
-                "global_snr_db": metrics.global_snr_db(self.sums["signal"], self.sums["error"]),
+                "global_snr_db": finite(
+                    metrics.global_snr_db(self.sums["signal"], self.sums["error"])
+                ),
                 "si_sdr_db": mean(self.si_sdr),
                 "mel_distance": mean(self.mel),
                 "gated_items": self.gated,
             },
             "unmasked": {
                 "snr_db": mean(self.unmasked_snr),
-                "global_snr_db": metrics.global_snr_db(
-                    self.sums["signal_all"], self.sums["error_all"]
+                "global_snr_db": finite(
+                    metrics.global_snr_db(self.sums["signal_all"], self.sums["error_all"])
                 ),
                 "gated_items": self.gated_unmasked,
             },

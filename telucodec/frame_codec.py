@@ -52,8 +52,9 @@ class FrameDecoder(nn.Module):
         hop, ch = cfg.hop_length, cfg.frame_channels
         self.proj = wn_conv1d(cfg.latent_dim, ch, 1)
         self.mlp = nn.Sequential(*[PointwiseResidual(ch) for _ in range(cfg.frame_residual_layers)])
-        self.synthesis = wn_conv_transpose1d(ch, 1, kernel_size=2 * hop, stride=hop,
-                                             padding=hop // 2)
+        self.synthesis = wn_conv_transpose1d(
+            ch, 1, kernel_size=2 * hop, stride=hop, padding=hop // 2
+        )
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.synthesis(self.mlp(self.proj(latent)))

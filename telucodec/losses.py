@@ -42,8 +42,9 @@ class SpectralLoss(nn.Module):
             bank = torch.tensor(mel_filterbank(n_fft, n_mels, sample_rate), dtype=torch.float32)
             self.register_buffer(f"mel_{n_fft}", bank, persistent=False)
 
-    def forward(self, ref: torch.Tensor, est: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         stft_total, mel_total = ref.new_zeros(()), ref.new_zeros(())
         for n_fft, _ in self.resolutions:
             hop = n_fft // 4
@@ -63,8 +64,12 @@ class SpectralLoss(nn.Module):
         return stft_total / n, mel_total / n
 
 
-def discriminator_loss(discriminator: MultiScaleSTFTDiscriminator, ref: torch.Tensor,
-                       est: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def discriminator_loss(
+    discriminator: MultiScaleSTFTDiscriminator,
+    ref: torch.Tensor,
+    est: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """Hinge loss for the critic (est is detached). ref, est Tensor[B x 1 x T],
     mask Tensor[B x T] -> scalar, mean over scales."""
     real = discriminator(ref, mask)
@@ -75,9 +80,12 @@ def discriminator_loss(discriminator: MultiScaleSTFTDiscriminator, ref: torch.Te
     return total / len(real)
 
 
-def generator_adversarial_loss(discriminator: MultiScaleSTFTDiscriminator, ref: torch.Tensor,
-                               est: torch.Tensor,
-                               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def generator_adversarial_loss(
+    discriminator: MultiScaleSTFTDiscriminator,
+    ref: torch.Tensor,
+    est: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hinge adversarial loss, relative feature-matching L1) for the generator, means over
     scales and layers. Features of real audio are targets (no gradient)."""
     with torch.no_grad():
@@ -107,9 +115,14 @@ class CodecLoss(nn.Module):
         self.cfg = cfg
         self.spectral = SpectralLoss(cfg.spectral_resolutions, cfg.sample_rate)
 
-    def forward(self, ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor,
-                out: CodecOutput,
-                discriminator: MultiScaleSTFTDiscriminator | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        ref: torch.Tensor,
+        est: torch.Tensor,
+        mask: torch.Tensor,
+        out: CodecOutput,
+        discriminator: MultiScaleSTFTDiscriminator | None = None,
+    ) -> dict[str, torch.Tensor]:
         if ref.shape != est.shape or ref.dim() != 3 or mask.shape != (ref.shape[0], ref.shape[2]):
             raise ValueError(
                 f"expected ref, est Tensor[B x 1 x T] and mask [B x T], got "
@@ -124,11 +137,17 @@ class CodecLoss(nn.Module):
             "commitment": out.commitment_loss,
             "codebook": out.codebook_loss,
         }
-        loss = (cfg.l1_weight * terms["l1"] + cfg.stft_weight * stft + cfg.mel_weight * mel
-                + cfg.commitment_weight * terms["commitment"]
-                + cfg.codebook_weight * terms["codebook"])
+        loss = (
+            cfg.l1_weight * terms["l1"]
+            + cfg.stft_weight * stft
+            + cfg.mel_weight * mel
+            + cfg.commitment_weight * terms["commitment"]
+            + cfg.codebook_weight * terms["codebook"]
+        )
         if discriminator is not None:
-            terms["adv"], terms["feature"] = generator_adversarial_loss(discriminator, ref, est, mask)
+            terms["adv"], terms["feature"] = generator_adversarial_loss(
+                discriminator, ref, est, mask
+            )
             loss = loss + cfg.adv_weight * terms["adv"] + cfg.feature_weight * terms["feature"]
         terms["loss"] = loss
         return terms

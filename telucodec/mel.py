@@ -26,8 +26,9 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _mel_filterbank_np(n_fft: int, n_mels: int, sample_rate: int, f_min: float,
-                       f_max: float) -> np.ndarray:
+def _mel_filterbank_np(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float
+) -> np.ndarray:
     freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
     lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
@@ -38,12 +39,22 @@ def _mel_filterbank_np(n_fft: int, n_mels: int, sample_rate: int, f_min: float,
     return bank
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int = 16000, f_min: float = 0.0,
-                   f_max: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_fft: int,
+    n_mels: int,
+    sample_rate: int = 16000,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+) -> np.ndarray:
     """Triangular filters with unit peak on the HTK mel scale between f_min and f_max
     (default Nyquist). Returns float64[n_mels x n_fft//2 + 1], read-only."""
-    return _mel_filterbank_np(n_fft, n_mels, sample_rate, float(f_min),
-                              float(f_max if f_max is not None else sample_rate / 2))
+    return _mel_filterbank_np(
+        n_fft,
+        n_mels,
+        sample_rate,
+        float(f_min),
+        float(f_max if f_max is not None else sample_rate / 2),
+    )
 
 
 def frame_mask(mask: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -54,14 +65,18 @@ def frame_mask(mask: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     return coverage > 0.5
 
 
-def magnitude_frames(audio: torch.Tensor, mask: torch.Tensor, n_fft: int, hop: int,
-                     window: torch.Tensor | None = None) -> torch.Tensor:
+def magnitude_frames(
+    audio: torch.Tensor,
+    mask: torch.Tensor,
+    n_fft: int,
+    hop: int,
+    window: torch.Tensor | None = None,
+) -> torch.Tensor:
     """STFT magnitudes of the masked signal. audio Tensor[B x T], mask Tensor[B x T] ->
     Tensor[B x n_fft//2 + 1 x T // hop + 1] (frames aligned with `frame_mask`)."""
     if window is None:
         window = torch.hann_window(n_fft, dtype=audio.dtype, device=audio.device)
     x = F.pad(audio * mask.to(audio.dtype), (n_fft // 2, n_fft // 2))
-    spec = torch.stft(x, n_fft, hop_length=hop, window=window, center=False,
-                      return_complex=True)
+    spec = torch.stft(x, n_fft, hop_length=hop, window=window, center=False, return_complex=True)
     # sqrt(power + tiny) keeps the gradient finite at exact zeros (padding, silence).
     return (spec.real.pow(2) + spec.imag.pow(2) + 1e-12).sqrt()

@@ -71,8 +71,9 @@ def _ratio_db(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(num / den)
 
 
-def snr_from_energies(signal, error, n_valid,
-                      gate_db: float = DEFAULT_GATE_DB) -> tuple[np.ndarray, int]:
+def snr_from_energies(
+    signal, error, n_valid, gate_db: float = DEFAULT_GATE_DB
+) -> tuple[np.ndarray, int]:
     """(per-item SNR dB float64[B], NaN where gated; number gated). Gated: n_valid == 0 or
     mean square over valid samples below gate_db dBFS."""
     signal = np.asarray(signal, dtype=np.float64)

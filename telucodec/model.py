@@ -93,7 +93,9 @@ class Codec(nn.Module):
         """codes LongTensor[B x Nq x F] -> audio Tensor[B x 1 x length];
         `length` must need exactly F frames (ceil(length / hop) == F)."""
         if codes.dim() != 3:
-            raise ValueError(f"codes must be LongTensor[B x Nq x F], got shape {tuple(codes.shape)}")
+            raise ValueError(
+                f"codes must be LongTensor[B x Nq x F], got shape {tuple(codes.shape)}"
+            )
         if self.n_frames(length) != codes.shape[-1]:
             raise ValueError(
                 f"length {length} needs {self.n_frames(length)} frames at hop "

@@ -78,8 +78,8 @@ class QuantizerOutput:
 
     z_q: Tensor[B x D x F] quantized latent with straight-through gradients.
     codes: LongTensor[B x Nq x F] code indices of the stages computed.
-    commitment_loss, codebook_loss: scalar Tensors, summed over stages, each stage averaged
-      over the items that used it.
+    commitment_loss, codebook_loss: scalar Tensors, summed over stages; each stage's term is
+      the batch mean with items that dropped the stage counting 0 (as in DAC).
     n_quantizers: LongTensor[B] stages each item used (quantizer dropout).
     """
 
@@ -262,7 +262,7 @@ class ResidualVectorQuantize(nn.Module):
 
     def encode(self, z: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
         """Tensor[B x D x F] -> LongTensor[B x Nq x F]; never updates codebooks."""
-        n_run = self._check(n_quantizers or self.n_codebooks)
+        n_run = self._check(self.n_codebooks if n_quantizers is None else n_quantizers)
         codes, residual = [], z
         for quantizer in self.quantizers[:n_run]:
             codes_i = quantizer.encode(residual)

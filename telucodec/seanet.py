@@ -25,8 +25,9 @@ class EncoderBlock(nn.Module):
             *[ResidualUnit(half, d, kind) for d in dilations],
             activation(kind, half),
             # kernel 2*stride with padding ceil(stride/2) gives exactly T/stride frames.
-            wn_conv1d(half, channels, kernel_size=2 * stride, stride=stride,
-                      padding=(stride + 1) // 2),
+            wn_conv1d(
+                half, channels, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2
+            ),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +43,14 @@ class DecoderBlock(nn.Module):
         half = channels // 2
         self.block = nn.Sequential(
             activation(kind, channels),
-            wn_conv_transpose1d(channels, half, kernel_size=2 * stride, stride=stride,
-                                padding=(stride + 1) // 2, output_padding=stride % 2),
+            wn_conv_transpose1d(
+                channels,
+                half,
+                kernel_size=2 * stride,
+                stride=stride,
+                padding=(stride + 1) // 2,
+                output_padding=stride % 2,
+            ),
             *[ResidualUnit(half, d, kind) for d in dilations],
         )
 

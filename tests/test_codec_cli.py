@@ -1,0 +1,258 @@
+"""`python -m telucodec encode|decode|eval` run as a user runs them, in a subprocess, with a
+`tiny` checkpoint saved by the test: any input format/rate/channels in, a `.tcq` at the
+nominal bitrate out, the exact length back, exit status 2 with a one-line reason for every
+bad bitstream, and eval JSON with masked and unmasked figures side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import shards
+from shards import ShardWriter, read_samples
+from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
+from telucodec.checkpoint import load_codec, save_codec
+from telucodec.cli import read_audio
+from telucodec.evaluate import evaluate
+from tests.test_codec_model import speechlike, trained_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_RATE = 44_100
+SOURCE_FRAMES = 3 * SOURCE_RATE + 77  # not a whole number of 16 kHz samples or of frames
+
+
+def telucodec(*args: str) -> subprocess.CompletedProcess:
+    # One thread: with two OpenMP threads on two cores shared with other jobs, torch can run
+    # many times slower than with one (threads spin on barriers while a core is taken).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "telucodec", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def fails_clearly(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit 2, and a one-line `telucodec CMD: error: ...` naming the problem, no traceback."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("telucodec ") and ": error: " in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Module-wide, so it also covers training the checkpoint fixture (see `telucodec`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("codec_cli")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(work) -> Path:
+    save_codec(work / "ckpt", trained_tiny())
+    return work / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def stereo_flac(work) -> Path:
+    """44.1 kHz stereo FLAC, the two channels at different gains."""
+    rng = np.random.default_rng(0)
+    left = speechlike(rng, SOURCE_FRAMES)
+    audio = np.stack([left, 0.5 * left + 0.01 * rng.standard_normal(SOURCE_FRAMES)], axis=1)
+    path = work / "input.flac"
+    sf.write(path, audio.astype(np.float32), SOURCE_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(work, checkpoint, stereo_flac) -> Path:
+    out = work / "input.tcq"
+    ok(telucodec("encode", stereo_flac, out, "--checkpoint", checkpoint, "--kbps", 6))
+    return out
+
+
+def expected_samples(path: Path) -> int:
+    return read_audio(path, 16000).size
+
+
+# ------------------------------------------------------------------------------ encode
+
+
+def test_encode_reads_44k_stereo_flac_and_writes_versioned_tcq_at_6_kbps(encoded, stereo_flac):
+    data = encoded.read_bytes()
+    header, codes = decode_bitstream(data)
+    assert data[:4] == b"TCQ\x00" and header.version == 1
+    n_samples = expected_samples(stereo_flac)
+    assert abs(n_samples - SOURCE_FRAMES * 16000 / SOURCE_RATE) <= 1
+    assert header == Header(16000, 320, 12, 10, -(-n_samples // 320), n_samples)
+    assert codes.shape == (12, header.n_frames)
+    payload_kbps = 8 * (len(data) - HEADER_BYTES) / (n_samples / 16000) / 1000
+    assert payload_kbps == pytest.approx(6.0, rel=0.01)
+
+
+def test_encode_at_1_5_kbps_uses_3_codebooks(work, checkpoint, stereo_flac):
+    out = work / "low.tcq"
+    proc = ok(telucodec("encode", stereo_flac, out, "--checkpoint", checkpoint, "--kbps", 1.5))
+    assert "3 codebooks" in proc.stdout
+    header, _ = decode_bitstream(out.read_bytes())
+    payload_kbps = 8 * (out.stat().st_size - HEADER_BYTES) / (header.n_samples / 16000) / 1000
+    assert header.n_codebooks == 3 and payload_kbps == pytest.approx(1.5, rel=0.01)
+
+
+def test_encode_rejects_a_bitrate_the_checkpoint_cannot_serve(work, checkpoint, stereo_flac):
+    proc = telucodec("encode", stereo_flac, work / "x.tcq", "--checkpoint", checkpoint, "--kbps", 7)
+    fails_clearly(proc, "7.0 kbps is not a whole number of codebooks")
+    assert not (work / "x.tcq").exists()
+
+
+# ------------------------------------------------------------------------------ decode
+
+
+def test_decode_gives_back_exactly_the_16k_length_of_the_input(
+    work, checkpoint, stereo_flac, encoded
+):
+    out = work / "decoded.wav"
+    ok(telucodec("decode", encoded, out, "--checkpoint", checkpoint))
+    info = sf.info(out)
+    assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert info.frames == expected_samples(stereo_flac)
+    # The CLI pipeline is the model: decode(encode(x)) == forward(x) up to PCM_16 rounding.
+    decoded, _ = sf.read(out, dtype="float64")
+    model = load_codec(checkpoint)
+    x = torch.from_numpy(read_audio(stereo_flac, 16000))[None, None]
+    with torch.no_grad():
+        reference = model(x, n_quantizers=12).audio[0, 0].clamp(-1, 1).double().numpy()
+    np.testing.assert_allclose(decoded, reference, rtol=0, atol=1.01 / 32768)
+
+
+def test_decode_rejects_a_file_that_is_not_tcq(work, checkpoint, encoded):
+    bad = work / "bad_magic.tcq"
+    bad.write_bytes(b"RIFF" + encoded.read_bytes()[4:])
+    proc = telucodec("decode", bad, work / "bad.wav", "--checkpoint", checkpoint)
+    fails_clearly(proc, "bad magic", "not a .tcq bitstream")
+    assert not (work / "bad.wav").exists()
+
+
+def test_decode_rejects_a_truncated_payload(work, checkpoint, encoded):
+    data = encoded.read_bytes()
+    cut = work / "truncated.tcq"
+    cut.write_bytes(data[:-100])
+    proc = telucodec("decode", cut, work / "cut.wav", "--checkpoint", checkpoint)
+    fails_clearly(proc, f"payload is {len(data) - 100 - HEADER_BYTES} bytes, expected")
+
+
+def test_decode_rejects_more_codebooks_than_the_checkpoint_has(work, checkpoint):
+    frames, n_samples = 50, 16_000
+    codes = np.random.default_rng(1).integers(0, 1024, (13, frames))
+    stream = work / "thirteen.tcq"
+    stream.write_bytes(encode_bitstream(codes, Header(16000, 320, 13, 10, frames, n_samples)))
+    proc = telucodec("decode", stream, work / "13.wav", "--checkpoint", checkpoint)
+    fails_clearly(proc, "does not match the checkpoint", "13 codebooks, codec has only 12")
+
+
+# ------------------------------------------------------------------------------ eval
+
+
+def _meta(i: int, split: str) -> dict:
+    return {"source": f"{split}/{i}.wav", "offset": 0, "gain_db": 0.0, "sample_rate": 16000}
+
+
+@pytest.fixture(scope="module")
+def preprocess_out(work) -> Path:
+    """OUT/shards/{train,val}-000000.tar (no index.json: eval globs the shards). Val items
+    2 and 4 are padded: 6000 and 3000 real samples in 16000."""
+    out = work / "out"
+    rng = np.random.default_rng(3)
+    for split, n_items in (("train", 2), ("val", 5)):
+        with ShardWriter(out / "shards" / f"{split}-000000.tar") as writer:
+            for i in range(n_items):
+                n_valid = {2: 6000, 4: 3000}.get(i, 16000)
+                audio = np.zeros(16000, np.float32)
+                audio[:n_valid] = speechlike(rng, n_valid)
+                meta = {**_meta(i, split), "split": split}
+                writer.write(shards.sample_key(f"{split}{i}", 0), audio, [[0, n_valid]], meta)
+    return out
+
+
+def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, preprocess_out):
+    report_path = work / "eval" / "report.json"
+    proc = ok(
+        telucodec(
+            "eval",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            preprocess_out,
+            "--split",
+            "val",
+            "--kbps",
+            "1.5,3,6",
+            "--batch-size",
+            2,
+            "--out",
+            report_path,
+        )
+    )
+    report = json.loads(proc.stdout)
+    assert json.loads(report_path.read_text()) == report
+    assert report["split"] == "val" and set(report["bitrates"]) == {"1.5", "3", "6"}
+    for kbps, nq in (("1.5", 3), ("3", 6), ("6", 12)):
+        figures = report["bitrates"][kbps]
+        assert figures["n_quantizers"] == nq and figures["items"] == 5
+        masked, unmasked = figures["masked"], figures["unmasked"]
+        assert set(masked) == {
+            "snr_db",
+            "global_snr_db",
+            "si_sdr_db",
+            "mel_distance",
+            "gated_items",
+        }
+        assert set(unmasked) == {"snr_db", "global_snr_db", "gated_items"}
+        for value in (*masked.values(), *unmasked.values()):
+            assert isinstance(value, (int, float)) and np.isfinite(value)
+        # Padding holds zeros, so scoring it adds no signal, only the decoder's output there
+        # as error: with padded items the unmasked figures are strictly lower.
+        assert unmasked["snr_db"] < masked["snr_db"]
+        assert unmasked["global_snr_db"] < masked["global_snr_db"]
+        assert masked["snr_db"] > 0  # a trained codec, so the figures mean something
+
+    # The same numbers as the library call on the same samples (the CLI adds only I/O).
+    samples = list(read_samples(sorted((preprocess_out / "shards").glob("val-*.tar"))))
+    batches = [
+        (
+            np.stack([s["audio"] for s in samples[i : i + 2]]),
+            np.stack([s["mask"] for s in samples[i : i + 2]]),
+        )
+        for i in range(0, len(samples), 2)
+    ]
+    direct = evaluate(load_codec(checkpoint), batches, [1.5, 3.0, 6.0])
+    assert direct == report["bitrates"]
+
+
+def test_eval_without_shards_of_the_split_is_a_clear_error(work, checkpoint):
+    proc = telucodec("eval", "--checkpoint", checkpoint, "--data", work / "nowhere")
+    fails_clearly(proc, "no val-*.tar shards in")
