@@ -124,6 +124,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _val_paths(data: str, split: str) -> list[Path]:
+    paths = sorted(Path(data, "shards").glob(f"{split}-*.tar"))
+    if not paths:
+        raise ValueError(f"no {split}-*.tar shards in {Path(data, 'shards')}")
+    return paths
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from telucodec.compare import compare, plot_comparison
+    from telucodec.opus import missing_opus, opus_round_trip
+
+    model = load_codec(args.checkpoint)
+    paths = _val_paths(args.data, args.split)
+    kbps = [float(k) for k in args.kbps.split(",")]
+    why_not = missing_opus()
+    if why_not:
+        print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)
+    items = ((a[i], m[i]) for a, m in _batches(paths, 1, args.max_items) for i in range(a.shape[0]))
+    results = compare(model, items, kbps, None if why_not else opus_round_trip)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "split": args.split,
+        "opus": why_not or "opus-tools (opusenc --hard-cbr, opusdec)",
+        "codecs": results,
+    }
+    (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_comparison(results, str(out / "compare.png"))
+    print(f"{'codec':<10}{'kbps':>6}{'SNR dB':>9}{'SI-SDR':>9}{'mel':>8}{'PESQ':>7}{'STOI':>7}")
+    for codec, per in results.items():
+        for k, r in per.items():
+            cells = [r[n] for n in ("snr_db", "si_sdr_db", "mel_distance", "pesq_wb", "stoi")]
+            text = "".join(f"{c:>9.2f}" if c is not None else f"{'—':>9}" for c in cells)
+            print(f"{codec:<10}{k:>6}{text}")
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m telucodec", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-items", type=int, default=0, help="0 = all")
     v.add_argument("--out", help="also write the JSON here")
     v.set_defaults(func=cmd_eval)
+    c = sub.add_parser("compare", help="our codec vs Opus at the same bitrates")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--data", required=True, help="preprocess output directory (OUT)")
+    c.add_argument("--split", default="val", choices=("train", "val"))
+    c.add_argument("--kbps", default="1.5,3,6", help="comma-separated bitrates")
+    c.add_argument("--max-items", type=int, default=0, help="0 = all")
+    c.add_argument("--out", default="compare", help="directory for compare.json/.png")
+    c.set_defaults(func=cmd_compare)
     return p
 
 
