@@ -45,28 +45,29 @@ class OutputConflict(RuntimeError):
 
 @ray.remote
 class UnitWorker:
-    """One per worker core: processes whole units and writes their shard parts."""
+    """One per worker core, started once per run: hashes and probes files for the plan,
+    then processes whole units and writes their shard parts."""
 
-    def __init__(self, input_root: str, work: str, cfg: dict[str, Any], files: Any):
+    def __init__(self, input_root: str, work: str, cfg: dict[str, Any]):
         self.input_root = Path(input_root)
         self.work = Path(work)
         cfg = {k: v for k, v in cfg.items() if k not in ("segment_samples", "frame_samples")}
         cfg["extra_audio_extensions"] = tuple(cfg["extra_audio_extensions"])
         self.cfg = PreprocessConfig(**cfg)
-        self.files = {f["path"]: InputFile(**f) for f in files}
 
-    def process(self, unit: dict[str, Any], scan_only: bool = False) -> dict[str, Any]:
+    def fingerprint(self, paths: list[str]) -> list[dict]:
+        return fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
+
+    def process(
+        self, unit: dict[str, Any], files: list[dict[str, Any]], scan_only: bool = False
+    ) -> dict[str, Any]:
+        table = {f["path"]: InputFile(**f) for f in files}
         done = process_unit(
-            WorkUnit(**unit), self.files, self.input_root, self.work, self.cfg, scan_only
+            WorkUnit(**unit), table, self.input_root, self.work, self.cfg, scan_only
         )
         # Peak RSS of this worker process so far: reported, never written to OUT.
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return done
-
-
-@ray.remote
-def _fingerprint_task(root: str, paths: list[str], exts: tuple[str, ...]) -> list[dict]:
-    return fingerprint(root, paths, exts)
 
 
 def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> Path | None:
@@ -95,16 +96,13 @@ def _shutdown_ray(temp: Path | None) -> None:
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _plan(input_root: Path, cfg: PreprocessConfig, work: Path) -> list[InputFile]:
-    """List, hash and probe every file (in Ray tasks), then dedupe and split."""
+def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
+    """List, hash and probe every file (on the worker actors), then dedupe and split."""
     paths = list_files(input_root)
     cache_path = work / "fingerprints.jsonl"
     cached = _load_fingerprint_cache(cache_path, input_root)
     todo = [p for p in paths if p not in cached]
     batches = [todo[i : i + _FINGERPRINT_BATCH] for i in range(0, len(todo), _FINGERPRINT_BATCH)]
-    refs = [
-        _fingerprint_task.remote(str(input_root), b, cfg.extra_audio_extensions) for b in batches
-    ]
     with tqdm(
         total=len(paths),
         initial=len(paths) - len(todo),
@@ -112,10 +110,8 @@ def _plan(input_root: Path, cfg: PreprocessConfig, work: Path) -> list[InputFile
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for rec in ray.get(ready[0]):
+        for recs in pool.map_unordered(lambda a, b: a.fingerprint.remote(b), batches):
+            for rec in recs:
                 cached[rec["path"]] = rec
                 bar.update(1)
     _save_fingerprint_cache(cache_path, input_root, paths, cached)
@@ -229,7 +225,7 @@ def _run_units(
     input_root: Path,
     work: Path,
     cfg: PreprocessConfig,
-    workers: int,
+    pool: ActorPool,
     scan_only: bool = False,
 ) -> float:
     """Run the units not yet committed on a pool of actors; returns peak worker RSS (MB)."""
@@ -239,14 +235,11 @@ def _run_units(
     if not todo:
         return 0.0
     by_path = {f.path: f for f in files}
-    needed = sorted({p for u in todo for p in u.paths})
-    file_table = ray.put([vars(by_path[p]) for p in needed])
-    n_actors = max(1, min(workers, len(todo)))
-    actors = [
-        UnitWorker.remote(str(input_root), str(work), cfg.to_dict(), file_table)
-        for _ in range(n_actors)
-    ]
-    pool = ActorPool(actors)
+
+    def submit(actor, unit: WorkUnit):
+        table = [vars(by_path[p]) for p in unit.paths]
+        return actor.process.remote(unit.to_dict(), table, scan_only)
+
     hours, peak_rss = 0.0, 0.0
     t0 = time.perf_counter()
     with tqdm(
@@ -256,14 +249,12 @@ def _run_units(
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        for done in pool.map_unordered(lambda a, u: a.process.remote(u.to_dict(), scan_only), todo):
+        for done in pool.map_unordered(submit, todo):
             hours += done["seconds"] / 3600.0
             peak_rss = max(peak_rss, done["_peak_rss_mb"])
             bar.update(done["files"])
             rate = hours / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
-    for a in actors:
-        ray.kill(a)
     return peak_rss
 
 
@@ -282,10 +273,16 @@ def _run(
     print(f"preprocess: {input_root} → {out}")
     print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
     t0 = time.perf_counter()
-    files = _plan(input_root, cfg, work)
-    units = make_units(files, cfg)
-    plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-    peak_rss = _run_units(units, files, input_root, work, cfg, workers, scan_only)
+    actors = [UnitWorker.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
+    try:
+        pool = ActorPool(actors)
+        files = _plan(input_root, cfg, work, pool)
+        units = make_units(files, cfg)
+        plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
+        peak_rss = _run_units(units, files, input_root, work, cfg, pool, scan_only)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
     index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
     index["_elapsed_s"] = time.perf_counter() - t0
     index["_worker_peak_rss_mb"] = peak_rss

@@ -97,11 +97,23 @@ def write_stats(
         chunks=(1 << 18,),
         compressors=_compressor(),
     )
-    pos = 0
-    for chunk in frame_chunks:  # streamed unit by unit: memory bounded by one unit
-        if chunk.size:
-            values[pos : pos + chunk.size] = chunk
-            pos += chunk.size
+    # Write whole zarr chunks only: a partial-chunk write re-reads and re-compresses the
+    # chunk, which per file made assembly quadratic-ish. Memory: one chunk of buffer.
+    step = values.chunks[0]
+    buf = np.empty(step, np.float32)
+    filled, pos = 0, 0
+    for chunk in frame_chunks:
+        chunk = np.asarray(chunk, np.float32)
+        while chunk.size:
+            take = min(step - filled, chunk.size)
+            buf[filled : filled + take] = chunk[:take]
+            filled, chunk = filled + take, chunk[take:]
+            if filled == step:
+                values[pos : pos + step] = buf
+                pos, filled = pos + step, 0
+    if filled:
+        values[pos : pos + filled] = buf[:filled]
+        pos += filled
     if pos != offsets[-1]:
         raise RuntimeError(f"frame RMS count {pos} != offsets total {offsets[-1]}")
 
