@@ -10,7 +10,7 @@ DEMO_MINUTES ?= 12
 DEMO_TRAIN_SECONDS ?= 180
 DEMO_WORKERS ?= 2
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP)
 
