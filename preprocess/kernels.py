@@ -224,6 +224,18 @@ def highpass_sos(sample_rate: int, cutoff_hz: float) -> np.ndarray:
     return (np.array(sos, np.float64) / a0).reshape(1, 6)
 
 
+@njit(cache=True, inline="always")
+def sos_step(v, sos, zi):
+    """One sample through a biquad cascade (transposed direct form II), float64 state
+    zi[S, 2] updated in place; shared by `sos_filter` and the loudness meter."""
+    for s in range(sos.shape[0]):
+        y = sos[s, 0] * v + zi[s, 0]
+        zi[s, 0] = sos[s, 1] * v - sos[s, 4] * y + zi[s, 1]
+        zi[s, 1] = sos[s, 2] * v - sos[s, 5] * y
+        v = y
+    return v
+
+
 @njit(cache=True)
 def sos_filter(x, sos, zi, out):
     """Cascade of biquads, transposed direct form II (as scipy's sosfilt), float64 state.
@@ -232,13 +244,7 @@ def sos_filter(x, sos, zi, out):
     updated in place so consecutive calls equal one call on the concatenation; out: [n].
     """
     for n in range(x.size):
-        v = np.float64(x[n])
-        for s in range(sos.shape[0]):
-            y = sos[s, 0] * v + zi[s, 0]
-            zi[s, 0] = sos[s, 1] * v - sos[s, 4] * y + zi[s, 1]
-            zi[s, 1] = sos[s, 2] * v - sos[s, 5] * y
-            v = y
-        out[n] = v
+        out[n] = sos_step(np.float64(x[n]), sos, zi)
 
 
 def steady_state(sos: np.ndarray, x0: float) -> np.ndarray:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from preprocess.kernels import sos_filter
+from preprocess.kernels import sos_filter, sos_step
 
 __all__ = [
     "KWeighting",
@@ -106,12 +106,7 @@ def _kweighted_subblocks(x, sos, zi, acc, pos, sample_rate, out):
     written = 0
     length = (pos[1] + 1) * sample_rate // 10 - pos[1] * sample_rate // 10
     for n in range(x.size):
-        v = np.float64(x[n])
-        for s in range(sos.shape[0]):
-            y = sos[s, 0] * v + zi[s, 0]
-            zi[s, 0] = sos[s, 1] * v - sos[s, 4] * y + zi[s, 1]
-            zi[s, 1] = sos[s, 2] * v - sos[s, 5] * y
-            v = y
+        v = sos_step(np.float64(x[n]), sos, zi)
         acc[0] += v * v
         pos[0] += 1
         if pos[0] == length:
