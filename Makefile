@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEMO ?= demo
 DEMO_MINUTES ?= 12
 DEMO_TRAIN_SECONDS ?= 180
-DEMO_WORKERS ?= 2
 
 .PHONY: venv demo test lint clean
 
@@ -26,8 +25,7 @@ $(STAMP): pyproject.toml
 demo: venv
 	@test -d $(DEMO)/corpus || $(BIN)/python -m preprocess.synth $(DEMO)/corpus \
 		--minutes $(DEMO_MINUTES) --seed 0 --no-progress
-	RAY_AUTH_MODE=disabled $(BIN)/python -m preprocess.run --input $(DEMO)/corpus \
-		--output $(DEMO)/out --workers $(DEMO_WORKERS) --shard-mb 2
+	$(BIN)/python -m preprocess.run --input $(DEMO)/corpus --output $(DEMO)/out --shard-mb 2
 	$(BIN)/python train_ds.py --deepspeed_config ds_config.json --data_dir $(DEMO)/out \
 		--checkpoint_dir $(DEMO)/runs --experiment_name demo --model_config small \
 		--max_steps 2000 --max_seconds $(DEMO_TRAIN_SECONDS) --val_every 300

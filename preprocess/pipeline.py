@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ from preprocess.plan import (
     needs_decoding,
 )
 from preprocess.policy import Decision, reject
+from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.unit import process_unit, unit_is_done
 
 _FINGERPRINT_BATCH = 32
-_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
 class OutputConflict(RuntimeError):
@@ -68,32 +67,6 @@ class UnitWorker:
         # Peak RSS of this worker process so far: reported, never written to OUT.
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return done
-
-
-def _init_ray(address: str | None, workers: int, temp_root: Path | None) -> Path | None:
-    """Join `address` or start a local Ray; returns the temp dir of a Ray we started."""
-    if ray.is_initialized():
-        return None
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": True,
-        "runtime_env": {"env_vars": _WORKER_ENV},
-    }
-    if address:
-        ray.init(address=address, **kwargs)
-        return None
-        # A short temp path: Ray's socket paths must stay under ~107 characters.
-        temp = tempfile.mkdtemp(prefix="tcray-", dir=str(temp_root) if temp_root else None)
-        ray.init(num_cpus=workers, _temp_dir=temp, **kwargs)
-        return Path(temp)
-
-
-def _shutdown_ray(temp: Path | None) -> None:
-    """Stop a Ray this run started and remove its temp dir (sessions, logs, sockets)."""
-    if temp is None:
-        return
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
@@ -194,6 +167,7 @@ def run_pipeline(
     overwrite: bool = False,
     keep_work: bool = False,
     scan_only: bool = False,
+    dashboard: bool = False,
 ) -> dict[str, Any]:
     """Preprocess `input_root` into `output`; returns index.json's content.
 
@@ -202,6 +176,10 @@ def run_pipeline(
     """
     input_root = Path(input_root).resolve()
     out = Path(output).resolve()
+    if not input_root.is_dir():
+        raise NotADirectoryError(f"input {input_root} is not a directory")
+    if workers is not None and workers <= 0:
+        raise ValueError(f"--workers {workers}: expected a positive number of workers")
     if out == input_root or input_root in out.parents:
         raise ValueError(f"output {out} must not lie inside the input {input_root}")
     out.mkdir(parents=True, exist_ok=True)
@@ -209,11 +187,8 @@ def run_pipeline(
     work = out / ".work"
     work.mkdir(exist_ok=True)
     (work / "config.json").write_text(json.dumps({"config_digest": cfg.digest()}))
-    ray_temp = _init_ray(address, workers or os.cpu_count() or 1, None)
-    try:
-        index = _run(input_root, out, cfg, work, workers, scan_only)
-    finally:
-        _shutdown_ray(ray_temp)
+    with ray_session(address, workers, dashboard) as session:
+        index = _run(input_root, out, cfg, work, session.workers, scan_only)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
     return index
@@ -263,13 +238,12 @@ def _run(
     out: Path,
     cfg: PreprocessConfig,
     work: Path,
-    workers: int | None,
+    workers: int,
     scan_only: bool,
 ) -> dict[str, Any]:
     """Plan, process units, assemble; Ray is up. Returns the index plus run figures."""
     from preprocess.assemble import assemble
 
-    workers = workers or int(ray.cluster_resources().get("CPU", 1))
     print(f"preprocess: {input_root} → {out}")
     print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
     t0 = time.perf_counter()

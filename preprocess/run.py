@@ -26,8 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="corpus directory (any nesting)")
     p.add_argument("--output", required=True, help="output directory (OUT)")
-    p.add_argument("--workers", type=int, default=None, help="Ray actors (default: all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray actors (default: the CPUs this process may use, or the cluster's)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto'")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
     p.add_argument("--config", default=None, help="JSON or TOML file of config overrides")
     p.add_argument("--preset", choices=("default", "original"), default=None)
     p.add_argument("--segment-seconds", type=float, default=None)
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             overwrite=args.overwrite,
             keep_work=args.keep_work,
+            dashboard=args.dashboard,
         )
     except (OutputConflict, ValueError, NotADirectoryError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)

@@ -1,0 +1,107 @@
+"""The Ray runtime of one pipeline run: join a cluster, or start a private local one.
+
+`ray_session` is the one owner of start, join and shutdown. A local Ray it starts
+advertises 127.0.0.1, runs no dashboard unless asked, hands the thread caps to every worker
+and, on exit, is shut down and its temp dir (sessions, logs, sockets) removed, so a run
+leaves no process and nothing in /tmp. A joined cluster (`--address`) is left running: it
+belongs to whoever started it.
+
+Ray 2.60's gRPC servers (GCS, raylet, workers) bind the wildcard address whatever the node
+IP (`GrpcServer::Run` hard-codes 0.0.0.0), so a local Ray is reachable from the network;
+Ray's token authentication, which a new local Ray enables unless RAY_AUTH_MODE says
+otherwise, is what guards it. docs/PREPROCESS.md says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every worker computes single-threaded: parallelism comes from actors, and nested
+# OpenMP/MKL/Numba threads on the same cores only spin against each other.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+def available_cpus() -> int:
+    """CPUs this process may actually use: its affinity mask, capped by a cgroup v2 quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """What the pipeline needs to know about the Ray it runs on."""
+
+    workers: int  # actors to start
+    local: bool  # True when this run started (and will stop) the Ray
+    temp_dir: Path | None  # the local Ray's temp dir, removed on exit
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None, workers: int | None = None, dashboard: bool = False
+) -> Iterator[RaySession]:
+    """Join `address` (e.g. "auto") or start a local Ray with `workers` CPUs.
+
+    `workers` None means every CPU available: this process's (cgroup/affinity aware) for a
+    local Ray, the cluster's for a joined one. A Ray already initialized in this process
+    (a test, a notebook) is used as it is and left running.
+    """
+    import ray
+
+    if workers is not None and workers <= 0:
+        raise ValueError(f"--workers {workers}: expected a positive number of workers")
+    if ray.is_initialized():
+        yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
+        return
+    common = {
+        "include_dashboard": dashboard,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+    }
+    if address:
+        ray.init(address=address, **common)
+        try:
+            yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
+        finally:
+            ray.shutdown()  # disconnects this driver; the cluster keeps running
+        return
+    workers = workers or available_cpus()
+    # A short temp path: Ray's socket paths must stay under ~107 characters.
+    temp = Path(tempfile.mkdtemp(prefix="tcray-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    try:
+        ray.init(
+            num_cpus=workers,
+            _temp_dir=str(temp),
+            _node_ip_address="127.0.0.1",
+            dashboard_host="127.0.0.1",
+            **common,
+        )
+        yield RaySession(workers, local=True, temp_dir=temp)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cluster_cpus(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

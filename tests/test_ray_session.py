@@ -1,0 +1,105 @@
+"""The default commands start their own Ray and leave nothing behind: no process, no temp dir."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from preprocess.ray_session import available_cpus, ray_session
+from tests.conftest import REPO, read_jsonl, run_cmd
+
+_RAY_BINARIES = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor", "runtime_env")
+
+
+def _ray_processes() -> set[int]:
+    """PIDs of Ray processes now running on this machine (anyone's)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(name in cmd for name in _RAY_BINARIES) and "tcray-" in cmd:
+            pids.add(int(entry.name))
+    return pids
+
+
+def _temp_entries() -> set[str]:
+    return set(glob.glob("/tmp/tcray-*")) | set(glob.glob("/tmp/ray/session_*"))
+
+
+@pytest.fixture
+def leaves_nothing_behind():
+    procs, temps = _ray_processes(), _temp_entries()
+    yield
+    assert _ray_processes() <= procs, "a Ray process of the run survived it"
+    assert _temp_entries() <= temps, f"left in /tmp: {sorted(_temp_entries() - temps)}"
+
+
+def test_preprocess_runs_with_its_defaults_and_leaves_no_ray_behind(
+    synth_corpus, tmp_path, leaves_nothing_behind
+):
+    corpus, truth = synth_corpus
+    out = tmp_path / "out"
+    proc = run_cmd(["-m", "preprocess.run", "--input", str(corpus), "--output", str(out)])
+    assert len(read_jsonl(out / "files.jsonl")) == len(truth)
+    assert (out / "report" / "report.md").is_file()
+    assert "Traceback" not in proc.stderr
+
+
+def test_diagnose_of_a_raw_corpus_runs_with_its_defaults(
+    synth_corpus, tmp_path, leaves_nothing_behind
+):
+    corpus, _ = synth_corpus
+    out = tmp_path / "scan"
+    run_cmd(["-m", "preprocess.diagnose", str(corpus), "--out", str(out)])
+    assert (out / "report" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_nonpositive_workers_is_a_one_line_error_before_ray_starts(tmp_path, workers):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "preprocess.run", "--input", str(corpus), "--output", str(out)]
+        + ["--workers", workers],
+        cwd=REPO,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--workers" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists(), "OUT was touched before the arguments were checked"
+
+
+def test_available_cpus_respects_the_affinity_mask():
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_a_local_ray_caps_worker_threads_and_is_gone_after_the_block(leaves_nothing_behind):
+    import ray
+
+    with ray_session(workers=1) as session:
+        assert session.local and session.workers == 1
+        assert session.temp_dir is not None and session.temp_dir.is_dir()
+        env = ray.get(_worker_env.remote())
+        assert env["OMP_NUM_THREADS"] == "1" and env["NUMBA_NUM_THREADS"] == "1"
+    assert not ray.is_initialized()
+    assert not session.temp_dir.exists()
+
+
+@ray.remote
+def _worker_env() -> dict[str, str]:
+    return dict(os.environ)
