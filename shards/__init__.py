@@ -2,7 +2,8 @@
 
 `shards` is the only package that both sides import: preprocess writes samples with
 `ShardWriter`, training reads them with `read_samples` (or the torch loader in
-`shards.loader`). The on-disk format is documented in `docs/SHARDS.md`.
+`shards.loader`). The on-disk format is documented in `docs/SHARDS.md`; the
+output directory's manifest, and the only way to list its shards, is `shards.Index`.
 """
 
 from shards.format import (
@@ -16,12 +17,29 @@ from shards.format import (
     runs_from_mask,
     sample_key,
 )
+from shards.index import (
+    FORMAT_VERSION,
+    INDEX_NAME,
+    SHARD_DIR,
+    SPLITS,
+    Index,
+    IndexFormatError,
+    ShardRef,
+    write_index,
+)
 from shards.reader import read_samples
 from shards.writer import ShardInfo, ShardWriter
 
 __all__ = [
     "AUDIO_ENCODINGS",
     "DEFAULT_AUDIO_ENCODING",
+    "FORMAT_VERSION",
+    "INDEX_NAME",
+    "Index",
+    "IndexFormatError",
+    "SHARD_DIR",
+    "SPLITS",
+    "ShardRef",
     "SAMPLE_RATE",
     "ShardFormatError",
     "ShardInfo",
@@ -32,4 +50,5 @@ __all__ = [
     "read_samples",
     "runs_from_mask",
     "sample_key",
+    "write_index",
 ]

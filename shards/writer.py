@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from shards.atomic import fsync_dir
 from shards.format import DEFAULT_AUDIO_ENCODING, encode_sample
 
 # A fixed mtime (and fixed user/group) makes tar bytes depend only on the samples.
@@ -102,7 +103,7 @@ class ShardWriter:
         os.fsync(self._raw.fileno())
         self._raw.close()
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.info = ShardInfo(
             name=self.path.name,
             samples=self._count,
@@ -125,11 +126,3 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

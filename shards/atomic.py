@@ -1,0 +1,47 @@
+"""Atomic file writes: a file exists under its final name only when complete.
+
+Bytes go to a temp file beside the target, are fsynced, then renamed over it (rename is
+atomic within a filesystem), and the directory entry is fsynced, so a kill at any moment
+leaves either the old file or the new one, never a torn one that a rerun or a reader
+could take for whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp file + fsync + os.replace)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> None:
+    """JSON with a trailing newline; `dumps_kwargs` go to json.dumps (indent, sort_keys…)."""
+    atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
