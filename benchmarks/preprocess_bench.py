@@ -36,7 +36,7 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from preprocess.audio_io import audio_extensions  # noqa: E402
+from preprocess.measure.audio_io import audio_extensions  # noqa: E402
 
 
 def audio_files(root: Path) -> list[Path]:

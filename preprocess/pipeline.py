@@ -20,6 +20,7 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from preprocess.config import PreprocessConfig
+from preprocess.measure.policy import Decision, reject
 from preprocess.plan import (
     InputFile,
     WorkUnit,
@@ -30,7 +31,6 @@ from preprocess.plan import (
     mark_duplicates,
     needs_decoding,
 )
-from preprocess.policy import Decision, reject
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.unit import process_unit, unit_is_done

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocess.audio_io import (
+from preprocess.config import PreprocessConfig
+from preprocess.measure.audio_io import (
     UNSUPPORTED_AUDIO_EXTENSIONS,
     DecodeError,
     audio_extensions,
     probe,
 )
-from preprocess.config import PreprocessConfig
 
 _HASH_CHUNK = 1 << 20
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.

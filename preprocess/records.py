@@ -6,9 +6,9 @@ import json
 import math
 from typing import Any
 
+from preprocess.measure.policy import Decision
+from preprocess.measure.scan import FileAnalysis
 from preprocess.plan import InputFile
-from preprocess.policy import Decision
-from preprocess.scan import FileAnalysis
 
 
 def _num(x: float | int | None, digits: int = 6) -> float | int | None:

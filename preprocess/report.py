@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
-from preprocess.policy import REASONS
+from preprocess.measure.policy import REASONS
 from preprocess.whatif import (
     INTEGRITY_REASONS,
     ORIGINAL_SEGMENT_SECONDS,
@@ -595,7 +595,7 @@ def section_what_if(f: Findings) -> str:
     return "\n\n".join(
         [
             "## What-if: other thresholds",
-            "Decisions re-made by `preprocess.policy.decide_measured` from files.jsonl "
+            "Decisions re-made by `preprocess.measure.policy.decide_measured` from files.jsonl "
             '(no decoding). `--what-if "min_seconds=0.5,min_rms=0.0005"` uses the original '
             "filter's names (→ `original_min_*`, preset original); any config field works "
             "(`--what-if min_active_fraction=0.1`); `--what-if original` is the preset.",

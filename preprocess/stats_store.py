@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from preprocess.policy import REASONS
+from preprocess.measure.policy import REASONS
 
 SCALARS: dict[str, str] = {
     "seconds": "f8",

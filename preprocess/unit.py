@@ -18,12 +18,12 @@ import numpy as np
 
 from preprocess.config import PreprocessConfig
 from preprocess.interleave import interleave
+from preprocess.measure.policy import decide, reject
+from preprocess.measure.scan import analyze_file
+from preprocess.measure.segment import cut_segments, plan_segments, trim_range
+from preprocess.measure.spool import SampleSpool
 from preprocess.plan import InputFile, WorkUnit
-from preprocess.policy import decide, reject
 from preprocess.records import dumps_record, file_record
-from preprocess.scan import analyze_file
-from preprocess.segment import cut_segments, plan_segments, trim_range
-from preprocess.spool import SampleSpool
 from shards import ShardWriter, encode_sample, sample_key
 
 

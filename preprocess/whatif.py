@@ -1,6 +1,6 @@
 """Threshold what-ifs and the padding curve, as pure functions over files.jsonl records.
 
-Every threshold rule in `preprocess.policy` reads only the scalar measurements that
+Every threshold rule in `preprocess.measure.policy` reads only the scalar measurements that
 files.jsonl already holds, so "how many hours would I keep with min_rms=0.0005?" or "how
 much padding would 2 s segments add?" is answered in milliseconds, without decoding a
 single file. Decisions are re-made by `policy.decide_measured` itself — never a copy of
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
-from preprocess.policy import Measurements, decide_measured
+from preprocess.measure.policy import Measurements, decide_measured
 
 SAMPLE_RATE = 16000
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.

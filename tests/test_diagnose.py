@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess import diagnose, kernels
+from preprocess import diagnose
 from preprocess.config import load_config
+from preprocess.measure import kernels
 from preprocess.whatif import (
     masked_segments,
     padding_curve,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess import kernels
-from preprocess.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
 from preprocess.config import PreprocessConfig
-from preprocess.loudness import LoudnessMeter, gated_loudness
-from preprocess.spool import SampleSpool
+from preprocess.measure import kernels
+from preprocess.measure.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
+from preprocess.measure.loudness import LoudnessMeter, gated_loudness
+from preprocess.measure.spool import SampleSpool
 
 _QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from preprocess.config import PreprocessConfig
-from preprocess.scan import FileAnalysis
+from preprocess.measure.scan import FileAnalysis
 
 REJECT_REASONS = (
     "not_audio",
