@@ -12,12 +12,16 @@ import hashlib
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PRESETS = ("default", "original")
 SPLIT_BY = ("dir", "file")
+# Written by `to_dict` for readers of index.json (they are properties, not knobs); dropped
+# again when a dict is turned back into a config.
+DERIVED_KEYS = ("segment_samples", "frame_samples")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,21 @@ class PreprocessConfig:
         d["frame_samples"] = self.frame_samples
         return d
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> PreprocessConfig:
+        """The inverse of `to_dict` (index.json's "config", a Ray actor's argument, a config
+        file): derived keys are dropped, JSON lists become tuples again. Unknown keys are an
+        error naming `source` and the key, so a typo never silently does nothing."""
+        values = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+        unknown = sorted(set(values) - _known_fields())
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown config keys {unknown}; known: {sorted(_known_fields())}"
+            )
+        if "extra_audio_extensions" in values:
+            values["extra_audio_extensions"] = tuple(values["extra_audio_extensions"])
+        return cls(**values)
+
     def digest(self) -> str:
         """Hash of everything that shapes the output; a rerun only resumes a matching plan."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
@@ -119,23 +138,18 @@ def _known_fields() -> set[str]:
 def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessConfig:
     """Defaults ← file (JSON or TOML; a `[preprocess]` table is accepted) ← overrides.
 
-    Unknown keys are an error naming the key, so a typo never silently does nothing.
+    Unknown keys are an error naming the file and the key, so a typo never silently does
+    nothing.
     """
     values: dict[str, Any] = {}
+    source = "config"
     if path is not None:
         p = Path(path)
         text = p.read_text(encoding="utf-8")
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
         if "preprocess" in data and isinstance(data["preprocess"], dict):
             data = data["preprocess"]
-        data = {k: v for k, v in data.items() if k not in ("segment_samples", "frame_samples")}
-        unknown = sorted(set(data) - _known_fields())
-        if unknown:
-            raise ValueError(
-                f"{p}: unknown config keys {unknown}; known: {sorted(_known_fields())}"
-            )
         values.update(data)
+        source = str(p)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "extra_audio_extensions" in values:
-        values["extra_audio_extensions"] = tuple(values["extra_audio_extensions"])
-    return PreprocessConfig(**values)
+    return PreprocessConfig.from_dict(values, source)

@@ -50,9 +50,7 @@ class UnitWorker:
     def __init__(self, input_root: str, work: str, cfg: dict[str, Any]):
         self.input_root = Path(input_root)
         self.work = Path(work)
-        cfg = {k: v for k, v in cfg.items() if k not in ("segment_samples", "frame_samples")}
-        cfg["extra_audio_extensions"] = tuple(cfg["extra_audio_extensions"])
-        self.cfg = PreprocessConfig(**cfg)
+        self.cfg = PreprocessConfig.from_dict(cfg)
 
     def fingerprint(self, paths: list[str]) -> list[dict]:
         return fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
