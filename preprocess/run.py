@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_report(out: Path, cfg) -> None:
     try:
-        from preprocess.diagnose import report_for_output
+        from preprocess.diagnose.report import report_for_output
     except ImportError:
         return
     report = report_for_output(out, segment_seconds=cfg.segment_seconds)

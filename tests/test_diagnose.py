@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess import diagnose
 from preprocess.config import load_config
-from preprocess.measure import kernels
-from preprocess.whatif import (
+from preprocess.diagnose import cli
+from preprocess.diagnose.report import plain, report_for_output
+from preprocess.diagnose.whatif import (
     masked_segments,
     padding_curve,
     parse_what_if,
     recommend_segment_seconds,
 )
+from preprocess.measure import kernels
 from tests.conftest import preprocess, read_jsonl, run_cmd
 
 WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
@@ -130,8 +131,6 @@ def test_report_has_the_three_scenarios_each_with_a_verdict(diagnosed):
 
 
 def plain_line(md_line: str) -> str:
-    from preprocess.report import plain
-
     return plain(md_line[2:])
 
 
@@ -272,7 +271,7 @@ def test_diagnosing_an_output_decodes_no_audio(diagnosed, monkeypatch, tmp_path)
 
     for name in ("read", "info", "SoundFile", "blocks"):
         monkeypatch.setattr(soundfile, name, refuse)
-    path = diagnose.report_for_output(diagnosed["out"], report_dir=tmp_path / "r")
+    path = report_for_output(diagnosed["out"], report_dir=tmp_path / "r")
     assert path == tmp_path / "r" / "report.md" and path.stat().st_size > 1000
 
 
@@ -305,11 +304,11 @@ def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tm
         return {}
 
     monkeypatch.setattr(preprocess.pipeline, "run_pipeline", fake_run_pipeline)
-    assert diagnose.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
+    assert cli.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
     (root, work, cfg, kw) = calls[0]
     assert work == tmp_path / "raw.diagnose" and root == corpus
     assert kw["scan_only"] is True and kw["workers"] == 1 and cfg.segment_seconds == 2.0
     assert (work / "report" / "report.md").is_file()
     # A real OUT with shards is never overwritten by a scan.
-    assert diagnose.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
+    assert cli.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
     assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False

@@ -19,8 +19,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 if TYPE_CHECKING:
-    from preprocess.report import Findings
-    from preprocess.whatif import PaddingCurve
+    from preprocess.diagnose.findings import Findings
+    from preprocess.diagnose.whatif import PaddingCurve
 
 FLOOR_DB = -140.0  # where −inf dBFS (all-zero files) is drawn
 _DPI = 110
@@ -194,8 +194,8 @@ def plot_activity(
 
 def write_plots(f: Findings, directory: Path) -> list[Path]:
     """All figures of the report into `directory`."""
-    from preprocess.report import FRAME_DB_BINS
-    from preprocess.whatif import ORIGINAL_SEGMENT_SECONDS
+    from preprocess.diagnose.findings import FRAME_DB_BINS
+    from preprocess.diagnose.whatif import ORIGINAL_SEGMENT_SECONDS
 
     directory.mkdir(parents=True, exist_ok=True)
     cfg, m = f.cfg, f.measured

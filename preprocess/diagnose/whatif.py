@@ -23,9 +23,11 @@ from preprocess.config import PRESETS, PreprocessConfig
 from preprocess.measure.policy import Measurements, decide_measured
 
 SAMPLE_RATE = 16000
+# Files that never decoded: no duration to pad, no measurement to re-decide.
+UNDECODABLE_REASONS = ("corrupt", "not_audio", "unsupported_format")
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
-INTEGRITY_REASONS = ("not_audio", "unsupported_format", "corrupt", "duplicate", "nonfinite")
-# The original filter's names for its three thresholds (original-diagnosis.md, Solution #2).
+INTEGRITY_REASONS = (*UNDECODABLE_REASONS, "duplicate", "nonfinite")
+# The original filter's own names for its three thresholds (its "Solution #2").
 SHORT_NAMES = {
     "min_seconds": "original_min_seconds",
     "min_rms": "original_min_rms",
@@ -153,18 +155,13 @@ def naive_padding(samples: np.ndarray, segment: int) -> tuple[int, int]:
     return int((total - samples).sum()), int(total.sum())
 
 
-def passes_thresholds(rec: dict[str, Any], cfg: PreprocessConfig) -> bool:
-    """Kept by the threshold rules, whatever the segment length (the padding curve's files)."""
+def decide_record(rec: dict[str, Any], cfg: PreprocessConfig) -> tuple[tuple[str, str], bool]:
+    """The (status, reason) the pipeline would give this record's file under `cfg`, and
+    whether the threshold rules alone keep it (before the segment rule)."""
     if rec["reason"] in INTEGRITY_REASONS:
-        return False
-    return decide_measured(Measurements.from_record(rec), cfg).kept
-
-
-def decide_record(rec: dict[str, Any], cfg: PreprocessConfig) -> tuple[str, str]:
-    """(status, reason) the pipeline would give this record's file under `cfg`."""
-    if rec["reason"] in INTEGRITY_REASONS:
-        return "rejected", rec["reason"]
-    return _after_segmenting(rec, cfg, decide_measured(Measurements.from_record(rec), cfg))
+        return ("rejected", rec["reason"]), False
+    d = decide_measured(Measurements.from_record(rec), cfg)
+    return _after_segmenting(rec, cfg, d), d.kept
 
 
 def _after_segmenting(rec: dict[str, Any], cfg: PreprocessConfig, d: Any) -> tuple[str, str]:
@@ -194,15 +191,9 @@ class Outcome:
 
 def outcome(label: str, records: Sequence[dict[str, Any]], cfg: PreprocessConfig) -> Outcome:
     """Re-decide every record under `cfg` (one policy call each) and total what is kept."""
-    decisions, passing = [], []
-    for r in records:
-        if r["reason"] in INTEGRITY_REASONS:
-            decisions.append(("rejected", r["reason"]))
-            passing.append(False)
-            continue
-        d = decide_measured(Measurements.from_record(r), cfg)
-        decisions.append(_after_segmenting(r, cfg, d))
-        passing.append(d.kept)
+    decided = [decide_record(r, cfg) for r in records]
+    decisions = [d for d, _ in decided]
+    passing = [ok for _, ok in decided]
     kept = [r for r, (status, _) in zip(records, decisions, strict=True) if status == "kept"]
     segs, valid = masked_segments(
         to_samples(r.get("trimmed_seconds") for r in kept),
