@@ -19,8 +19,8 @@ from preprocess.measure.audio_io import (
     audio_extensions,
     probe,
 )
+from shards.index import sha256_file
 
-_HASH_CHUNK = 1 << 20
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
 _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
 
@@ -81,14 +81,6 @@ def list_files(root: str | Path) -> list[str]:
             if full.is_file():
                 found.append(full.relative_to(root).as_posix())
     return sorted(found)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint(

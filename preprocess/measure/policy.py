@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 from preprocess.config import PreprocessConfig
 from preprocess.measure.scan import FileAnalysis
@@ -67,25 +66,14 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
         )
     if a.nonfinite:
         return reject("nonfinite", "NaN or Inf samples in the decoded audio")
-    return decide_measured(a, cfg)
-
-
-class Measured(Protocol):
-    """The scalar measurements threshold rules use: a FileAnalysis or a files.jsonl record
-    (`Measurements.from_record`), so what-if questions need no decoding."""
-
-    seconds: float
-    peak: float
-    peak_without_dc: float
-    rms: float
-    active_seconds: float
-    active_fraction: float
-    clipped_fraction: float
-    loudness_lufs: float
+    return decide_measured(Measurements.from_analysis(a), cfg)
 
 
 @dataclass(frozen=True)
 class Measurements:
+    """The scalar measurements the threshold rules read: taken from a FileAnalysis when a
+    file is scanned, or from its files.jsonl line, so what-if questions need no decoding."""
+
     seconds: float
     peak: float
     peak_without_dc: float
@@ -94,6 +82,20 @@ class Measurements:
     active_fraction: float
     clipped_fraction: float
     loudness_lufs: float
+
+    @classmethod
+    def from_analysis(cls, a: FileAnalysis) -> Measurements:
+        """From pass 1 of a file that decoded (integrity checks passed)."""
+        return cls(
+            seconds=a.seconds,
+            peak=a.peak,
+            peak_without_dc=a.peak_without_dc,
+            rms=a.rms,
+            active_seconds=a.active_seconds,
+            active_fraction=a.active_fraction,
+            clipped_fraction=a.clipped_fraction,
+            loudness_lufs=a.loudness_lufs,
+        )
 
     @classmethod
     def from_record(cls, rec: dict) -> Measurements:
@@ -115,7 +117,7 @@ class Measurements:
         )
 
 
-def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
+def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
     """The threshold rules, on measurements alone (integrity checks already passed)."""
     if cfg.preset == "original":
         return _decide_original(a, cfg)
@@ -144,7 +146,7 @@ def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
     return Decision("kept", reason, gain_db)
 
 
-def normalization_gain_db(a: Measured, cfg: PreprocessConfig) -> float:
+def normalization_gain_db(a: Measurements, cfg: PreprocessConfig) -> float:
     """Gain to `target_lufs`, capped so the DC-free sample peak stays ≤ `peak_limit_dbfs`."""
     if not cfg.normalize:
         return 0.0
@@ -154,7 +156,7 @@ def normalization_gain_db(a: Measured, cfg: PreprocessConfig) -> float:
     return min(cfg.target_lufs - a.loudness_lufs, headroom)
 
 
-def _decide_original(a: Measured, cfg: PreprocessConfig) -> Decision:
+def _decide_original(a: Measurements, cfg: PreprocessConfig) -> Decision:
     """The original filter: duration ≥ 1 s, RMS > 0.001, peak > 0.01; no normalisation."""
     if a.seconds < cfg.original_min_seconds:
         return reject("short", f"{a.seconds:.2f} s < {cfg.original_min_seconds} s")
