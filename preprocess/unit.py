@@ -1,8 +1,9 @@
 """Process one work unit: scan, decide, segment and shard its files; commit atomically.
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: shard parts, `files.jsonl`,
-`frame_rms.npy`, and last `done.json`. A unit without `done.json` is wiped and redone on
-rerun; one with it is skipped. That is what makes kill -9 and rerun byte-identical.
+`frame_rms.npy`, and last `done.json`. The directory is built as `unit-NNNNNN.partial` and
+committed by one rename (`dir_commit`); a unit without `done.json` is wiped and redone on
+rerun, one with it is skipped. That is what makes kill -9 and rerun byte-identical.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
+from preprocess.dir_commit import commit_dir
 from preprocess.interleave import interleave
 from preprocess.measure.policy import decide, reject
 from preprocess.measure.scan import analyze_file
@@ -25,6 +27,8 @@ from preprocess.measure.spool import SampleSpool
 from preprocess.plan import InputFile, WorkUnit
 from preprocess.records import dumps_record, file_record
 from shards import ShardWriter, encode_sample, sample_key
+from shards.atomic import atomic_write_json
+from shards.writer import TAR_MEMBER_HEADER_BYTES
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
@@ -122,8 +126,8 @@ def process_unit(
         "kept": sum(r["status"] == "kept" for r in records),
         "segments": sum(r["segments"] for r in records),
     }
-    _write_json_atomic(tmp / "done.json", done)
-    os.replace(tmp, udir)
+    atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
+    commit_dir(tmp, udir)
     return done
 
 
@@ -185,7 +189,7 @@ def _write_parts(
     """
     order = interleave([len(s) for s in per_file], seed=cfg.split_seed * 1_000_003 + unit.unit_id)
     est_total = sum(
-        encoded.index[i][1] + encoded.index[i][2] + 1536 for s in per_file for i, _ in s
+        _tar_estimate(encoded.index[i][1] + encoded.index[i][2]) for s in per_file for i, _ in s
     )
     target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
     parts: list[dict[str, Any]] = []
@@ -198,13 +202,20 @@ def _write_parts(
         index, key = per_file[file_i][seg_i]
         sample = encoded.get(index, key)
         writer.write_encoded(sample)
-        size += sum(len(v) for k, v in sample.items() if k != "__key__") + 1536
+        size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
         if size >= target:
             parts.append(writer.close().to_dict())
             writer = None
     if writer is not None:
         parts.append(writer.close().to_dict())
     return parts
+
+
+def _tar_estimate(member_bytes: int) -> int:
+    """A sample's size in the tar as the split estimates it: its member bytes plus one
+    member's header blocks. That undercounts (two members, each with headers and padding:
+    ~3.5 KB), but where units split into parts, and so the output bytes, depend on it."""
+    return member_bytes + TAR_MEMBER_HEADER_BYTES
 
 
 def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray]) -> None:
@@ -215,12 +226,3 @@ def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray
     values = np.concatenate(frame_rms) if frame_rms else np.zeros(0, np.float32)
     np.save(tmp / "frame_rms.npy", values.astype(np.float32))
     np.save(tmp / "frame_lengths.npy", lengths)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    part = path.with_name(path.name + ".tmp")
-    with open(part, "w", encoding="utf-8") as f:
-        json.dump(obj, f, sort_keys=True, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
