@@ -2,14 +2,16 @@
 
 Shard parts are renamed into contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in unit
 order, so names depend only on the plan, never on which worker finished first. Every
-step is idempotent: rerunning after a kill mid-assembly finishes the same way.
+step is idempotent: rerunning after a kill mid-assembly finishes the same way. index.json
+is written last (`shards.write_index`): its presence means the OUT is complete. The OUT
+layout and its fields are docs/SHARDS.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,35 +19,19 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
+from preprocess.dir_commit import commit_dir
 from preprocess.plan import WorkUnit
+from preprocess.provenance import code_version
 from preprocess.records import dumps_record
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
-
-FORMAT_VERSION = 1
-
-
-def code_version() -> str:
-    """Package version plus a hash of the code that shapes the output (preprocess/ and
-    shards/ sources): the same wherever it runs (a checkout, a `ray job` upload, an
-    install), and different whenever that code differs, committed or not."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("telucodec")
-    except PackageNotFoundError:
-        v = "unknown"
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for package in (here, here.parent / "shards"):
-        for src in sorted(package.glob("*.py")):
-            h.update(src.name.encode() + b"\0" + src.read_bytes())
-    return f"{v}+src.{h.hexdigest()[:12]}"
+from shards import FORMAT_VERSION, SHARD_DIR, write_index
+from shards.atomic import atomic_write_text, fsync_dir
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
     """Move unit parts to their final names; returns index entries in name order."""
-    shard_dir = out / "shards"
+    shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
     entries = []
@@ -68,6 +54,7 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
                     "sha256": part["sha256"],
                 }
             )
+    fsync_dir(shard_dir)  # the renames above are durable before index.json lists them
     return entries
 
 
@@ -95,17 +82,11 @@ def assemble(
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
-    tmp = out / "files.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(dumps_record(rec) + "\n")
-    os.replace(tmp, out / "files.jsonl")
+    atomic_write_text(out / "files.jsonl", "".join(dumps_record(r) + "\n" for r in records))
     _write_stats(out, work, cfg, units, rows)
     index = build_index(cfg, shards, records, input_root)
     index["scan_only"] = scan_only
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "index.json")
+    write_index(out, index)
     return index
 
 
@@ -131,18 +112,11 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 
     tmp = out / "stats.zarr.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     write_stats(
         tmp, [r for r, _, _ in rows], chunks(), lengths, cfg.frame_samples / cfg.sample_rate
     )
-    final = out / "stats.zarr"
-    if final.exists():
-        import shutil
-
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    commit_dir(tmp, out / "stats.zarr")
 
 
 def build_index(

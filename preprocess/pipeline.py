@@ -8,7 +8,6 @@ assembles. Units commit atomically, so a rerun after kill -9 skips finished ones
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import time
@@ -34,6 +33,8 @@ from preprocess.plan import (
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.unit import process_unit, unit_is_done
+from shards import INDEX_NAME, SHARD_DIR, Index
+from shards.atomic import atomic_write_json, atomic_write_text
 
 _FINGERPRINT_BATCH = 32
 
@@ -113,15 +114,14 @@ def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
 
 
 def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p in paths:
-            try:
-                stat = _stat_key(root, p)
-            except OSError:
-                continue
-            f.write(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    lines = []
+    for p in paths:
+        try:
+            stat = _stat_key(root, p)
+        except OSError:
+            continue
+        lines.append(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def plan_decision(f: InputFile) -> Decision:
@@ -137,23 +137,32 @@ def plan_decision(f: InputFile) -> Decision:
     return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
 
 
-def _check_output(out: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
-    index = out / "index.json"
+def _output_digests(out: Path) -> list[str | None]:
+    """The config digests OUT already holds: its index.json's, and the stamp a run leaves
+    in `.work/` before it starts (so a killed run is recognised too)."""
+    digests = []
+    if (out / INDEX_NAME).exists():
+        digests.append(Index.load(out).data.get("config_digest"))
     stamp = out / ".work" / "config.json"
-    for path in (index, stamp):
-        if path.exists():
-            digest = json.loads(path.read_text()).get("config_digest")
-            if digest != cfg.digest():
-                if not overwrite:
-                    raise OutputConflict(
-                        f"{out} holds output of another config (digest {digest}, now "
-                        f"{cfg.digest()}); pass --overwrite or choose a new --output"
-                    )
-                for name in ("shards", "stats.zarr", ".work", "report"):
-                    shutil.rmtree(out / name, ignore_errors=True)
-                for name in ("index.json", "files.jsonl"):
-                    (out / name).unlink(missing_ok=True)
-                return
+    if stamp.exists():
+        digests.append(json.loads(stamp.read_text(encoding="utf-8")).get("config_digest"))
+    return digests
+
+
+def _check_output(out: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) an OUT that holds another config's output."""
+    for digest in _output_digests(out):
+        if digest != cfg.digest():
+            if not overwrite:
+                raise OutputConflict(
+                    f"{out} holds output of another config (digest {digest}, now "
+                    f"{cfg.digest()}); pass --overwrite or choose a new --output"
+                )
+            for name in (SHARD_DIR, "stats.zarr", ".work", "report"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in (INDEX_NAME, "files.jsonl"):
+                (out / name).unlink(missing_ok=True)
+            return
 
 
 def run_pipeline(
@@ -184,7 +193,7 @@ def run_pipeline(
     _check_output(out, cfg, overwrite)
     work = out / ".work"
     work.mkdir(exist_ok=True)
-    (work / "config.json").write_text(json.dumps({"config_digest": cfg.digest()}))
+    atomic_write_json(work / "config.json", {"config_digest": cfg.digest()})
     with ray_session(address, workers, dashboard) as session:
         index = _run(input_root, out, cfg, work, session.workers, scan_only)
     if not keep_work:
