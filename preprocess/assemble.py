@@ -25,7 +25,7 @@ from preprocess.provenance import code_version
 from preprocess.records import dumps_record
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
-from shards import FORMAT_VERSION, SHARD_DIR, write_index
+from shards import FORMAT_VERSION, SHARD_DIR, SPLITS, write_index
 from shards.atomic import atomic_write_text, fsync_dir
 
 
@@ -135,7 +135,7 @@ def build_index(
         slot["hours"] = round(slot["hours"], 6)
     kept = [r for r in records if r["status"] == "kept"]
     split_totals = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         rs = [r for r in kept if r["split"] == split]
         split_totals[split] = {
             "files": len(rs),

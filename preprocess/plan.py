@@ -19,7 +19,7 @@ from preprocess.measure.audio_io import (
     audio_extensions,
     probe,
 )
-from shards.index import sha256_file
+from shards.index import SPLITS, sha256_file
 
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
 _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
@@ -162,7 +162,7 @@ def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
     """
     target = cfg.shard_mb * 1e6 / _EST_BYTES_PER_SECOND.get(cfg.audio_encoding, 32_000)
     units: list[WorkUnit] = []
-    for split in ("train", "val"):
+    for split in SPLITS:
         todo = [f for f in files if f.split == split and needs_decoding(f)]
         todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
         current: WorkUnit | None = None

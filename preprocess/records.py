@@ -9,6 +9,7 @@ from typing import Any
 from preprocess.measure.policy import Decision
 from preprocess.measure.scan import FileAnalysis
 from preprocess.plan import InputFile
+from shards import SAMPLE_RATE
 
 
 def _num(x: float | int | None, digits: int = 6) -> float | int | None:
@@ -60,8 +61,8 @@ def file_record(
         "nonfinite": None,
         "gain_db": _num(decision.gain_db) if decision.kept else None,
         "segments": segments,
-        "trimmed_seconds": _num(trimmed_samples / 16000.0),
-        "valid_seconds": _num(valid_samples / 16000.0),
+        "trimmed_seconds": _num(trimmed_samples / SAMPLE_RATE),
+        "valid_seconds": _num(valid_samples / SAMPLE_RATE),
     }
     if analysis is not None and analysis.error is None and analysis.header is not None:
         rec.update(

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from preprocess.measure.policy import REASONS
+from shards import SPLITS
 
 SCALARS: dict[str, str] = {
     "seconds": "f8",
@@ -35,7 +36,6 @@ SCALARS: dict[str, str] = {
     "segments": "i4",
     "valid_seconds": "f4",
 }
-SPLITS = ("train", "val")
 _CHUNK = 1 << 16
 
 

@@ -31,7 +31,7 @@ from preprocess.diagnose.whatif import (
     segment_grid,
     what_if_table,
 )
-from shards import Index
+from shards import INDEX_NAME, Index
 
 SILENCE_REASONS = ("mostly_silent", "no_speech", "silent")  # scenario C
 FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
@@ -39,7 +39,7 @@ FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
 
 def is_output(path: Path) -> bool:
     """A preprocess OUT (or a diagnosis scan) holds index.json and files.jsonl."""
-    return (path / "index.json").is_file() and (path / "files.jsonl").is_file()
+    return (path / INDEX_NAME).is_file() and (path / "files.jsonl").is_file()
 
 
 def config_from_index(index: Index) -> PreprocessConfig:

@@ -21,8 +21,8 @@ import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
 from preprocess.measure.policy import Measurements, decide_measured
+from shards import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 # Files that never decoded: no duration to pad, no measurement to re-decide.
 UNDECODABLE_REASONS = ("corrupt", "not_audio", "unsupported_format")
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
