@@ -114,6 +114,7 @@ def diagnose_output(
         frame_hist=_frame_hist(out, records),
         top=top,
         max_padding=max_padding,
+        splits=index.get("totals", {}).get("splits"),
     )
 
 
