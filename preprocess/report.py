@@ -388,14 +388,15 @@ def split_warning(f: Findings) -> str | None:
         return f"no validation split (asked {pct(asked)})"
     short_share = asked is not None and val["fraction"] < 0.9 * asked
     short_time = asked != 0 and val_s < f.cfg.min_val_seconds
-    if not (short_share or short_time):
-        return None
-    asked_words = "the manifest's split" if asked is None else f"asked {pct(asked)}"
-    return (
-        f"val is smaller than asked: {pct(val['fraction'])} of the kept hours ({val_s:.0f} s, "
-        f"{val['groups']} groups) for {asked_words}, min_val_seconds "
-        f"{f.cfg.min_val_seconds:g} s"
-    )
+    reasons = []
+    if short_share:
+        reasons.append(f"{pct(val['fraction'])} of the kept hours for an asked {pct(asked)}")
+    if short_time:
+        reasons.append(
+            f"{val_s:.0f} s in {val['groups']} groups, under min_val_seconds = "
+            f"{f.cfg.min_val_seconds:g} s"
+        )
+    return "val is smaller than asked: " + "; ".join(reasons) if reasons else None
 
 
 def section_split(f: Findings) -> str:
