@@ -23,9 +23,10 @@ from preprocess.dir_commit import commit_dir
 from preprocess.plan import WorkUnit
 from preprocess.provenance import code_version
 from preprocess.records import dumps_record
+from preprocess.split import groups_of
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
-from shards import FORMAT_VERSION, SHARD_DIR, SPLITS, write_index
+from shards import FORMAT_VERSION, SHARD_DIR, write_index
 from shards.atomic import atomic_write_text, fsync_dir
 
 
@@ -119,6 +120,33 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
     commit_dir(tmp, out / "stats.zarr")
 
 
+def _split_totals(
+    cfg: PreprocessConfig, shards: list[dict[str, Any]], kept: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per split: files, groups, segments, shards, hours (kept files), valid hours (real
+    audio in segments), and the share of kept hours achieved next to the share asked
+    (null when a manifest gives the split)."""
+    paths = [r["path"] for r in kept]
+    group, given = groups_of(paths, cfg.split_by, cfg.split_manifest_sha256)
+    kept_seconds = sum(r["seconds"] or 0.0 for r in kept)
+    asked = {"val": cfg.val_fraction, "train": 1.0 - cfg.val_fraction}
+    totals = {}
+    for split in ("train", "val"):
+        rs = [r for r in kept if r["split"] == split]
+        seconds = sum(r["seconds"] or 0.0 for r in rs)
+        totals[split] = {
+            "files": len(rs),
+            "groups": len({group[r["path"]] for r in rs}),
+            "segments": sum(r["segments"] for r in rs),
+            "shards": sum(1 for s in shards if s["split"] == split),
+            "hours": round(seconds / 3600.0, 6),
+            "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
+            "fraction": round(seconds / kept_seconds, 6) if kept_seconds else 0.0,
+            "asked_fraction": None if given else round(asked[split], 6),
+        }
+    return totals
+
+
 def build_index(
     cfg: PreprocessConfig,
     shards: list[dict[str, Any]],
@@ -134,15 +162,7 @@ def build_index(
     for slot in by_reason.values():
         slot["hours"] = round(slot["hours"], 6)
     kept = [r for r in records if r["status"] == "kept"]
-    split_totals = {}
-    for split in SPLITS:
-        rs = [r for r in kept if r["split"] == split]
-        split_totals[split] = {
-            "files": len(rs),
-            "segments": sum(r["segments"] for r in rs),
-            "shards": sum(1 for s in shards if s["split"] == split),
-            "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
-        }
+    split_totals = _split_totals(cfg, shards, kept)
     return {
         "format_version": FORMAT_VERSION,
         "code_version": code_version(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from preprocess.measure.audio_io import (
     audio_extensions,
     probe,
 )
+from preprocess.split import SplitItem, SplitPlan, plan_splits
 from shards.index import SPLITS, sha256_file
 
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
@@ -135,23 +137,32 @@ def _unit_hash(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big")
 
 
-def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> None:
-    """Val membership by group (speaker directory or file), from a hash of the group name.
+def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
+    """Set each file's split by group (preprocess.split): whole groups in a seeded hash
+    order until val holds `val_fraction` (at least `min_val_seconds`) of the header hours of
+    files that will be decoded, or the manifest's split as given.
 
-    Stable under adding files: a group's split depends only on its own name. When hashing
-    puts no group holding decodable audio in val, but val is wanted and there are ≥ 2 such
-    groups, the one with the smallest hash goes to val, so a small corpus still gets a
-    validation set. Call after `mark_duplicates`.
+    Prints the planned shares and, on stderr, why val could not be what was asked. Call
+    after `mark_duplicates`: duplicates add no hours.
     """
-    key = (lambda f: f.group) if cfg.split_by == "dir" else (lambda f: f.path)
-    groups = sorted({key(f) for f in files})
-    threshold = int(cfg.val_fraction * 2**64)
-    val = {g for g in groups if _unit_hash(g, cfg.split_seed) < threshold}
-    audio_groups = sorted({key(f) for f in files if needs_decoding(f)})
-    if cfg.val_fraction > 0 and not (val & set(audio_groups)) and len(audio_groups) >= 2:
-        val.add(min(audio_groups, key=lambda g: _unit_hash(g, cfg.split_seed)))
+    items = [
+        SplitItem(f.path, f.est_seconds if needs_decoding(f) else 0.0, needs_decoding(f))
+        for f in files
+    ]
+    plan = plan_splits(
+        items,
+        cfg.split_by,
+        cfg.val_fraction,
+        cfg.min_val_seconds,
+        cfg.split_seed,
+        cfg.split_manifest_sha256,
+    )
     for f in files:
-        f.split = "val" if key(f) in val else "train"
+        f.split = plan.split_of[f.path]
+    print(plan.summary())
+    for warning in plan.warnings:
+        print(f"preprocess: warning: {warning}", file=sys.stderr)
+    return plan
 
 
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:

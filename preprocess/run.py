@@ -39,7 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-seconds", type=float, default=None)
     p.add_argument("--min-valid-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
-    p.add_argument("--split-by", choices=("dir", "file"), default=None)
+    p.add_argument(
+        "--min-val-seconds",
+        type=float,
+        default=None,
+        help="val holds at least this much audio (capped at a quarter of the corpus)",
+    )
+    p.add_argument(
+        "--split-by",
+        default=None,
+        metavar="RULE",
+        help="group that never straddles the split: dir (top-level folder, default), file, "
+        "re:PATTERN (speaker = its (?P<speaker>…) or only group, searched in the path) or "
+        "manifest:FILE (.csv/.jsonl with path and split or speaker)",
+    )
     p.add_argument("--shard-mb", type=float, default=None)
     p.add_argument("--audio-encoding", choices=("flac", "npy"), default=None)
     p.add_argument("--target-lufs", type=float, default=None)
@@ -58,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             segment_seconds=args.segment_seconds,
             min_valid_fraction=args.min_valid_fraction,
             val_fraction=args.val_fraction,
+            min_val_seconds=args.min_val_seconds,
             split_by=args.split_by,
             shard_mb=args.shard_mb,
             audio_encoding=args.audio_encoding,

@@ -19,7 +19,8 @@ import pytest
 
 from preprocess.config import load_config
 from preprocess.diagnose import cli
-from preprocess.diagnose.report import plain, report_for_output
+from preprocess.diagnose.findings import diagnose_output
+from preprocess.diagnose.report import plain, report_for_output, split_warning
 from preprocess.diagnose.whatif import (
     masked_segments,
     padding_curve,
@@ -312,3 +313,20 @@ def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tm
     # A real OUT with shards is never overwritten by a scan.
     assert cli.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
     assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False
+
+
+def test_report_states_the_split_and_warns_when_val_is_smaller_than_asked(diagnosed):
+    index = json.loads((diagnosed["out"] / "index.json").read_text(encoding="utf-8"))
+    val = index["totals"]["splits"]["val"]
+    assert "## Train/val split" in diagnosed["md"]
+    row = md_row(diagnosed["md"], "val")
+    assert row[1:4] == [str(val["files"]), str(val["groups"]), str(val["segments"])]
+    assert row[-1] == "5.0 %"
+    # 1.5 minutes of audio cannot give min_val_seconds (300 s): said in report and terminal.
+    assert "**Warning:** val is smaller than asked" in diagnosed["md"]
+    assert "warning: val is smaller than asked" in diagnosed["stdout"]
+    f = diagnose_output(diagnosed["out"])
+    f.cfg = f.cfg.replace(min_val_seconds=0.0)
+    assert split_warning(f) is None
+    f.splits = {**f.splits, "val": {**val, "fraction": 0.01}}
+    assert "1.0 % of the kept hours for an asked 5.0 %" in split_warning(f)

@@ -16,6 +16,7 @@ from pathlib import Path
 from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
+from preprocess.diagnose.whatif import parse_what_if
 from shards import Index
 
 
@@ -74,15 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> PreprocessConfig:
+    """Every flag and the --config file judged before any scan starts or a folder is made;
+    returns the config for a raw scan."""
+    if args.top < 0:
+        raise ValueError(f"--top {args.top}: expected a count ≥ 0")
+    if not 0.0 <= args.max_padding < 1.0:
+        raise ValueError(f"--max-padding {args.max_padding}: expected 0 ≤ fraction < 1")
+    if args.workers is not None and args.workers <= 0:
+        raise ValueError(f"--workers {args.workers}: expected a positive number of workers")
+    cfg = load_config(args.config, segment_seconds=args.segment_seconds)
+    for spec in args.what_if:
+        parse_what_if(spec, cfg)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path: Path = args.path.resolve()
     try:
+        cfg = check_args(args)
         if is_output(path):
             out, report_dir = path, args.out or path / "report"
         elif path.is_dir():
             out = (args.out or path.with_name(path.name + ".diagnose")).resolve()
-            cfg = load_config(args.config, segment_seconds=args.segment_seconds)
             scan_corpus(path, out, cfg, args.workers)
             report_dir = out / "report"
         else:
@@ -90,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         f = diagnose_output(out, args.segment_seconds, args.what_if, args.top, args.max_padding)
         report = write_report(f, report_dir)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"diagnose: error: {exc}", file=sys.stderr)
+        print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
     print(render_terminal(f, report))
     return 0

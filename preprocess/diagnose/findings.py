@@ -90,6 +90,7 @@ class Findings:
     top: int
     max_padding: float
     links: Links = field(default_factory=Links)
+    splits: dict[str, dict[str, Any]] | None = None  # index.json totals.splits
 
     @cached_property
     def decodable(self) -> list[dict[str, Any]]:
@@ -207,6 +208,7 @@ def diagnose_output(
             if d != (r["status"], r["reason"])
         ],
         frame_hist=_frame_hist(out, records),
+        splits=index.totals.get("splits"),
         top=top,
         max_padding=max_padding,
     )

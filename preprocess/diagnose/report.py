@@ -258,6 +258,53 @@ def section_decisions(f: Findings) -> str:
     return "## Decisions\n\n" + md_table(["reason", "status", "files", "hours", "of hours"], rows)
 
 
+def split_warning(f: Findings) -> str | None:
+    """Why val is smaller than asked (share of kept hours, or min_val_seconds); else None.
+
+    A tenth below the asked share is allowed: val is whole groups, and the planner measures
+    header hours before the policy rejects any file."""
+    val = (f.splits or {}).get("val")
+    if not val or "fraction" not in val:
+        return None
+    asked = val["asked_fraction"]
+    val_s = val["hours"] * 3600.0
+    if asked and val["files"] == 0:
+        return f"no validation split (asked {pct(asked)})"
+    short_share = asked is not None and val["fraction"] < 0.9 * asked
+    short_time = asked != 0 and val_s < f.cfg.min_val_seconds
+    reasons = []
+    if short_share:
+        reasons.append(f"{pct(val['fraction'])} of the kept hours for an asked {pct(asked)}")
+    if short_time:
+        reasons.append(
+            f"{val_s:.0f} s in {val['groups']} groups, under min_val_seconds = "
+            f"{f.cfg.min_val_seconds:g} s"
+        )
+    return "val is smaller than asked: " + "; ".join(reasons) if reasons else None
+
+
+def section_split(f: Findings) -> str:
+    """Files, groups and hours per split, the share achieved next to the share asked."""
+    head = f"## Train/val split\n\nSplit by `{f.cfg.split_by}`; whole groups never straddle it."
+    if not f.splits or "groups" not in f.splits.get("val", {}):
+        return head + " (index.json predates per-group split totals.)"
+    rows = [
+        [
+            split,
+            s["files"],
+            s["groups"],
+            s["segments"],
+            hours(s["hours"]),
+            pct(s["fraction"]),
+            "given" if s["asked_fraction"] is None else pct(s["asked_fraction"]),
+        ]
+        for split, s in f.splits.items()
+    ]
+    table = md_table(["split", "files", "groups", "segments", "hours", "share", "asked"], rows)
+    warning = split_warning(f)
+    return "\n\n".join([head, table] + ([f"**Warning:** {warning}."] if warning else []))
+
+
 def section_a(f: Findings) -> str:
     c, L = f.curve, f.cfg.segment_seconds
     marks = sorted({*CURVE_TABLE_SECONDS, L, f.recommended})
@@ -521,6 +568,7 @@ def render_markdown(f: Findings) -> str:
     ]
     body = [
         section_decisions(f),
+        section_split(f),
         section_a(f),
         section_b(f),
         section_c(f),
@@ -549,6 +597,16 @@ def render_terminal(f: Findings, report_path: Path | None = None) -> str:
             f"{o.label:<{w}}{o.files_kept:>6}{o.hours_kept:>12.3f}{o.valid_hours:>13.3f}"
             f"{o.segments:>10}"
         )
+    if f.splits and "groups" in f.splits.get("val", {}):
+        lines.append("")
+        for split, s in f.splits.items():
+            lines.append(
+                f"{split}: {s['files']} files in {s['groups']} groups, {s['hours']:.3f} h "
+                f"({pct(s['fraction'])} of kept hours)"
+            )
+        warning = split_warning(f)
+        if warning:
+            lines.append(f"warning: {warning}")
     if f.mismatches:
         lines.append(f"note: re-deciding differs from files.jsonl for {len(f.mismatches)} files")
     if report_path is not None:
