@@ -20,11 +20,18 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
-from preprocess.policy import Measurements, decide_measured
+from preprocess.policy import LISTING_REASONS, Measurements, decide_measured
 
 SAMPLE_RATE = 16000
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
-INTEGRITY_REASONS = ("not_audio", "unsupported_format", "corrupt", "duplicate", "nonfinite")
+INTEGRITY_REASONS = (
+    "not_audio",
+    "unsupported_format",
+    "corrupt",
+    "duplicate",
+    "nonfinite",
+    *LISTING_REASONS,
+)
 # The original filter's names for its three thresholds (original-diagnosis.md, Solution #2).
 SHORT_NAMES = {
     "min_seconds": "original_min_seconds",
