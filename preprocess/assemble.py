@@ -1,8 +1,10 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts are renamed into contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in unit
-order, so names depend only on the plan, never on which worker finished first. Every
-step is idempotent: rerunning after a kill mid-assembly finishes the same way.
+Shard parts are hard-linked (copied where links are not supported) to contiguous
+`train-NNNNNN.tar` / `val-NNNNNN.tar` in unit order, so names depend only on the plan,
+never on which worker finished first. Parts stay in their unit until the run ends, so every
+step is idempotent: a rerun after a kill mid-assembly, even on a changed input, places the
+same way; shards of an earlier plan that the new index does not list are removed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,11 @@ from preprocess.plan import WorkUnit
 from preprocess.records import dumps_record
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
+from shards.index import write_index
 
 FORMAT_VERSION = 1
+# Names place_shards writes (and its temp links): anything else in shards/ is not ours.
+_SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
 
 
 def code_version() -> str:
@@ -44,7 +51,7 @@ def code_version() -> str:
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Move unit parts to their final names; returns index entries in name order."""
+    """Link unit parts to their final names; returns index entries in name order."""
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
@@ -54,11 +61,13 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
         for part in done["shards"]:
             name = f"{unit.split}-{counters[unit.split]:06d}.tar"
             counters[unit.split] += 1
-            src, dst = unit_dir(work, unit.unit_id) / part["name"], shard_dir / name
-            if src.exists():
-                os.replace(src, dst)
-            elif not dst.exists():
-                raise FileNotFoundError(f"unit {unit.unit_id}: shard part {src} is missing")
+            src = unit_dir(work, unit.unit_id) / part["name"]
+            if not src.exists():
+                raise FileNotFoundError(
+                    f"unit {unit.unit_id}: shard part {src} is missing (removed during the "
+                    f"run?); delete {work / 'units'} and rerun to redo the units"
+                )
+            _link(src, shard_dir / name)
             entries.append(
                 {
                     "name": name,
@@ -69,6 +78,31 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
                 }
             )
     return entries
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Put `src`'s bytes at `dst` atomically, leaving `src` in place for a rerun."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.with_name(dst.name + ".link-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def remove_stale_shards(out: Path, shards: list[dict[str, Any]]) -> None:
+    """Delete shards (and temp links) an earlier plan placed that this index does not list:
+    an OUT holds one run's output, even for tools that glob shards/."""
+    listed = {s["name"] for s in shards}
+    shard_dir = out / "shards"
+    if not shard_dir.is_dir():
+        return
+    for path in shard_dir.iterdir():
+        if path.name not in listed and _SHARD_NAME.fullmatch(path.name):
+            path.unlink()
 
 
 def _unit_records(work: Path, units: list[WorkUnit]) -> list[tuple[dict, int, int]]:
@@ -88,10 +122,12 @@ def assemble(
     units: list[WorkUnit],
     plan_records: list[dict[str, Any]],
     input_root: Path,
+    input_digest: str,
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Write the final OUT files and return the index (no shards when `scan_only`)."""
     shards = [] if scan_only else place_shards(out, work, units)
+    remove_stale_shards(out, shards)
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
@@ -102,10 +138,9 @@ def assemble(
     os.replace(tmp, out / "files.jsonl")
     _write_stats(out, work, cfg, units, rows)
     index = build_index(cfg, shards, records, input_root)
+    index["input_digest"] = input_digest
     index["scan_only"] = scan_only
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "index.json")
+    write_index(out, index)
     return index
 
 
@@ -131,16 +166,12 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 
     tmp = out / "stats.zarr.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     write_stats(
         tmp, [r for r, _, _ in rows], chunks(), lengths, cfg.frame_samples / cfg.sample_rate
     )
     final = out / "stats.zarr"
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
     os.replace(tmp, final)
 
