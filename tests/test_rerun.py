@@ -131,3 +131,26 @@ def test_missing_input_fails_before_ray_starts_or_output_is_made(tmp_path, monke
     assert run.main(args) == 2
     assert str(missing) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
+    from dataclasses import replace
+
+    from preprocess.config import PreprocessConfig
+    from preprocess.plan import InputFile, WorkUnit, fingerprint
+    from preprocess.unit import process_unit, unit_dir, unit_is_done, unit_key
+
+    root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2})
+    files = {
+        r["path"]: replace(InputFile(**r), split="train")
+        for r in fingerprint(root, ["a.wav", "b.wav"])
+    }
+    unit, cfg, work = WorkUnit(0, "train", ["a.wav", "b.wav"]), PreprocessConfig(), tmp_path / "w"
+    done = process_unit(unit, files, root, work, cfg)
+    key = unit_key(unit, files, cfg)
+    assert unit_is_done(work, 0, key)
+    rewritten = {**files, "b.wav": replace(files["b.wav"], sha256="0" * 64)}
+    assert unit_key(unit, rewritten, cfg) != key
+    assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
+    (unit_dir(work, 0) / done["shards"][0]["name"]).unlink()
+    assert not unit_is_done(work, 0, key)
