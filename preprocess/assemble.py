@@ -1,8 +1,10 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts are renamed into contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in unit
-order, so names depend only on the plan, never on which worker finished first. Every
-step is idempotent: rerunning after a kill mid-assembly finishes the same way. index.json
+Shard parts are hard-linked (copied where links are not supported) to contiguous
+`train-NNNNNN.tar` / `val-NNNNNN.tar` in unit order, so names depend only on the plan,
+never on which worker finished first. Parts stay in their unit until the run ends, so every
+step is idempotent: a rerun after a kill mid-assembly, even on a changed input, places the
+same way; shards of an earlier plan that the new index does not list are removed. index.json
 is written last (`shards.write_index`): its presence means the OUT is complete. The OUT
 layout and its fields are docs/SHARDS.md.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -29,9 +32,12 @@ from preprocess.unit import unit_dir
 from shards import FORMAT_VERSION, SHARD_DIR, write_index
 from shards.atomic import atomic_write_text, fsync_dir
 
+# Names place_shards writes (and its temp links): anything else in shards/ is not ours.
+_SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
+
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Move unit parts to their final names; returns index entries in name order."""
+    """Link unit parts to their final names; returns index entries in name order."""
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
@@ -41,11 +47,13 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
         for part in done["shards"]:
             name = f"{unit.split}-{counters[unit.split]:06d}.tar"
             counters[unit.split] += 1
-            src, dst = unit_dir(work, unit.unit_id) / part["name"], shard_dir / name
-            if src.exists():
-                os.replace(src, dst)
-            elif not dst.exists():
-                raise FileNotFoundError(f"unit {unit.unit_id}: shard part {src} is missing")
+            src = unit_dir(work, unit.unit_id) / part["name"]
+            if not src.exists():
+                raise FileNotFoundError(
+                    f"unit {unit.unit_id}: shard part {src} is missing (removed during the "
+                    f"run?); delete {work / 'units'} and rerun to redo the units"
+                )
+            _link(src, shard_dir / name)
             entries.append(
                 {
                     "name": name,
@@ -57,6 +65,31 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
             )
     fsync_dir(shard_dir)  # the renames above are durable before index.json lists them
     return entries
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Put `src`'s bytes at `dst` atomically, leaving `src` in place for a rerun."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.with_name(dst.name + ".link-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def remove_stale_shards(out: Path, shards: list[dict[str, Any]]) -> None:
+    """Delete shards (and temp links) an earlier plan placed that this index does not list:
+    an OUT holds one run's output, even for tools that glob shards/."""
+    listed = {s["name"] for s in shards}
+    shard_dir = out / SHARD_DIR
+    if not shard_dir.is_dir():
+        return
+    for path in shard_dir.iterdir():
+        if path.name not in listed and _SHARD_NAME.fullmatch(path.name):
+            path.unlink()
 
 
 def _unit_records(work: Path, units: list[WorkUnit]) -> list[tuple[dict, int, int]]:
@@ -76,16 +109,19 @@ def assemble(
     units: list[WorkUnit],
     plan_records: list[dict[str, Any]],
     input_root: Path,
+    input_digest: str,
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Write the final OUT files and return the index (no shards when `scan_only`)."""
     shards = [] if scan_only else place_shards(out, work, units)
+    remove_stale_shards(out, shards)
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
     atomic_write_text(out / "files.jsonl", "".join(dumps_record(r) + "\n" for r in records))
     _write_stats(out, work, cfg, units, rows)
     index = build_index(cfg, shards, records, input_root)
+    index["input_digest"] = input_digest
     index["scan_only"] = scan_only
     write_index(out, index)
     return index

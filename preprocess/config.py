@@ -68,7 +68,7 @@ class PreprocessConfig:
     clip_level: float = 0.99
     clip_min_run: int = 3
     max_clipped_fraction: float = 0.005
-    # Voice-activity detector (preprocess.kernels.active_frames)
+    # Voice-activity detector (preprocess.measure.kernels.active_frames)
     vad_margin_db: float = 12.0
     vad_floor_dbfs: float = -100.0
     # Minimum-statistics window: long enough that continuous read speech still holds a

@@ -20,27 +20,26 @@ from tqdm import tqdm
 
 from preprocess.config import PreprocessConfig
 from preprocess.measure.policy import Decision, reject
+from preprocess.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan import (
     InputFile,
     WorkUnit,
     assign_splits,
     fingerprint,
-    list_files,
+    input_digest,
+    list_inputs,
     make_units,
     mark_duplicates,
     needs_decoding,
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
-from preprocess.unit import process_unit, unit_is_done
-from shards import INDEX_NAME, SHARD_DIR, Index
-from shards.atomic import atomic_write_json, atomic_write_text
+from preprocess.unit import process_unit, unit_is_done, unit_key
+from shards.atomic import atomic_write_text
 
 _FINGERPRINT_BATCH = 32
 
-
-class OutputConflict(RuntimeError):
-    """OUT holds output of a different config or input."""
+__all__ = ["OutputConflict", "run_pipeline"]
 
 
 @ray.remote
@@ -69,8 +68,10 @@ class UnitWorker:
 
 
 def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
-    """List, hash and probe every file (on the worker actors), then dedupe and split."""
-    paths = list_files(input_root)
+    """List, hash and probe every file (on the worker actors), then dedupe and split.
+    Entries that cannot be read (bad names, FIFOs, broken links…) join with their reason."""
+    listing = list_inputs(input_root)
+    paths = listing.files
     cache_path = work / "fingerprints.jsonl"
     cached = _load_fingerprint_cache(cache_path, input_root)
     todo = [p for p in paths if p not in cached]
@@ -87,19 +88,22 @@ def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) 
                 cached[rec["path"]] = rec
                 bar.update(1)
     _save_fingerprint_cache(cache_path, input_root, paths, cached)
-    files = [InputFile(**cached[p]) for p in paths]
+    files = [InputFile(**cached[p]) for p in paths] + listing.skipped
+    files.sort(key=lambda f: f.path)
     mark_duplicates(files)
     assign_splits(files, cfg)
     return files
 
 
 def _stat_key(root: Path, rel: str) -> list[int]:
+    """Size, mtime, ctime and inode: a rewrite that restores size and mtime (`touch -r`,
+    `cp -p` over it) still changes ctime or the inode, so the file is hashed again."""
     st = (root / rel).stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
-    """Hashes from an earlier (killed) run, reused only if size and mtime still match."""
+    """Hashes from an earlier (killed) run, reused only if the file's stat key matches."""
     out: dict[str, dict] = {}
     if not path.exists():
         return out
@@ -125,6 +129,8 @@ def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict
 
 
 def plan_decision(f: InputFile) -> Decision:
+    if f.plan_reason is not None:
+        return reject(f.plan_reason, f.probe_error)
     if f.duplicate_of is not None:
         return reject("duplicate", f"same bytes as {f.duplicate_of}")
     if f.is_unsupported_audio:
@@ -135,34 +141,6 @@ def plan_decision(f: InputFile) -> Decision:
             f"`ffmpeg -i in{ext} out.flac`",
         )
     return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
-
-
-def _output_digests(out: Path) -> list[str | None]:
-    """The config digests OUT already holds: its index.json's, and the stamp a run leaves
-    in `.work/` before it starts (so a killed run is recognised too)."""
-    digests = []
-    if (out / INDEX_NAME).exists():
-        digests.append(Index.load(out).data.get("config_digest"))
-    stamp = out / ".work" / "config.json"
-    if stamp.exists():
-        digests.append(json.loads(stamp.read_text(encoding="utf-8")).get("config_digest"))
-    return digests
-
-
-def _check_output(out: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
-    """Refuse (or, with `overwrite`, clear) an OUT that holds another config's output."""
-    for digest in _output_digests(out):
-        if digest != cfg.digest():
-            if not overwrite:
-                raise OutputConflict(
-                    f"{out} holds output of another config (digest {digest}, now "
-                    f"{cfg.digest()}); pass --overwrite or choose a new --output"
-                )
-            for name in (SHARD_DIR, "stats.zarr", ".work", "report"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for name in (INDEX_NAME, "files.jsonl"):
-                (out / name).unlink(missing_ok=True)
-            return
 
 
 def run_pipeline(
@@ -189,13 +167,11 @@ def run_pipeline(
         raise ValueError(f"--workers {workers}: expected a positive number of workers")
     if out == input_root or input_root in out.parents:
         raise ValueError(f"output {out} must not lie inside the input {input_root}")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_output(out, cfg, overwrite)
+    claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
     work = out / ".work"
     work.mkdir(exist_ok=True)
-    atomic_write_json(work / "config.json", {"config_digest": cfg.digest()})
     with ray_session(address, workers, dashboard) as session:
-        index = _run(input_root, out, cfg, work, session.workers, scan_only)
+        index = _run(input_root, out, cfg, work, session.workers, scan_only, overwrite)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
     return index
@@ -211,12 +187,14 @@ def _run_units(
     scan_only: bool = False,
 ) -> float:
     """Run the units not yet committed on a pool of actors; returns peak worker RSS (MB)."""
-    todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest(), scan_only)]
+    by_path = {f.path: f for f in files}
+    todo = [
+        u for u in units if not unit_is_done(work, u.unit_id, unit_key(u, by_path, cfg), scan_only)
+    ]
     total_files = sum(len(u.paths) for u in units)
     done_files = total_files - sum(len(u.paths) for u in todo)
     if not todo:
         return 0.0
-    by_path = {f.path: f for f in files}
 
     def submit(actor, unit: WorkUnit):
         table = [vars(by_path[p]) for p in unit.paths]
@@ -247,6 +225,7 @@ def _run(
     work: Path,
     workers: int,
     scan_only: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Plan, process units, assemble; Ray is up. Returns the index plus run figures."""
     from preprocess.assemble import assemble
@@ -258,13 +237,15 @@ def _run(
     try:
         pool = ActorPool(actors)
         files = _plan(input_root, cfg, work, pool)
+        digest = input_digest(files)
+        check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)
         plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
         peak_rss = _run_units(units, files, input_root, work, cfg, pool, scan_only)
     finally:
         for actor in actors:
             ray.kill(actor)
-    index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
+    index = assemble(out, work, cfg, units, plan_records, input_root, digest, scan_only)
     index["_elapsed_s"] = time.perf_counter() - t0
     index["_worker_peak_rss_mb"] = peak_rss
     return index

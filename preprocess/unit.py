@@ -2,12 +2,15 @@
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: shard parts, `files.jsonl`,
 `frame_rms.npy`, and last `done.json`. The directory is built as `unit-NNNNNN.partial` and
-committed by one rename (`dir_commit`); a unit without `done.json` is wiped and redone on
-rerun, one with it is skipped. That is what makes kill -9 and rerun byte-identical.
+committed by one rename (`dir_commit`). A unit without `done.json` is wiped and redone on
+rerun; one whose `done.json` holds the same `unit_key` (config, unit, and the path, size
+and sha256 of every file it read) and whose parts are all there is skipped. That is what
+makes kill -9 and rerun byte-identical, and a rerun on a changed input equal to a clean run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,14 +38,27 @@ def unit_dir(work: Path, unit_id: int) -> Path:
     return work / "units" / f"unit-{unit_id:06d}"
 
 
-def unit_is_done(work: Path, unit_id: int, digest: str, scan_only: bool = False) -> bool:
-    done = unit_dir(work, unit_id) / "done.json"
-    if not done.exists():
-        return False
+def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
+    """Everything a unit's output depends on: config, unit id (it seeds the interleave),
+    and each file's path, size, sha256 and split in unit order. Any change gives a new key."""
+    payload = {
+        "config_digest": cfg.digest(),
+        "unit_id": unit.unit_id,
+        "split": unit.split,
+        "files": [[p, files[p].bytes, files[p].sha256, files[p].split] for p in unit.paths],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def unit_is_done(work: Path, unit_id: int, key: str, scan_only: bool = False) -> bool:
+    """Committed with this `unit_key`, and every shard part it lists still on disk."""
+    udir = unit_dir(work, unit_id)
     try:
-        d = json.loads(done.read_text())
-        return d["config_digest"] == digest and d.get("scan_only", False) == scan_only
-    except (json.JSONDecodeError, KeyError):
+        d = json.loads((udir / "done.json").read_text())
+        if d["unit_key"] != key or d.get("scan_only", False) != scan_only:
+            return False
+        return all((udir / p["name"]).stat().st_size == p["bytes"] for p in d["shards"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
 
 
@@ -119,6 +135,7 @@ def process_unit(
         "unit_id": unit.unit_id,
         "split": unit.split,
         "config_digest": cfg.digest(),
+        "unit_key": unit_key(unit, files, cfg),
         "scan_only": scan_only,
         "shards": shards,
         "files": len(records),

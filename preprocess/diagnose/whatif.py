@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
-from preprocess.measure.policy import Measurements, decide_measured
+from preprocess.measure.policy import LISTING_REASONS, Measurements, decide_measured
 from shards import SAMPLE_RATE
 
 # Files that never decoded: no duration to pad, no measurement to re-decide.
 UNDECODABLE_REASONS = ("corrupt", "not_audio", "unsupported_format")
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
-INTEGRITY_REASONS = (*UNDECODABLE_REASONS, "duplicate", "nonfinite")
+INTEGRITY_REASONS = (*UNDECODABLE_REASONS, "duplicate", "nonfinite", *LISTING_REASONS)
 # The original filter's own names for its three thresholds (its "Solution #2").
 SHORT_NAMES = {
     "min_seconds": "original_min_seconds",

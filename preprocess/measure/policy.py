@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from preprocess.config import PreprocessConfig
 from preprocess.measure.scan import FileAnalysis
 
-REJECT_REASONS = (
+_DECODE_REASONS = (
     "not_audio",
     "unsupported_format",
     "corrupt",
@@ -26,8 +26,12 @@ REJECT_REASONS = (
     "mostly_silent",
     "clipped",
 )
+# Decided while listing the input, before any byte of the file is read (docs/CONTRACTS.md).
+LISTING_REASONS = ("bad_name", "not_regular_file", "broken_link", "symlink_loop", "unreadable")
+REJECT_REASONS = _DECODE_REASONS + LISTING_REASONS
 KEEP_REASONS = ("ok", "normalized")
-REASONS = REJECT_REASONS + KEEP_REASONS
+# stats.zarr stores a reason as its index here: new codes are appended, old ones keep theirs.
+REASONS = _DECODE_REASONS + KEEP_REASONS + LISTING_REASONS
 
 
 @dataclass(frozen=True)
