@@ -26,6 +26,8 @@ REJECT_REASONS = (
     "short",
     "mostly_silent",
     "clipped",
+    "noisy",
+    "low_quality",
 )
 KEEP_REASONS = ("ok", "normalized")
 REASONS = REJECT_REASONS + KEEP_REASONS
@@ -82,6 +84,8 @@ class Measured(Protocol):
     active_fraction: float
     clipped_fraction: float
     loudness_lufs: float
+    snr_db: float | None
+    dnsmos_ovrl: float | None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class Measurements:
     active_fraction: float
     clipped_fraction: float
     loudness_lufs: float
+    snr_db: float | None = None  # None: not measured (an OUT from before quality scores)
+    dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
 
     @classmethod
     def from_record(cls, rec: dict) -> Measurements:
@@ -112,6 +118,8 @@ class Measurements:
             active_fraction=f("active_fraction"),
             clipped_fraction=f("clipped_fraction"),
             loudness_lufs=f("loudness_lufs", -math.inf),
+            snr_db=rec.get("snr_db"),
+            dnsmos_ovrl=rec.get("dnsmos_ovrl"),
         )
 
 
@@ -138,6 +146,12 @@ def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
             "clipped",
             f"{100 * a.clipped_fraction:.2f} % of samples clipped > "
             f"{100 * cfg.max_clipped_fraction:.2f} %",
+        )
+    if a.snr_db is not None and a.snr_db < cfg.min_snr_db:
+        return reject("noisy", f"speech SNR {a.snr_db:.1f} dB < {cfg.min_snr_db} dB")
+    if a.dnsmos_ovrl is not None and a.dnsmos_ovrl < cfg.min_dnsmos_ovrl:
+        return reject(
+            "low_quality", f"DNSMOS OVRL {a.dnsmos_ovrl:.2f} < {cfg.min_dnsmos_ovrl}"
         )
     gain_db = normalization_gain_db(a, cfg)
     reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
