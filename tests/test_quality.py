@@ -172,3 +172,117 @@ def test_dnsmos_threshold_without_dnsmos_scores_is_refused():
         load_config(None, min_dnsmos_ovrl=3.0)
     with pytest.raises(ValueError, match="quality 'mos'"):
         load_config(None, quality="mos")
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: files.jsonl, stats.zarr, the report, determinism with DNSMOS
+# ---------------------------------------------------------------------------------------
+
+CORPUS = {  # path → (seed, mixing SNR dB, noise exponent)
+    "spk_a/clean.wav": (11, 45.0, 1.0),
+    "spk_a/pink_20.wav": (12, 20.0, 1.0),
+    "spk_b/white_12.wav": (13, 12.0, 0.0),
+    "spk_b/pink_30.wav": (14, 30.0, 1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def quality_runs(tmp_path_factory) -> dict:
+    """A 4-file corpus of known SNRs, preprocessed with DNSMOS and min_snr_db = 15 on 2
+    workers, then diagnosed from OUT alone."""
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import preprocess
+
+    root = tmp_path_factory.mktemp("quality")
+    corpus = root / "corpus"
+    for rel, (seed, snr, exponent) in CORPUS.items():
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(corpus / rel, mix_at_snr(seed, snr, exponent, seconds=6.0), SR, subtype="PCM_16")
+    config = root / "quality.toml"
+    config.write_text("[preprocess]\nmin_snr_db = 15.0\nval_fraction = 0.0\n")
+    out = root / "out-w2"
+    preprocess(corpus, out, "--workers", "2", "--quality", "dnsmos", "--config", str(config))
+    from preprocess.diagnose import report_for_output
+
+    report = report_for_output(out, what_ifs=["min_snr_db=25"])
+    return {
+        "corpus": corpus,
+        "config": config,
+        "out": out,
+        "report": report,
+        "records": read_jsonl(out / "files.jsonl"),
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_decoded_file_has_snr_and_dnsmos_in_files_jsonl(quality_runs):
+    by_path = {r["path"]: r for r in quality_runs["records"]}
+    for rel, (_, snr, _) in CORPUS.items():
+        r = by_path[rel]
+        assert abs(r["snr_db"] - snr) <= 2.5, (rel, r["snr_db"])
+        assert 1.0 <= r["dnsmos_ovrl"] <= 5.0 and r["dnsmos_windows"] == 1
+        assert r["dnsmos_sig"] is not None and r["dnsmos_bak"] is not None
+    assert by_path["spk_a/clean.wav"]["dnsmos_bak"] > by_path["spk_b/white_12.wav"]["dnsmos_bak"]
+
+
+def test_file_under_min_snr_is_rejected_noisy_and_the_rest_kept(quality_runs):
+    by_path = {r["path"]: r for r in quality_runs["records"]}
+    noisy = by_path["spk_b/white_12.wav"]
+    assert (noisy["status"], noisy["reason"]) == ("rejected", "noisy")
+    assert "< 15.0 dB" in noisy["detail"]
+    assert all(by_path[p]["status"] == "kept" for p in CORPUS if p != "spk_b/white_12.wav")
+
+
+def test_dnsmos_run_is_byte_identical_on_1_and_2_workers(quality_runs, tmp_path):
+    import hashlib
+
+    from tests.conftest import preprocess
+
+    a, b = quality_runs["out"], tmp_path / "out-w1"
+    preprocess(
+        quality_runs["corpus"],
+        b,
+        "--workers",
+        "1",
+        "--quality",
+        "dnsmos",
+        "--config",
+        str(quality_runs["config"]),
+    )
+    names = ["files.jsonl", "index.json", *(p.name for p in sorted((a / "shards").glob("*.tar")))]
+
+    def digest(out: Path, name: str) -> str:
+        path = out / name if (out / name).exists() else out / "shards" / name
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert [digest(a, n) for n in names] == [digest(b, n) for n in names]
+
+
+def test_stats_zarr_holds_the_scores_aligned_with_files_jsonl(quality_runs):
+    from preprocess.stats_store import read_stats
+
+    stats = read_stats(quality_runs["out"] / "stats.zarr")
+    cols, records = stats["files"], quality_runs["records"]
+    assert np.allclose(cols["snr_db"], [r["snr_db"] for r in records], atol=1e-3)
+    assert np.allclose(cols["dnsmos_ovrl"], [r["dnsmos_ovrl"] for r in records], atol=1e-4)
+    reasons = stats["attrs"]["reasons"]
+    assert [reasons[c] for c in cols["reason"]] == [r["reason"] for r in records]
+
+
+def test_report_has_a_quality_section_with_plot_worst_files_and_what_ifs(quality_runs):
+    report = quality_runs["report"]
+    md = report.read_text(encoding="utf-8")
+    section = md[md.index("## Quality") :]
+    assert "![quality](quality.png)" in section
+    assert (report.parent / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert "`min_snr_db=25 dB`" in section and "`min_dnsmos_ovrl=3`" in section
+    assert "Noisiest kept files" in section and "`spk_a/pink_20.wav`" in section
+    assert "Lowest DNSMOS OVRL" in section
+    # what-if from files.jsonl: a 25 dB floor keeps the 30 dB and clean files only
+    row = next(line for line in section.splitlines() if "`min_snr_db=25 dB`" in line)
+    assert row.split("|")[2].strip() == "2"
