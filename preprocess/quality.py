@@ -102,8 +102,9 @@ class DnsmosScores:
     windows: int
 
 
-class DnsmosUnavailable(RuntimeError):
-    """`quality="dnsmos"` without onnxruntime or the speechmos wheel's model file."""
+class DnsmosUnavailable(ValueError):
+    """`quality="dnsmos"` without onnxruntime or the speechmos wheel's model file: a config
+    this machine cannot run (a ValueError, so the CLI reports it like any bad config)."""
 
 
 def dnsmos_model_path() -> Path:
@@ -117,6 +118,14 @@ def dnsmos_model_path() -> Path:
         if path.is_file():
             return path
     raise DnsmosUnavailable(f"speechmos is installed but has no {'/'.join(DNSMOS_MODEL)}")
+
+
+def require_dnsmos() -> None:
+    """Fail before any work when `quality="dnsmos"` cannot run here, rather than turning
+    every file into a per-file error."""
+    dnsmos_model_path()
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise DnsmosUnavailable("quality=dnsmos needs onnxruntime (pip install onnxruntime)")
 
 
 @functools.cache

@@ -15,6 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from preprocess.config import load_config  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
+from preprocess.quality import require_dnsmos  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             target_lufs=args.target_lufs,
             quality=args.quality,
         )
+        if cfg.quality == "dnsmos":
+            require_dnsmos()
         index = run_pipeline(
             args.input,
             args.output,
