@@ -150,9 +150,7 @@ def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
     if a.snr_db is not None and a.snr_db < cfg.min_snr_db:
         return reject("noisy", f"speech SNR {a.snr_db:.1f} dB < {cfg.min_snr_db} dB")
     if a.dnsmos_ovrl is not None and a.dnsmos_ovrl < cfg.min_dnsmos_ovrl:
-        return reject(
-            "low_quality", f"DNSMOS OVRL {a.dnsmos_ovrl:.2f} < {cfg.min_dnsmos_ovrl}"
-        )
+        return reject("low_quality", f"DNSMOS OVRL {a.dnsmos_ovrl:.2f} < {cfg.min_dnsmos_ovrl}")
     gain_db = normalization_gain_db(a, cfg)
     reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
     return Decision("kept", reason, gain_db)
