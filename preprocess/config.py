@@ -38,6 +38,9 @@ class ConfigError(ValueError):
         self.key = key
 
 
+QUALITY = ("snr", "dnsmos")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Every knob that changes the output bytes lives here (and so in the config hash)."""
@@ -87,6 +90,13 @@ class PreprocessConfig:
     # sha256 of the `manifest:FILE` of split_by, so a changed manifest is another config
     # (another digest). Filled in from the file when empty; "" for the other split modes.
     split_manifest_sha256: str = ""
+    # Quality scores (preprocess.measure.quality). The speech-band SNR is always measured;
+    # DNSMOS P.835 only with quality="dnsmos" (~0.6 CPU-s per 9.01 s window scored, up to
+    # dnsmos_max_windows per file). The thresholds are off by default: no clean file lost.
+    quality: str = "snr"
+    dnsmos_max_windows: int = 2
+    min_snr_db: float = -100.0  # reason `noisy`; the estimate never reads below −20 dB
+    min_dnsmos_ovrl: float = 0.0  # reason `low_quality`; DNSMOS is 1–5
 
     def __post_init__(self) -> None:
         for key, value in validated(self).items():
@@ -176,6 +186,10 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "original_min_peak": (float, lambda v: 0.0 <= v <= 1.0, "0 ≤ original_min_peak ≤ 1"),
     "extra_audio_extensions": (tuple, lambda v: True, 'a list of extensions such as ".m4a"'),
     "split_manifest_sha256": (str, lambda v: True, "64 hex digits"),
+    "quality": (str, lambda v: v in QUALITY, f"one of {list(QUALITY)}"),
+    "dnsmos_max_windows": (int, lambda v: v >= 1, "an integer ≥ 1"),
+    "min_snr_db": (float, lambda v: v <= 100.0, "min_snr_db ≤ 100"),
+    "min_dnsmos_ovrl": (float, lambda v: 0.0 <= v <= 5.0, "0 ≤ min_dnsmos_ovrl ≤ 5"),
 }
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -240,6 +254,12 @@ def validated(cfg: PreprocessConfig) -> dict[str, Any]:
     """
     values = {f.name: _checked(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     values["split_manifest_sha256"] = _checked_split(cfg)
+    if values["min_dnsmos_ovrl"] > 0 and values["quality"] != "dnsmos":
+        raise _fail(
+            "min_dnsmos_ovrl",
+            values["min_dnsmos_ovrl"],
+            "0 unless quality is 'dnsmos' (--quality dnsmos): no file has a DNSMOS score",
+        )
     return values
 
 

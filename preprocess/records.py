@@ -63,6 +63,11 @@ def file_record(
         "segments": segments,
         "trimmed_seconds": _num(trimmed_samples / SAMPLE_RATE),
         "valid_seconds": _num(valid_samples / SAMPLE_RATE),
+        "snr_db": None,
+        "dnsmos_sig": None,
+        "dnsmos_bak": None,
+        "dnsmos_ovrl": None,
+        "dnsmos_windows": None,
     }
     if analysis is not None and analysis.error is None and analysis.header is not None:
         rec.update(
@@ -75,7 +80,15 @@ def file_record(
             loudness_lufs=_num(analysis.loudness_lufs),
             clipped_fraction=_num(analysis.clipped_fraction),
             nonfinite=analysis.nonfinite,
+            snr_db=_num(analysis.snr_db),
         )
+        if analysis.dnsmos is not None:
+            rec.update(
+                dnsmos_sig=_num(analysis.dnsmos.sig),
+                dnsmos_bak=_num(analysis.dnsmos.bak),
+                dnsmos_ovrl=_num(analysis.dnsmos.ovrl),
+                dnsmos_windows=analysis.dnsmos.windows,
+            )
     return rec
 
 

@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from preprocess.config import load_config  # noqa: E402
+from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-mb", type=float, default=None)
     p.add_argument("--audio-encoding", choices=("flac", "npy"), default=None)
     p.add_argument("--target-lufs", type=float, default=None)
+    p.add_argument(
+        "--quality",
+        choices=("snr", "dnsmos"),
+        default=None,
+        help="quality scores: speech SNR (always, default) or also DNSMOS P.835 (slow)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace output of another config")
     p.add_argument("--keep-work", action="store_true", help="keep OUT/.work/units for debugging")
     p.add_argument("--no-report", action="store_true", help="skip the diagnosis report")
@@ -76,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             shard_mb=args.shard_mb,
             audio_encoding=args.audio_encoding,
             target_lufs=args.target_lufs,
+            quality=args.quality,
         )
+        if cfg.quality == "dnsmos":
+            require_dnsmos()
         index = run_pipeline(
             args.input,
             args.output,

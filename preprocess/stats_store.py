@@ -35,6 +35,11 @@ SCALARS: dict[str, str] = {
     "gain_db": "f4",
     "segments": "i4",
     "valid_seconds": "f4",
+    "snr_db": "f4",
+    "dnsmos_sig": "f4",
+    "dnsmos_bak": "f4",
+    "dnsmos_ovrl": "f4",
+    "dnsmos_windows": "i4",
 }
 _CHUNK = 1 << 16
 

@@ -196,6 +196,10 @@ def _file_row(r: dict[str, Any], *cols: str) -> list[Any]:
         "reason": lambda r: f"{r['status']}/{r['reason']}",
         "detail": lambda r: r["detail"] or "",
         "duplicate_of": lambda r: f"`{r['duplicate_of']}`",
+        "snr_db": lambda r: num(r.get("snr_db")),
+        "dnsmos_ovrl": lambda r: num(r.get("dnsmos_ovrl"), ".2f"),
+        "dnsmos_sig": lambda r: num(r.get("dnsmos_sig"), ".2f"),
+        "dnsmos_bak": lambda r: num(r.get("dnsmos_bak"), ".2f"),
     }
     return [f"`{r['path']}`", *(fmt[c](r) for c in cols)]
 
@@ -212,6 +216,10 @@ _HEADERS = {
     "reason": "decision",
     "detail": "error / detail",
     "duplicate_of": "duplicate of",
+    "snr_db": "SNR dB",
+    "dnsmos_ovrl": "DNSMOS OVRL",
+    "dnsmos_sig": "SIG",
+    "dnsmos_bak": "BAK",
 }
 
 
@@ -550,6 +558,13 @@ def section_what_if(f: Findings) -> str:
     )
 
 
+def section_quality(f: Findings) -> str:
+    """The quality section lives in its own module (it imports this one's helpers)."""
+    from preprocess.diagnose.quality import section_quality as section
+
+    return section(f)
+
+
 # ---------------------------------------------------------------------------------------
 # Documents
 # ---------------------------------------------------------------------------------------
@@ -574,6 +589,7 @@ def render_markdown(f: Findings) -> str:
         section_c(f),
         section_integrity(f),
         section_what_if(f),
+        section_quality(f),
     ]
     return "\n\n".join(head + body) + "\n"
 
@@ -630,6 +646,8 @@ def write_file_lists(links: Links, directory: Path, root: str) -> None:
         "dc",
         "duplicate_of",
         "detail",
+        "snr_db",
+        "dnsmos_ovrl",
     )
     lines: dict[int, str] = {}  # one formatted line per record, shared by every list
 

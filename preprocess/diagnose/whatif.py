@@ -47,6 +47,8 @@ NEEDS_DECODING = frozenset(
         "clip_level",
         "clip_min_run",
         "extra_audio_extensions",
+        "quality",
+        "dnsmos_max_windows",
     }
 )
 ORIGINAL_SEGMENT_SECONDS = 2.0  # the original train_codec.py: "segment_length": 16000 * 2

@@ -28,10 +28,12 @@ _DECODE_REASONS = (
 )
 # Decided while listing the input, before any byte of the file is read (docs/CONTRACTS.md).
 LISTING_REASONS = ("bad_name", "not_regular_file", "broken_link", "symlink_loop", "unreadable")
-REJECT_REASONS = _DECODE_REASONS + LISTING_REASONS
+# Thresholds on the quality scores (preprocess.measure.quality); off by default.
+QUALITY_REASONS = ("noisy", "low_quality")
+REJECT_REASONS = _DECODE_REASONS + QUALITY_REASONS + LISTING_REASONS
 KEEP_REASONS = ("ok", "normalized")
 # stats.zarr stores a reason as its index here: new codes are appended, old ones keep theirs.
-REASONS = _DECODE_REASONS + KEEP_REASONS + LISTING_REASONS
+REASONS = _DECODE_REASONS + KEEP_REASONS + LISTING_REASONS + QUALITY_REASONS
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Measurements:
     active_fraction: float
     clipped_fraction: float
     loudness_lufs: float
+    snr_db: float | None = None  # None: not measured (an OUT from before quality scores)
+    dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
 
     @classmethod
     def from_analysis(cls, a: FileAnalysis) -> Measurements:
@@ -99,6 +103,8 @@ class Measurements:
             active_fraction=a.active_fraction,
             clipped_fraction=a.clipped_fraction,
             loudness_lufs=a.loudness_lufs,
+            snr_db=a.snr_db,
+            dnsmos_ovrl=a.dnsmos_ovrl,
         )
 
     @classmethod
@@ -118,6 +124,8 @@ class Measurements:
             active_fraction=f("active_fraction"),
             clipped_fraction=f("clipped_fraction"),
             loudness_lufs=f("loudness_lufs", -math.inf),
+            snr_db=rec.get("snr_db"),
+            dnsmos_ovrl=rec.get("dnsmos_ovrl"),
         )
 
 
@@ -145,6 +153,10 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
             f"{100 * a.clipped_fraction:.2f} % of samples clipped > "
             f"{100 * cfg.max_clipped_fraction:.2f} %",
         )
+    if a.snr_db is not None and a.snr_db < cfg.min_snr_db:
+        return reject("noisy", f"speech SNR {a.snr_db:.1f} dB < {cfg.min_snr_db} dB")
+    if a.dnsmos_ovrl is not None and a.dnsmos_ovrl < cfg.min_dnsmos_ovrl:
+        return reject("low_quality", f"DNSMOS OVRL {a.dnsmos_ovrl:.2f} < {cfg.min_dnsmos_ovrl}")
     gain_db = normalization_gain_db(a, cfg)
     reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
     return Decision("kept", reason, gain_db)
