@@ -22,6 +22,8 @@ import torch
 
 from telucodec import metrics
 
+Array = np.ndarray | torch.Tensor  # metrics accept either, [B x T] or [B x 1 x T]
+
 # Per-item figures: each contributes (items with a value, Σx, Σx²); NaN marks "no value"
 # (a gated item, or an item without a mostly-valid mel frame) and is counted, not averaged.
 PER_ITEM = ("masked_snr_db", "masked_si_sdr_db", "masked_mel_distance", "unmasked_snr_db")
@@ -54,7 +56,7 @@ class MetricSums:
 
     # --------------------------------------------------------------------------- adding
 
-    def add(self, ref, est, mask, sample_rate: int = 16000) -> np.ndarray:
+    def add(self, ref: Array, est: Array, mask: Array, sample_rate: int = 16000) -> np.ndarray:
         """Score one batch. ref, est Tensor or array [B x T] or [B x 1 x T]; mask bool [B x T].
 
         Masked figures see only mask == 1; the unmasked ones score the whole segment,
@@ -85,7 +87,7 @@ class MetricSums:
         self.add_values("unmasked_snr_db", u_snr)
         return snr
 
-    def add_values(self, name: str, values) -> None:
+    def add_values(self, name: str, values: Array | Sequence[float]) -> None:
         """Per-item values float[B] of figure `name`; NaN (or ±inf) means "no value"."""
         if name not in self.per_item:
             raise KeyError(f"{name!r} is not a per-item figure of this tally: {self.per_item}")
@@ -121,7 +123,7 @@ class MetricSums:
         return np.array([self.sums[name] for name in self.fields], dtype=np.float64)
 
     @classmethod
-    def from_vector(cls, vector, extra: Sequence[str] = ()) -> MetricSums:
+    def from_vector(cls, vector: Array, extra: Sequence[str] = ()) -> MetricSums:
         tally = cls(extra)
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (len(tally.fields),):
@@ -210,7 +212,7 @@ class Evaluation:
         """All bitrates' tallies as one float64 vector, for a single all-reduce."""
         return np.concatenate([s.vector() for s in self.sums])
 
-    def load_vector(self, vector) -> None:
+    def load_vector(self, vector: Array) -> None:
         """Replace the tallies by those in `vector` (e.g. the sum over ranks)."""
         parts = np.split(np.asarray(vector, dtype=np.float64), len(self.sums))
         self.sums = [

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,6 +102,13 @@ def clean_shm():
         path.unlink(missing_ok=True)
 
 
+def free_port() -> int:
+    """A port free right now: fixed ports collide when two test runs share a machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _env(port: int) -> dict:
     env = dict(
         os.environ,
@@ -131,10 +139,12 @@ def snake_case(args: list[str]) -> list[str]:
     return ["--" + a[2:].replace("-", "_") if a.startswith("--") else a for a in args]
 
 
-def run_training(cmd: list[str], port: int, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=_env(port), capture_output=True, text=True, timeout=timeout
-    )
+def run_training(
+    cmd: list[str], port: int | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
+    """Run a training command line (MASTER_PORT: `port`, else a free one); fail with its output."""
+    env = _env(port or free_port())
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{cmd}\n{output}"
     return proc
@@ -346,7 +356,7 @@ def single_run(tmp_path_factory) -> SimpleNamespace:
     data = make_shard_dir(root / "out", train=(3,), corrupt_sample=True, truncated_shard=True)
     ckpt = root / "ckpt"
     extra = ("--max-steps", "6", "--val-every", "3", "--debug-validation")
-    proc = run_training([sys.executable, *_train_args(data, ckpt, "single", *extra)], port=29611)
+    proc = run_training([sys.executable, *_train_args(data, ckpt, "single", *extra)])
     return SimpleNamespace(data=data, exp=ckpt / "single", proc=proc, root=root)
 
 
@@ -424,12 +434,13 @@ def test_metrics_eval_and_compare_reports_share_one_schema(single_run):
 def test_two_cpu_ranks_under_deepspeed_launcher_finish_on_uneven_shards(tmp_path):
     data = make_shard_dir(tmp_path / "out", train=(9, 1, 2), val=(3,))
     ckpt = tmp_path / "ckpt"
+    port = free_port()
     cmd = [
         str(BIN / "deepspeed"),
         "--num_gpus",
         "2",
         "--master_port",
-        "29621",
+        str(port),
         *_train_args(
             data,
             ckpt,
@@ -440,7 +451,7 @@ def test_two_cpu_ranks_under_deepspeed_launcher_finish_on_uneven_shards(tmp_path
             str(REPO / "ds_config.json"),
         ),
     ]
-    run_training(cmd, port=29621)
+    run_training(cmd, port=port)
     m = metrics_of(ckpt, "ds2")
     assert m["world_size"] == 2 and m["step"] == 5
     # 12 samples / (2 per batch x 2 ranks) = 3 batches per epoch: epoch 0 whole, 1 partial.
@@ -480,7 +491,8 @@ def test_validation_figures_are_identical_for_one_and_two_ranks(tmp_path):
     eval_only = ("--max-steps", "0", "--debug-validation")
     old_spelling = snake_case(_train_args(data, ckpt, "w1", *eval_only))
     assert "--data_dir" in old_spelling and "--max_steps" in old_spelling
-    run_training([sys.executable, *old_spelling], port=29631)
+    run_training([sys.executable, *old_spelling])
+    port = free_port()
     sbatch = [
         "bash",
         str(REPO / "cluster" / "train.sbatch"),
@@ -492,13 +504,13 @@ def test_validation_figures_are_identical_for_one_and_two_ranks(tmp_path):
     proc = subprocess.run(
         sbatch,
         cwd=tmp_path,
-        env=fake_slurm(tmp_path, 29632),
+        env=fake_slurm(tmp_path, port),
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "1 node(s) x 2 process(es), master 127.0.0.1:29632" in proc.stdout
+    assert f"1 node(s) x 2 process(es), master 127.0.0.1:{port}" in proc.stdout
     one, two = metrics_of(ckpt, "w1"), metrics_of(ckpt, "w2")
     assert two["world_size"] == 2 and one["world_size"] == 1
     for kbps in ("1.5", "3", "6"):
@@ -524,13 +536,13 @@ def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
         "--num-workers",
         "2",
     )
-    run_training([sys.executable, *_train_args(data, ckpt, "straight", *steps)], port=29641)
+    run_training([sys.executable, *_train_args(data, ckpt, "straight", *steps)])
 
     cmd = [sys.executable, *_train_args(data, ckpt, "killed", *steps)]
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
-        env=_env(29642),
+        env=_env(free_port()),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -549,7 +561,7 @@ def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
     assert not (ckpt / "killed" / "metrics.json").exists()
 
     run_training(
-        [sys.executable, *_train_args(data, ckpt, "killed", *steps, "--resume")], port=29643
+        [sys.executable, *_train_args(data, ckpt, "killed", *steps, "--resume")],
     )
     straight = {r["step"]: r for r in metrics_of(ckpt, "straight")["history"]["train"]}
     resumed = {r["step"]: r for r in metrics_of(ckpt, "killed")["history"]["train"]}
