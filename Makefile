@@ -26,11 +26,11 @@ demo: venv
 	@test -d $(DEMO)/corpus || $(BIN)/python -m preprocess.synth $(DEMO)/corpus \
 		--minutes $(DEMO_MINUTES) --seed 0 --no-progress
 	$(BIN)/python -m preprocess.run --input $(DEMO)/corpus --output $(DEMO)/out --shard-mb 2
-	$(BIN)/python train_ds.py --deepspeed_config ds_config.json --data_dir $(DEMO)/out \
-		--checkpoint_dir $(DEMO)/runs --experiment_name demo --model_config small \
-		--max_steps 2000 --max_seconds $(DEMO_TRAIN_SECONDS) --val_every 300
-	$(BIN)/python -m telucodec eval --checkpoint $(DEMO)/runs/demo/final --data $(DEMO)/out \
-		--split val --kbps 1.5,3,6 --out $(DEMO)/eval.json
+	$(BIN)/python train_ds.py --deepspeed-config ds_config.json --data-dir $(DEMO)/out \
+		--checkpoint-dir $(DEMO)/runs --experiment-name demo --model-config small \
+		--max-steps 2000 --max-seconds $(DEMO_TRAIN_SECONDS) --val-every 300
+	$(BIN)/python -m telucodec eval --checkpoint $(DEMO)/runs/demo/final --data-dir $(DEMO)/out \
+		--split val --kbps 1.5 3 6 --out $(DEMO)/eval.json
 	@echo
 	@echo "diagnosis report: $(DEMO)/out/report/report.md"
 	@echo "training curves:  $(DEMO)/runs/demo/curves.png   metrics: $(DEMO)/runs/demo/metrics.json"

@@ -1,7 +1,7 @@
 """Does the training loader keep up with training? Loader supply vs step demand, one run.
 
-    python benchmarks/loader_bench.py [--data OUT | --minutes 4] [--workers 0 1 2]
-        [--models small base] [--batch 16] [--seconds 0.5]
+    python benchmarks/loader_bench.py [--data-dir OUT | --minutes 4] [--num-workers 0 1 2]
+        [--models small base] [--batch-size 16] [--segment-seconds 0.5]
 
 (a) supply: segments/s out of the training loader exactly as train_ds.py builds it
     (`shards.loader.TrainStream` + `train_loader`, random 0.5 s crops, shuffle buffer), with
@@ -13,7 +13,7 @@
 Headroom = supply / demand: above 1 the loader is not the bottleneck. Both are measured
 alone, in the same process and on the same cores; during training the workers and the step
 share those cores, so headroom on a 2-core machine is an upper bound.
-Without --data, a small corpus is synthesized and preprocessed into a temp dir first.
+Without --data-dir, a small corpus is synthesized and preprocessed into a temp dir first.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shards import loader  # noqa: E402
+from shards import Index, loader  # noqa: E402
 from telucodec.configs import get_config  # noqa: E402
 from telucodec.losses import CodecLoss  # noqa: E402
 from telucodec.model import Codec  # noqa: E402
@@ -51,12 +51,11 @@ def make_data(tmp: Path, minutes: float) -> Path:
 
 def make_stream(data: Path, batch: int, crop: int) -> loader.TrainStream:
     """The training stream as train_ds.py builds it for one rank."""
-    shards = loader.shard_entries(data, "train")
-    n_train = sum(e.samples for e in shards)
+    index = Index.load(data)
     return loader.TrainStream(
-        [e.path for e in shards],
+        index.paths("train"),
         batch_size=batch,
-        batches_per_epoch=loader.batches_per_epoch(n_train, batch, 1),
+        batches_per_epoch=loader.batches_per_epoch(index.samples("train"), batch, 1),
         crop_samples=crop,
         shuffle_buffer=1000,
         seed=0,
@@ -103,12 +102,24 @@ def step_rate(model_name: str, batch: dict, n_steps: int, warmup: int = 2) -> tu
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", help="preprocess output (default: synthesize one)")
+    # Spelled as train_ds.py spells the same things; the older names still work.
+    p.add_argument(
+        "--data-dir", "--data", dest="data_dir", help="preprocess output (default: synthesize)"
+    )
     p.add_argument("--minutes", type=float, default=4.0, help="synthetic corpus size")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--num-workers", "--workers", dest="num_workers", type=int, nargs="+", default=[0, 1, 2]
+    )
     p.add_argument("--models", nargs="+", default=["small", "base"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=0.5, help="training crop")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=16)
+    p.add_argument(
+        "--segment-seconds",
+        "--seconds",
+        dest="segment_seconds",
+        type=float,
+        default=0.5,
+        help="training crop",
+    )
     p.add_argument("--loader-batches", type=int, default=60)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="0: train_ds.py's choice for 1 rank")
@@ -117,15 +128,15 @@ def main() -> int:
     torch.set_num_threads(threads)
 
     with tempfile.TemporaryDirectory(prefix="tc-loader-bench-") as tmp:
-        data = Path(args.data) if args.data else make_data(Path(tmp), args.minutes)
-        crop = int(round(args.seconds * 16000))
-        stream = make_stream(data, args.batch, crop)
+        data = Path(args.data_dir) if args.data_dir else make_data(Path(tmp), args.minutes)
+        crop = int(round(args.segment_seconds * 16000))
+        stream = make_stream(data, args.batch_size, crop)
         print(
-            f"data {data}: {len(stream.urls)} train shards; batch {args.batch} x "
-            f"{args.seconds:g} s; {os.cpu_count()} cores; step uses {threads} torch threads"
+            f"data {data}: {len(stream.urls)} train shards; batch {args.batch_size} x "
+            f"{args.segment_seconds:g} s; {os.cpu_count()} cores; step uses {threads} torch threads"
         )
         supply = {}
-        for w in args.workers:
+        for w in args.num_workers:
             supply[w], startup = loader_rate(stream, w, args.loader_batches)
             print(f"loader  {w} workers: {supply[w]:8.0f} segments/s (first batch {startup:.2f} s)")
         batch = next(iter(loader.train_loader(stream, 0)))
@@ -137,7 +148,7 @@ def main() -> int:
 
     print("\nheadroom = loader segments/s ÷ step segments/s")
     print(f"{'workers':>8}" + "".join(f"{m:>10}" for m in args.models))
-    for w in args.workers:
+    for w in args.num_workers:
         print(f"{w:>8}" + "".join(f"{supply[w] / demand[m]:>9.1f}x" for m in args.models))
     return 0
 

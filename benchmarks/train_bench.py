@@ -1,7 +1,7 @@
 """Training throughput with 1 and 2 CPU ranks, measured back to back on the same data.
 
-    python benchmarks/train_bench.py [--data OUT | --minutes 4] [--model small]
-        [--steps 40] [--batch 16] [--num-workers 1]
+    python benchmarks/train_bench.py [--data-dir OUT | --minutes 4] [--model-config small]
+        [--max-steps 40] [--batch-size 16] [--num-workers 1]
 
 (1) `python train_ds.py …`: one process, no launcher (OMP_NUM_THREADS unset, so
     train_ds.py picks cores − 1 intra-op threads, at least 1);
@@ -58,33 +58,33 @@ def run(ranks: int, args: argparse.Namespace, data: Path, ckpt: Path) -> dict:
     name = f"bench{ranks}"
     train = [
         str(REPO / "train_ds.py"),
-        "--deepspeed_config",
+        "--deepspeed-config",
         str(REPO / "ds_config.json"),
-        "--data_dir",
+        "--data-dir",
         str(data),
-        "--checkpoint_dir",
+        "--checkpoint-dir",
         str(ckpt),
-        "--experiment_name",
+        "--experiment-name",
         name,
-        "--model_config",
-        args.model,
-        "--batch_size",
-        str(args.batch),
-        "--max_steps",
-        str(args.steps),
-        "--val_every",
+        "--model-config",
+        args.model_config,
+        "--batch-size",
+        str(args.batch_size),
+        "--max-steps",
+        str(args.max_steps),
+        "--val-every",
         "0",
-        "--save_every",
+        "--save-every",
         "0",
-        "--log_every",
+        "--log-every",
         "1",
-        "--num_workers",
+        "--num-workers",
         str(args.num_workers),
-        "--max_val_items",
+        "--max-val-items",
         "16",
         "--kbps",
         "6",
-        "--audio_examples",
+        "--audio-examples",
         "0",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
@@ -109,7 +109,7 @@ def run(ranks: int, args: argparse.Namespace, data: Path, ckpt: Path) -> dict:
         raise SystemExit(f"{ranks}-rank run failed with exit code {proc.returncode}")
     metrics = json.loads((ckpt / name / "metrics.json").read_text())
     steps = steady_steps_per_s(proc.stdout + proc.stderr)
-    per_step = args.batch * metrics["world_size"]
+    per_step = args.batch_size * metrics["world_size"]
     return {
         "ranks": metrics["world_size"],
         "steps_s": steps,
@@ -121,19 +121,36 @@ def run(ranks: int, args: argparse.Namespace, data: Path, ckpt: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", help="preprocess output (default: synthesize one)")
+    # Spelled as train_ds.py spells the same things; the older names still work.
+    p.add_argument(
+        "--data-dir", "--data", dest="data_dir", help="preprocess output (default: synthesize)"
+    )
     p.add_argument("--minutes", type=float, default=4.0, help="synthetic corpus size")
-    p.add_argument("--model", default="small", choices=("tiny", "small", "base"))
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch", type=int, default=16, help="micro batch per rank")
+    p.add_argument(
+        "--model-config",
+        "--model",
+        dest="model_config",
+        default="small",
+        choices=("tiny", "small", "base"),
+    )
+    p.add_argument("--max-steps", "--steps", dest="max_steps", type=int, default=40)
+    p.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        type=int,
+        default=16,
+        help="micro batch per rank",
+    )
     p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per rank")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tc-train-bench-") as tmp:
-        data = Path(args.data) if args.data else make_data(Path(tmp), args.minutes)
+        data = Path(args.data_dir) if args.data_dir else make_data(Path(tmp), args.minutes)
         print(
-            f"data {data}; model {args.model}; micro batch {args.batch} x 0.5 s; "
-            f"{args.steps} steps; {args.num_workers} loader workers/rank; {os.cpu_count()} cores"
+            f"data {data}; model {args.model_config}; micro batch {args.batch_size} x 0.5 s; "
+            f"{args.max_steps} steps; {args.num_workers} loader workers/rank; "
+            f"{os.cpu_count()} cores"
         )
         results = [run(r, args, data, Path(tmp, "ckpt")) for r in (1, 2)]
 

@@ -1,5 +1,8 @@
 """Torch loaders over a preprocess output directory: a training stream and a validation split.
 
+Both take shard paths as `shards.Index` lists them (`Index.load(out).paths(split)`, from
+OUT/index.json); nothing here lists a folder.
+
 Training is a WebDataset pipeline of small stages, each a plain function over an iterator:
 
     resampled shard draws → split_by_node → split by worker slot → read tar → shuffle buffer
@@ -24,7 +27,6 @@ the counts ride along with each batch so the trainer can report them per epoch.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -46,50 +48,6 @@ from shards.reader import iter_raw_samples, shard_name
 MAX_CONSECUTIVE_FAILURES = 1000
 # How many skip messages one worker prints per epoch; the counts cover the rest.
 MAX_ERROR_MESSAGES = 5
-
-
-# ---------------------------------------------------------------------------- the index
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard listed in index.json."""
-
-    path: str
-    split: str
-    samples: int
-
-
-def load_index(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read `data_dir/index.json`, the preprocess manifest."""
-    path = Path(data_dir) / "index.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no index.json; --data_dir must be a preprocess output directory "
-            "(python -m preprocess.run --output DIR)"
-        )
-    with open(path, encoding="utf-8") as f:
-        index = json.load(f)
-    if not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: expected a 'shards' list")
-    return index
-
-
-def shard_entries(data_dir: str | os.PathLike, split: str) -> list[ShardEntry]:
-    """The shards of one split, sorted by name, with paths under `data_dir/shards/`."""
-    index = load_index(data_dir)
-    entries = []
-    for shard in index["shards"]:
-        if shard.get("split") != split:
-            continue
-        path = Path(data_dir) / "shards" / shard["name"]
-        entries.append(ShardEntry(str(path), split, int(shard["samples"])))
-    return sorted(entries, key=lambda e: Path(e.path).name)
-
-
-def segment_samples(data_dir: str | os.PathLike, default: int = 16000) -> int:
-    """`config.segment_samples` from the index (the fixed length of every sample)."""
-    return int(load_index(data_dir).get("config", {}).get("segment_samples", default))
 
 
 # ------------------------------------------------------------------------- error counts
@@ -380,9 +338,3 @@ def val_batches(
             break
     if samples:
         yield collate(samples)
-
-
-def val_item_count(entries: list[ShardEntry], max_items: int = 0) -> int:
-    """Items validation will visit according to the index (before any skipped as corrupt)."""
-    total = sum(e.samples for e in entries)
-    return min(total, max_items) if max_items else total

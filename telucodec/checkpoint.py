@@ -33,7 +33,7 @@ def save_codec(
 ) -> Path:
     """Write directory/model.safetensors and directory/config.json ({"format", "version",
     "config", "extra"}); `extra` must be JSON-serializable (step, metrics, ...). Files are
-    written to temporaries and renamed, so a crash never leaves a half checkpoint."""
+    written to temporaries, fsynced and renamed, so a crash never leaves a half checkpoint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -47,9 +47,22 @@ def save_codec(
     save_file(state, str(tmp_weights), metadata={"format": FORMAT})
     tmp_config = directory / (CONFIG + ".tmp")
     tmp_config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for tmp in (tmp_weights, tmp_config):
+        _fsync(tmp)
     os.replace(tmp_weights, directory / WEIGHTS)
     os.replace(tmp_config, directory / CONFIG)
+    _fsync(directory)  # makes the renames durable
     return directory
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk. shards.atomic does the same
+    for data files; the model package keeps its own two lines rather than import `shards`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint_config(directory: str | os.PathLike) -> tuple[CodecConfig, dict[str, Any]]:

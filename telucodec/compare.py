@@ -1,8 +1,9 @@
 """Our codec vs Opus at the same bitrates, on the same audio, scored the same way.
 
-Each item is scored on its valid (unpadded) part after lag alignment: masked SNR, masked
-SI-SDR and mel distance (telucodec.metrics), wideband PESQ (ITU-T P.862.2, `pesq`) and STOI
-(Taal et al. 2011, `pystoi`). Pure functions over arrays; the CLI feeds samples and files.
+Each item is scored on its valid (unpadded) part after lag alignment, with the evaluation
+tally every other report uses (`telucodec.evaluate.MetricSums`: masked SNR, SI-SDR, mel
+distance, global SNR) plus wideband PESQ (ITU-T P.862.2, `pesq`) and STOI (Taal et al. 2011,
+`pystoi`) as extra per-item figures. Pure functions over arrays; codec_cli.py feeds samples.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from telucodec import metrics
+from telucodec.evaluate import MetricSums
 from telucodec.model import Codec
 
 MAX_LAG = 2000  # samples (125 ms at 16 kHz): far beyond Opus's 6.5 ms algorithmic delay
+EXTRA = ("pesq_wb", "stoi")  # per-item figures compare adds to the evaluation schema
 
 
 def align(ref: np.ndarray, est: np.ndarray, max_lag: int = MAX_LAG) -> tuple[np.ndarray, int]:
@@ -53,31 +55,14 @@ def _pesq_stoi(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> tuple[floa
     return p, s
 
 
-def score_item(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> dict[str, float]:
-    """ref/est float32[T] of real audio only (already aligned)."""
-    r, e, m = ref[None], est[None], np.ones((1, ref.size), bool)
-    snr, _ = metrics.masked_snr_db(r, e, m)
-    si, _ = metrics.masked_si_sdr_db(r, e, m)
-    mel = metrics.masked_mel_distance(r, e, m, sample_rate)
+def score_item(sums: MetricSums, ref: np.ndarray, est: np.ndarray, sample_rate: int) -> None:
+    """Add one item to `sums` (a MetricSums with EXTRA): ref/est float32[T] of real audio
+    only, already aligned, so every sample is valid and masked = unmasked figures."""
+    r, e = ref[None], est[None]
+    sums.add(r, e, np.ones(r.shape, bool), sample_rate=sample_rate)
     p, s = _pesq_stoi(ref, est, sample_rate)
-    return {
-        "snr_db": float(snr[0]),
-        "si_sdr_db": float(si[0]),
-        "mel_distance": float(mel[0]),
-        "pesq_wb": p,
-        "stoi": s,
-    }
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, Any]:
-    keys = rows[0].keys() if rows else ()
-    out: dict[str, Any] = {"items": len(rows)}
-    for k in keys:
-        vals = np.array([r[k] for r in rows], dtype=np.float64)
-        ok = np.isfinite(vals)
-        out[k] = float(vals[ok].mean()) if ok.any() else None
-        out[f"{k}_missing"] = int((~ok).sum())
-    return out
+    sums.add_values("pesq_wb", [p])
+    sums.add_values("stoi", [s])
 
 
 @torch.inference_mode()
@@ -87,28 +72,32 @@ def compare(
     kbps: list[float],
     opus: Callable[[np.ndarray, int, float], np.ndarray] | None,
 ) -> dict[str, dict[str, Any]]:
-    """items of (audio float32[T], mask bool[T]) → {"telucodec": {kbps: means}, "opus": …}.
+    """items of (audio float32[T], mask bool[T]) → {"telucodec": {kbps: figures}, "opus": …},
+    figures as `MetricSums.summary()` plus `pesq_wb` and `stoi` (and `n_quantizers` for ours).
 
     Each codec sees the item's real samples only (padding cut off), so neither is scored on
     silence it never had to code. `opus` None skips Opus.
     """
     model.eval()
     sr = model.cfg.sample_rate
-    rows: dict[str, dict[float, list]] = {"telucodec": {k: [] for k in kbps}}
-    if opus is not None:
-        rows["opus"] = {k: [] for k in kbps}
+    nqs = {k: model.cfg.n_quantizers_for_kbps(k) for k in kbps}
+    codecs = ["telucodec"] + (["opus"] if opus is not None else [])
+    sums = {c: {k: MetricSums(EXTRA) for k in kbps} for c in codecs}
     for audio, mask in items:
         ref = audio[mask].astype(np.float32)
         if ref.size < sr // 4:
             continue
         x = torch.from_numpy(ref)[None, None]
         for k in kbps:
-            est = model(x, n_quantizers=model.cfg.n_quantizers_for_kbps(k)).audio[0, 0].numpy()
-            rows["telucodec"][k].append(score_item(ref, est, sr))
+            est = model(x, n_quantizers=nqs[k]).audio[0, 0].numpy()
+            score_item(sums["telucodec"][k], ref, est, sr)
             if opus is not None:
                 aligned, _ = align(ref, opus(ref, sr, k))
-                rows["opus"][k].append(score_item(ref, aligned, sr))
-    return {codec: {f"{k:g}": _mean(r) for k, r in per.items()} for codec, per in rows.items()}
+                score_item(sums["opus"][k], ref, aligned, sr)
+    results = {c: {f"{k:g}": s.summary() for k, s in per.items()} for c, per in sums.items()}
+    for k in kbps:
+        results["telucodec"][f"{k:g}"] = {"n_quantizers": nqs[k], **results["telucodec"][f"{k:g}"]}
+    return results
 
 
 def plot_comparison(results: dict[str, dict[str, Any]], path: str) -> None:
@@ -119,9 +108,9 @@ def plot_comparison(results: dict[str, dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [
-        ("snr_db", "masked SNR (dB)"),
-        ("si_sdr_db", "SI-SDR (dB)"),
-        ("mel_distance", "mel distance (lower better)"),
+        ("masked_snr_db", "masked SNR (dB)"),
+        ("masked_si_sdr_db", "SI-SDR (dB)"),
+        ("masked_mel_distance", "mel distance (lower better)"),
         ("pesq_wb", "PESQ-WB"),
         ("stoi", "STOI"),
     ]

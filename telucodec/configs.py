@@ -212,3 +212,14 @@ def get_config(name: str) -> CodecConfig:
         raise ValueError(
             f"unknown codec config {name!r}; expected one of {sorted(CONFIGS)}"
         ) from None
+
+
+# The bitrate ladder every command scores by default (train_ds.py, eval, compare).
+DEFAULT_KBPS = (1.5, 3.0, 6.0)
+
+
+def kbps_values(text: str) -> list[float]:
+    """One `--kbps` token as a list of bitrates: "6" → [6.0], and the older comma form
+    "1.5,3,6" → [1.5, 3.0, 6.0], so `--kbps 1.5 3 6` and `--kbps 1.5,3,6` mean the same
+    (an argparse `type` with nargs="+"; flatten the lists it gives)."""
+    return [float(part) for part in text.split(",") if part.strip()]

@@ -1,102 +1,301 @@
-"""Codec evaluation over batches of (reference, mask): masked and unmasked figures per bitrate.
+"""Codec evaluation: one summable float64 tally of masked and unmasked figures per bitrate.
 
-Pure model + metrics: it takes arrays, never reads a corpus (the CLI feeds it samples).
-Sums are accumulated in float64 so the global SNR is power-summed over the whole set.
+Training validation (train_ds.py), `eval` and `compare` (codec_cli.py) all score with
+`MetricSums`, so metrics.json, eval.json and compare.json share one schema (docs/CODEC.md).
+Everything in a tally is a sum — item counts, the count, Σx and Σx² of each per-item figure,
+signal and error energies, sample counts — so tallies of batches, workers or ranks add up
+exactly: a rank exports `vector()`, one all-reduce sums the vectors, `from_vector` reads the
+total back, and `summary()` derives means, 95 % intervals and the power-summed global SNR.
+
+Pure model + metrics on tensors and arrays; it never reads a corpus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from telucodec import metrics
-from telucodec.model import Codec
+
+Array = np.ndarray | torch.Tensor  # metrics accept either, [B x T] or [B x 1 x T]
+
+# Per-item figures: each contributes (items with a value, Σx, Σx²); NaN marks "no value"
+# (a gated item, or an item without a mostly-valid mel frame) and is counted, not averaged.
+PER_ITEM = ("masked_snr_db", "masked_si_sdr_db", "masked_mel_distance", "unmasked_snr_db")
+MOMENTS = ("items", "sum", "sumsq")
+# Plain totals.
+TOTALS = (
+    "items",  # items evaluated
+    "gated_items",  # items without a masked SNR (no valid audio, or below the gate)
+    "unmasked_gated_items",  # the same over the whole segment
+    "masked_signal",  # Σ m·ref²
+    "masked_error",  # Σ m·(ref − est)²
+    "unmasked_signal",  # Σ ref²
+    "unmasked_error",  # Σ (ref − est)²
+    "valid_samples",  # Σ m
+    "samples",  # Σ segment length
+)
 
 
-class Accumulator:
-    """Running float64 sums for one bitrate: per-item SNR/SI-SDR/mel and global energies."""
+class MetricSums:
+    """Float64 sums of one bitrate over any number of items; `a + b` is the tally of both.
 
-    def __init__(self) -> None:
-        self.items = 0
-        self.masked_snr: list[float] = []
-        self.unmasked_snr: list[float] = []
-        self.si_sdr: list[float] = []
-        self.mel: list[float] = []
-        self.gated = 0
-        self.gated_unmasked = 0
-        self.sums = {"signal": 0.0, "error": 0.0, "signal_all": 0.0, "error_all": 0.0}
+    `extra` names per-item figures computed outside `add` (compare's `pesq_wb`, `stoi`) and
+    fed with `add_values`; tallies add only when their fields match.
+    """
 
-    def add(self, ref: np.ndarray, est: np.ndarray, mask: np.ndarray) -> None:
-        """ref, est float[B x T]; mask bool[B x T]."""
-        sig, err, n = metrics.masked_energies(ref, est, mask)
-        per, gated = metrics.snr_from_energies(sig, err, n)
-        full = np.ones_like(mask, dtype=bool)
-        sig_a, err_a, n_a = metrics.masked_energies(ref, est, full)
-        per_a, gated_a = metrics.snr_from_energies(sig_a, err_a, n_a)
-        si, _ = metrics.masked_si_sdr_db(ref, est, mask)
-        mel = metrics.masked_mel_distance(ref, est, mask)
-        self.items += ref.shape[0]
-        self.gated += gated
-        self.gated_unmasked += gated_a
-        self.masked_snr += [float(v) for v in per if np.isfinite(v)]
-        self.unmasked_snr += [float(v) for v in per_a if np.isfinite(v)]
-        self.si_sdr += [float(v) for v in si if np.isfinite(v)]
-        self.mel += [float(v) for v in mel if np.isfinite(v)]
-        self.sums["signal"] += float(sig.sum())
-        self.sums["error"] += float(err.sum())
-        self.sums["signal_all"] += float(sig_a.sum())
-        self.sums["error_all"] += float(err_a.sum())
+    def __init__(self, extra: Sequence[str] = ()):
+        self.per_item = PER_ITEM + tuple(extra)
+        self.fields = TOTALS + tuple(f"{m}.{k}" for m in self.per_item for k in MOMENTS)
+        self.sums = dict.fromkeys(self.fields, 0.0)
 
-    def result(self) -> dict[str, Any]:
-        """Figures for JSON: None where nothing could be scored (never NaN, which is not JSON)."""
+    # --------------------------------------------------------------------------- adding
 
-        def mean(xs: list[float]) -> float | None:
-            return float(np.mean(xs)) if xs else None
+    def add(self, ref: Array, est: Array, mask: Array, sample_rate: int = 16000) -> np.ndarray:
+        """Score one batch. ref, est Tensor or array [B x T] or [B x 1 x T]; mask bool [B x T].
 
-        def finite(x: float) -> float | None:
-            return float(x) if np.isfinite(x) else None
+        Masked figures see only mask == 1; the unmasked ones score the whole segment,
+        padding and all, as the original validation did, to show what padding does.
+        Returns the per-item masked SNR dB float64[B] (NaN where gated)."""
+        signal, error, n_valid = metrics.masked_energies(ref, est, mask)
+        snr, gated = metrics.snr_from_energies(signal, error, n_valid)
+        si_sdr, _ = metrics.masked_si_sdr_db(ref, est, mask)
+        mel = metrics.masked_mel_distance(ref, est, mask, sample_rate=sample_rate)
+        everything = np.ones(np.shape(mask), dtype=bool)
+        u_signal, u_error, u_n = metrics.masked_energies(ref, est, everything)
+        u_snr, u_gated = metrics.snr_from_energies(u_signal, u_error, u_n)
+        for name, value in (
+            ("items", len(snr)),
+            ("gated_items", gated),
+            ("unmasked_gated_items", u_gated),
+            ("masked_signal", signal.sum()),
+            ("masked_error", error.sum()),
+            ("unmasked_signal", u_signal.sum()),
+            ("unmasked_error", u_error.sum()),
+            ("valid_samples", n_valid.sum()),
+            ("samples", u_n.sum()),
+        ):
+            self.sums[name] += float(value)
+        self.add_values("masked_snr_db", snr)
+        self.add_values("masked_si_sdr_db", si_sdr)
+        self.add_values("masked_mel_distance", mel)
+        self.add_values("unmasked_snr_db", u_snr)
+        return snr
 
+    def add_values(self, name: str, values: Array | Sequence[float]) -> None:
+        """Per-item values float[B] of figure `name`; NaN (or ±inf) means "no value"."""
+        if name not in self.per_item:
+            raise KeyError(f"{name!r} is not a per-item figure of this tally: {self.per_item}")
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v)]
+        self.sums[f"{name}.items"] += v.size
+        self.sums[f"{name}.sum"] += float(v.sum())
+        self.sums[f"{name}.sumsq"] += float(np.dot(v, v))
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        return self.per_item[len(PER_ITEM) :]
+
+    def __iadd__(self, other: MetricSums) -> MetricSums:
+        if other.fields != self.fields:
+            raise ValueError(
+                f"tallies of different figures do not add: {other.extra} vs {self.extra}"
+            )
+        for name in self.fields:
+            self.sums[name] += other.sums[name]
+        return self
+
+    def __add__(self, other: MetricSums) -> MetricSums:
+        total = MetricSums(self.extra)
+        total += self
+        total += other
+        return total
+
+    # ------------------------------------------------------------------- as a vector
+
+    def vector(self) -> np.ndarray:
+        """float64[len(fields)]: what ranks all-reduce (a sum of vectors is a sum of tallies)."""
+        return np.array([self.sums[name] for name in self.fields], dtype=np.float64)
+
+    @classmethod
+    def from_vector(cls, vector: Array, extra: Sequence[str] = ()) -> MetricSums:
+        tally = cls(extra)
+        vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape != (len(tally.fields),):
+            raise ValueError(f"vector of shape {vector.shape}, expected ({len(tally.fields)},)")
+        tally.sums = dict(zip(tally.fields, (float(v) for v in vector), strict=True))
+        return tally
+
+    # ----------------------------------------------------------------------- summary
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The reported figures; None where nothing could be scored (never NaN, not JSON).
+
+        Per-item figure M: `M` = mean over the items that have a value, `M_ci95` = half
+        width of the 95 % Student-t interval of that mean (None below 2 items), `M_items`.
+        Global SNRs are power-summed: Σ signal / Σ error over the whole set."""
+        s = self.sums
+        out: dict[str, float | int | None] = {
+            "items": int(s["items"]),
+            "gated_items": int(s["gated_items"]),
+            "unmasked_gated_items": int(s["unmasked_gated_items"]),
+            "padding_fraction": 1.0 - s["valid_samples"] / s["samples"] if s["samples"] else None,
+            "masked_global_snr_db": _finite(
+                metrics.global_snr_db(s["masked_signal"], s["masked_error"])
+            ),
+            "unmasked_global_snr_db": _finite(
+                metrics.global_snr_db(s["unmasked_signal"], s["unmasked_error"])
+            ),
+        }
+        for name in self.per_item:
+            n, total, total_sq = (s[f"{name}.{k}"] for k in MOMENTS)
+            out[name] = total / n if n else None
+            out[f"{name}_ci95"] = ci95_half_width(n, total, total_sq)
+            out[f"{name}_items"] = int(n)
+        return out
+
+
+def ci95_half_width(n: float, total: float, total_sq: float) -> float | None:
+    """Half width of the 95 % t-interval of a mean from (n, Σx, Σx²); None for n < 2."""
+    if n < 2:
+        return None
+    from scipy.stats import t
+
+    variance = max(0.0, (total_sq - total * total / n) / (n - 1))  # rounding can dip below 0
+    return float(t.ppf(0.975, n - 1) * math.sqrt(variance / n))
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+# ------------------------------------------------------------------ a model over a set
+
+
+@dataclass
+class ScoredItem:
+    """One validation item at one bitrate, kept for the debug block: float arrays [T]."""
+
+    snr_db: float  # masked SNR; -inf for a gated item, so it ranks worst
+    key: str
+    kbps: float
+    ref: np.ndarray
+    est: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class Example:
+    """An item for listening: the input and the decoded audio per bitrate, Tensor[T]."""
+
+    key: str
+    ref: torch.Tensor
+    est: dict[float, torch.Tensor]
+
+
+@dataclass
+class Evaluation:
+    """One pass of a model over (one rank's share of) a set, per bitrate."""
+
+    kbps: list[float]
+    n_quantizers: list[int]
+    sums: list[MetricSums]
+    worst: list[ScoredItem] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    def vector(self) -> np.ndarray:
+        """All bitrates' tallies as one float64 vector, for a single all-reduce."""
+        return np.concatenate([s.vector() for s in self.sums])
+
+    def load_vector(self, vector: Array) -> None:
+        """Replace the tallies by those in `vector` (e.g. the sum over ranks)."""
+        parts = np.split(np.asarray(vector, dtype=np.float64), len(self.sums))
+        self.sums = [
+            MetricSums.from_vector(p, s.extra) for p, s in zip(parts, self.sums, strict=True)
+        ]
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """{"<kbps>": {"n_quantizers", **MetricSums.summary()}}: the eval/metrics schema."""
         return {
-            "items": self.items,
-            "masked": {
-                "snr_db": mean(self.masked_snr),
-                "global_snr_db": finite(
-                    metrics.global_snr_db(self.sums["signal"], self.sums["error"])
-                ),
-                "si_sdr_db": mean(self.si_sdr),
-                "mel_distance": mean(self.mel),
-                "gated_items": self.gated,
-            },
-            "unmasked": {
-                "snr_db": mean(self.unmasked_snr),
-                "global_snr_db": finite(
-                    metrics.global_snr_db(self.sums["signal_all"], self.sums["error_all"])
-                ),
-                "gated_items": self.gated_unmasked,
-            },
+            f"{k:g}": {"n_quantizers": nq, **s.summary()}
+            for k, nq, s in zip(self.kbps, self.n_quantizers, self.sums, strict=True)
         }
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate(
-    model: Codec,
-    batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    kbps: list[float],
-) -> dict[str, dict[str, Any]]:
-    """batches of (audio float32[B x T], mask bool[B x T]) -> {"<kbps>": figures}.
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    kbps: Sequence[float],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    n_worst: int = 0,
+    n_examples: int = 0,
+) -> Evaluation:
+    """Run `model` (a Codec: `.cfg`, `forward(Tensor[B x 1 x T], n_quantizers)`) over
+    `batches` at every bitrate and tally the figures.
 
-    Masked figures count only real samples; unmasked ones treat padding as signal, which is
-    what the original validation did.
-    """
+    A batch is `{"audio": Tensor[B x T] float32, "mask": BoolTensor[B x T], "key": [B]}`,
+    as the shards loader yields. The model runs in eval() mode, so the EMA codebooks stay
+    put and no collective runs inside forward (ranks may have different batch counts).
+    `n_worst` keeps the items with the lowest masked SNR at the highest bitrate (gated ones
+    first), `n_examples` the first items with their decoded audio."""
+    was_training = model.training
     model.eval()
-    nqs = {k: model.cfg.n_quantizers_for_kbps(k) for k in kbps}
-    accs = {k: Accumulator() for k in kbps}
-    for audio, mask in batches:
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[:, None]
-        for k, nq in nqs.items():
-            est = model(x, n_quantizers=nq).audio[:, 0].numpy()
-            accs[k].add(audio, est, mask)
-    return {f"{k:g}": {"n_quantizers": nqs[k], **accs[k].result()} for k in kbps}
+    kbps = sorted(kbps)
+    nqs = [model.cfg.n_quantizers_for_kbps(k) for k in kbps]
+    result = Evaluation(list(kbps), nqs, [MetricSums() for _ in kbps])
+    for batch in batches:
+        ref = torch.as_tensor(batch["audio"])[:, None]
+        mask = torch.as_tensor(batch["mask"])
+        keys = batch.get("key") or [str(i) for i in range(ref.shape[0])]
+        x, ests = ref.to(device, dtype), {}
+        for k, nq, sums in zip(kbps, nqs, result.sums, strict=True):
+            est = model(x, n_quantizers=nq).audio.float().cpu()
+            snr = sums.add(ref, est, mask, sample_rate=model.cfg.sample_rate)
+            ests[k] = est
+        if n_worst:  # `snr` is the highest bitrate's
+            for j, key in enumerate(keys):
+                value = float(snr[j]) if np.isfinite(snr[j]) else -math.inf
+                top = ests[kbps[-1]]
+                arrays = (ref[j, 0].numpy(), top[j, 0].numpy(), mask[j].numpy())
+                result.worst.append(ScoredItem(value, key, kbps[-1], *arrays))
+            result.worst = sorted(result.worst, key=lambda w: w.snr_db)[:n_worst]
+        for j, key in enumerate(keys[: max(0, n_examples - len(result.examples))]):
+            result.examples.append(Example(key, ref[j, 0], {k: v[j, 0] for k, v in ests.items()}))
+    model.train(was_training)
+    return result
+
+
+def debug_block(item: ScoredItem) -> str:
+    """The original train_codec.py debug print for one item, with the masked figures beside
+    the unmasked ones it used to show."""
+    ref, est, mask = item.ref, item.est, item.mask
+
+    def power(x: np.ndarray) -> float:
+        return float(np.mean(np.square(x, dtype=np.float64))) if x.size else float("nan")
+
+    def db(a: float, b: float) -> float:
+        return 10 * math.log10(a / b) if a > 0 and b > 0 else float("nan")
+
+    noise = ref - est
+    m_sig, m_noise = power(ref[mask]), power(noise[mask])
+    u_sig, u_noise = power(ref), power(noise)
+    return "\n".join(
+        [
+            f"=== VALIDATION SNR DEBUG === {item.key} @ {item.kbps:g} kbps",
+            f"Input  range: [{ref.min():.6f}, {ref.max():.6f}], "
+            f"mean={ref.mean():.6f}, std={ref.std():.6f}",
+            f"Output range: [{est.min():.6f}, {est.max():.6f}], "
+            f"mean={est.mean():.6f}, std={est.std():.6f}",
+            f"Padding: {100 * (1 - mask.mean()):.1f}% of {mask.size} samples",
+            f"Signal power: {u_sig:.8f} (masked {m_sig:.8f})",
+            f"Noise power:  {u_noise:.8f} (masked {m_noise:.8f})",
+            f"SNR: {db(u_sig, u_noise):.2f} dB unmasked, {db(m_sig, m_noise):.2f} dB masked",
+        ]
+    )

@@ -1,7 +1,8 @@
-"""`python -m telucodec encode|decode|eval` run as a user runs them, in a subprocess, with a
-`tiny` checkpoint saved by the test: any input format/rate/channels in, a `.tcq` at the
-nominal bitrate out, the exact length back, exit status 2 with a one-line reason for every
-bad bitstream, and eval JSON with masked and unmasked figures side by side."""
+"""`python -m telucodec encode|decode|eval` (codec_cli.py) run as a user runs them, in a
+subprocess, with a `tiny` checkpoint saved by the test: any input format/rate/channels in, a
+`.tcq` at the nominal bitrate out, the exact length back, exit status 2 with a one-line
+reason for every bad bitstream, and eval JSON with masked and unmasked figures side by side,
+from the shards index.json lists and no others."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import soundfile as sf
 import torch
 
 import shards
+from codec_cli import parse_args, read_audio
 from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, save_codec
-from telucodec.cli import read_audio
-from telucodec.evaluate import evaluate
+from telucodec.evaluate import MetricSums, evaluate
 from tests.test_codec_model import speechlike, trained_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,18 +184,25 @@ def _meta(i: int, split: str) -> dict:
 
 @pytest.fixture(scope="module")
 def preprocess_out(work) -> Path:
-    """OUT/shards/{train,val}-000000.tar (no index.json: eval globs the shards). Val items
-    2 and 4 are padded: 6000 and 3000 real samples in 16000."""
+    """OUT/shards/{train,val}-000000.tar listed in OUT/index.json. Val items 2 and 4 are
+    padded: 6000 and 3000 real samples in 16000. A stale `val-000099.tar` (3 items, from
+    some earlier run) lies in shards/ but not in the index: it is not part of this output."""
     out = work / "out"
     rng = np.random.default_rng(3)
-    for split, n_items in (("train", 2), ("val", 5)):
-        with ShardWriter(out / "shards" / f"{split}-000000.tar") as writer:
+    listed = []
+    for split, n_items, number in (("train", 2, 0), ("val", 5, 0), ("val", 3, 99)):
+        name = f"{split}-{number:06d}.tar"
+        with ShardWriter(out / "shards" / name) as writer:
             for i in range(n_items):
                 n_valid = {2: 6000, 4: 3000}.get(i, 16000)
                 audio = np.zeros(16000, np.float32)
                 audio[:n_valid] = speechlike(rng, n_valid)
                 meta = {**_meta(i, split), "split": split}
-                writer.write(shards.sample_key(f"{split}{i}", 0), audio, [[0, n_valid]], meta)
+                key = shards.sample_key(f"{split}{number}x{i}", 0)
+                writer.write(key, audio, [[0, n_valid]], meta)
+        if number != 99:
+            listed.append({**writer.info.to_dict(), "split": split})
+    shards.write_index(out, {"shards": listed, "segment_samples": 16000})
     return out
 
 
@@ -205,12 +213,14 @@ def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, p
             "eval",
             "--checkpoint",
             checkpoint,
-            "--data",
+            "--data-dir",
             preprocess_out,
             "--split",
             "val",
             "--kbps",
-            "1.5,3,6",
+            "1.5",
+            "3",
+            "6",
             "--batch-size",
             2,
             "--out",
@@ -220,39 +230,61 @@ def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, p
     report = json.loads(proc.stdout)
     assert json.loads(report_path.read_text()) == report
     assert report["split"] == "val" and set(report["bitrates"]) == {"1.5", "3", "6"}
+    assert report["bad_samples"] == report["bad_shards"] == 0
     for kbps, nq in (("1.5", 3), ("3", 6), ("6", 12)):
         figures = report["bitrates"][kbps]
         assert figures["n_quantizers"] == nq and figures["items"] == 5
-        masked, unmasked = figures["masked"], figures["unmasked"]
-        assert set(masked) == {
-            "snr_db",
-            "global_snr_db",
-            "si_sdr_db",
-            "mel_distance",
-            "gated_items",
-        }
-        assert set(unmasked) == {"snr_db", "global_snr_db", "gated_items"}
-        for value in (*masked.values(), *unmasked.values()):
+        assert set(figures) == set(MetricSums().summary()) | {"n_quantizers"}
+        for value in figures.values():
             assert isinstance(value, (int, float)) and np.isfinite(value)
+        assert figures["gated_items"] == figures["unmasked_gated_items"] == 0
+        assert figures["padding_fraction"] == pytest.approx(1 - (3 * 16000 + 9000) / 80000)
         # Padding holds zeros, so scoring it adds no signal, only the decoder's output there
         # as error: with padded items the unmasked figures are strictly lower.
-        assert unmasked["snr_db"] < masked["snr_db"]
-        assert unmasked["global_snr_db"] < masked["global_snr_db"]
-        assert masked["snr_db"] > 0  # a trained codec, so the figures mean something
+        assert figures["unmasked_snr_db"] < figures["masked_snr_db"]
+        assert figures["unmasked_global_snr_db"] < figures["masked_global_snr_db"]
+        assert figures["masked_snr_db"] > 0  # a trained codec, so the figures mean something
+        lo = figures["masked_snr_db"] - figures["masked_snr_db_ci95"]
+        assert lo < figures["masked_snr_db"] and figures["masked_snr_db_items"] == 5
 
     # The same numbers as the library call on the same samples (the CLI adds only I/O).
-    samples = list(read_samples(sorted((preprocess_out / "shards").glob("val-*.tar"))))
+    samples = list(read_samples([preprocess_out / "shards" / "val-000000.tar"]))
     batches = [
-        (
-            np.stack([s["audio"] for s in samples[i : i + 2]]),
-            np.stack([s["mask"] for s in samples[i : i + 2]]),
-        )
+        {
+            "audio": torch.from_numpy(np.stack([s["audio"] for s in samples[i : i + 2]])),
+            "mask": torch.from_numpy(np.stack([s["mask"] for s in samples[i : i + 2]])),
+            "key": [s["key"] for s in samples[i : i + 2]],
+        }
         for i in range(0, len(samples), 2)
     ]
-    direct = evaluate(load_codec(checkpoint), batches, [1.5, 3.0, 6.0])
+    direct = evaluate(load_codec(checkpoint), batches, [1.5, 3.0, 6.0]).figures()
     assert direct == report["bitrates"]
 
 
-def test_eval_without_shards_of_the_split_is_a_clear_error(work, checkpoint):
-    proc = telucodec("eval", "--checkpoint", checkpoint, "--data", work / "nowhere")
-    fails_clearly(proc, "no val-*.tar shards in")
+def test_eval_reads_only_the_shards_index_json_lists(work, checkpoint, preprocess_out):
+    """A stale val-000099.tar in shards/ (3 items) is not in index.json, so not evaluated."""
+    assert (preprocess_out / "shards" / "val-000099.tar").is_file()
+    proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", preprocess_out, "--kbps", 6)
+    assert json.loads(ok(proc).stdout)["bitrates"]["6"]["items"] == 5
+
+
+def test_eval_and_compare_accept_the_older_spellings_data_and_comma_kbps():
+    new = ["--checkpoint", "c", "--data-dir", "d", "--kbps", "1.5", "3", "6"]
+    old = ["--checkpoint", "c", "--data", "d", "--kbps", "1.5,3,6"]
+    for command in ("eval", "compare"):
+        assert vars(parse_args([command, *old])) == vars(parse_args([command, *new]))
+        assert parse_args([command, *old]).kbps == [1.5, 3.0, 6.0]
+    assert parse_args(["eval", "--checkpoint", "c", "--data", "d"]).kbps == [1.5, 3.0, 6.0]
+
+
+def test_eval_without_a_preprocess_output_is_a_clear_error(work, checkpoint):
+    proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", work / "nowhere")
+    fails_clearly(proc, "no index.json", "preprocess output directory")
+
+
+def test_eval_of_a_split_the_index_does_not_list_is_a_clear_error(work, checkpoint):
+    empty = work / "empty"
+    empty.mkdir()
+    shards.write_index(empty, {"shards": []})
+    proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", empty)
+    fails_clearly(proc, "index.json lists no val shards")

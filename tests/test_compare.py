@@ -1,4 +1,5 @@
-"""`python -m telucodec compare`: our codec vs Opus, lag-aligned, same metrics."""
+"""`python -m telucodec compare`: our codec vs Opus, lag-aligned, scored with the evaluation
+tally (one schema with eval.json and metrics.json) plus PESQ-WB and STOI."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+import shards
 from shards import ShardWriter
 from telucodec.checkpoint import save_codec
-from telucodec.compare import align, compare
+from telucodec.compare import EXTRA, align, compare
 from telucodec.configs import get_config
+from telucodec.evaluate import MetricSums
 from telucodec.model import Codec
 from telucodec.opus import missing_opus
 from tests.conftest import REPO
@@ -49,10 +52,15 @@ def test_compare_scores_our_codec_and_a_stand_in_reference():
 
     res = compare(model, items, [1.5, 6], delayed_copy)
     assert set(res) == {"telucodec", "opus"} and set(res["opus"]) == {"1.5", "6"}
-    assert res["opus"]["6"]["snr_db"] > 60  # recovered exactly after alignment
-    assert res["opus"]["6"]["items"] == 2
-    for key in ("snr_db", "si_sdr_db", "mel_distance", "pesq_wb", "stoi"):
-        assert key in res["telucodec"]["6"]
+    assert res["opus"]["6"]["masked_snr_db"] > 60  # recovered exactly after alignment
+    assert res["opus"]["6"]["items"] == 2 and res["opus"]["6"]["pesq_wb_items"] == 2
+    schema = set(MetricSums(EXTRA).summary())
+    assert set(res["opus"]["6"]) == schema
+    assert set(res["telucodec"]["6"]) == schema | {"n_quantizers"}
+    assert res["telucodec"]["6"]["n_quantizers"] == 12
+    # Each codec sees real samples only: nothing is padding, masked = unmasked.
+    ours = res["telucodec"]["6"]
+    assert ours["padding_fraction"] == 0 and ours["unmasked_snr_db"] == ours["masked_snr_db"]
 
 
 def test_missing_opus_tools_is_a_message_not_a_crash(monkeypatch):
@@ -71,6 +79,10 @@ def test_compare_cli_writes_json_and_png(tmp_path, with_opus):
     with ShardWriter(tmp_path / "out" / "shards" / "val-000000.tar") as w:
         for i in range(2):
             w.write(f"f{i}-00000", _speech(1.0, i), [[0, 12000]], meta)
+    # A stale shard of an earlier run, not in index.json: compare must not read it.
+    with ShardWriter(tmp_path / "out" / "shards" / "val-000099.tar") as stale:
+        stale.write("old-00000", _speech(1.0, 9), [[0, 16000]], meta)
+    shards.write_index(tmp_path / "out", {"shards": [{**w.info.to_dict(), "split": "val"}]})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not with_opus:
         env["PATH"] = "/nonexistent"
@@ -82,7 +94,7 @@ def test_compare_cli_writes_json_and_png(tmp_path, with_opus):
             "compare",
             "--checkpoint",
             str(ckpt),
-            "--data",
+            "--data-dir",
             str(tmp_path / "out"),
             "--kbps",
             "6",
@@ -98,7 +110,7 @@ def test_compare_cli_writes_json_and_png(tmp_path, with_opus):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert ("opus" in report["codecs"]) == with_opus
-    assert report["codecs"]["telucodec"]["6"]["items"] == 2
+    assert report["codecs"]["telucodec"]["6"]["items"] == 2  # the stale shard's item: not read
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
     if not with_opus:
         assert "opus-tools" in proc.stderr

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from telucodec import metrics
-from telucodec.evaluate import Accumulator
+from telucodec.evaluate import MetricSums
 from telucodec.mel import hz_to_mel, mel_filterbank
 
 # ------------------------------------------------------------------------------ references
@@ -210,15 +210,59 @@ def test_evaluation_figures_masked_ignore_padding_unmasked_do_not():
     ref2 = np.concatenate([ref, np.zeros((len(ref), extra))], axis=1)
     est2 = np.concatenate([est, 0.05 * rng.standard_normal((len(ref), extra))], axis=1)
     mask2 = np.concatenate([mask, np.zeros((len(ref), extra), dtype=bool)], axis=1)
-    bare, padded = Accumulator(), Accumulator()
+    bare, padded = MetricSums(), MetricSums()
     bare.add(ref, est, mask)
     padded.add(ref2, est2, mask2)
-    a, b = bare.result(), padded.result()
-    for name in ("snr_db", "global_snr_db", "si_sdr_db", "mel_distance"):
-        assert b["masked"][name] == pytest.approx(a["masked"][name], rel=1e-9), name
+    a, b = bare.summary(), padded.summary()
+    for name in (
+        "masked_snr_db",
+        "masked_snr_db_ci95",
+        "masked_global_snr_db",
+        "masked_si_sdr_db",
+        "masked_mel_distance",
+    ):
+        assert b[name] == pytest.approx(a[name], rel=1e-9), name
     # Scored over the whole row, the decoder's output in the padding counts as error.
-    assert b["unmasked"]["snr_db"] < a["unmasked"]["snr_db"] - 3
-    assert b["unmasked"]["snr_db"] < b["masked"]["snr_db"] - 3
+    assert b["unmasked_snr_db"] < a["unmasked_snr_db"] - 3
+    assert b["unmasked_snr_db"] < b["masked_snr_db"] - 3
+    assert b["padding_fraction"] > a["padding_fraction"]
+
+
+def test_tallies_of_parts_add_up_to_the_tally_of_the_whole():
+    """What lets ranks all-reduce one vector: sum of parts' vectors = the whole's vector."""
+    ref, est, mask = batch(np.random.default_rng(11), n=6)
+    whole, first, second = MetricSums(), MetricSums(), MetricSums()
+    whole.add(ref, est, mask)
+    first.add(ref[:2], est[:2], mask[:2])
+    second.add(ref[2:], est[2:], mask[2:])
+    np.testing.assert_allclose(first.vector() + second.vector(), whole.vector(), rtol=1e-12)
+    assert (first + second).summary() == pytest.approx(whole.summary(), rel=1e-12)
+    summed = MetricSums.from_vector(first.vector() + second.vector())
+    assert summed.summary() == pytest.approx(whole.summary(), rel=1e-12)
+    assert whole.vector().dtype == np.float64 and whole.vector().shape == (len(whole.fields),)
+    with pytest.raises(ValueError, match="do not add"):
+        whole += MetricSums(extra=("pesq_wb",))
+
+
+def test_ci95_is_the_student_t_interval_of_the_mean_per_item_figure():
+    from scipy import stats
+
+    ref, est, mask = batch(np.random.default_rng(12), n=7)
+    tally = MetricSums()
+    for i in range(0, 7, 3):  # several batches: the interval comes from the summed moments
+        tally.add(ref[i : i + 3], est[i : i + 3], mask[i : i + 3])
+    figures = tally.summary()
+    for name, per_item in (
+        ("masked_snr_db", metrics.masked_snr_db(ref, est, mask)[0]),
+        ("masked_si_sdr_db", metrics.masked_si_sdr_db(ref, est, mask)[0]),
+    ):
+        lo, hi = stats.t.interval(0.95, 6, loc=per_item.mean(), scale=stats.sem(per_item))
+        assert figures[name] == pytest.approx(per_item.mean(), rel=1e-12)
+        assert figures[f"{name}_ci95"] == pytest.approx((hi - lo) / 2, rel=1e-9)
+        assert figures[f"{name}_items"] == 7
+    one = MetricSums()
+    one.add(ref[:1], est[:1], mask[:1])
+    assert one.summary()["masked_snr_db_ci95"] is None  # no interval from a single item
 
 
 # ------------------------------------------------------------------------------ gating
@@ -249,15 +293,15 @@ def test_all_padding_and_near_silent_items_are_gated_and_counted_never_inf():
     assert not np.isinf(snr).any() and not np.isinf(sdr).any() and not np.isinf(mel).any()
     assert np.isnan(mel[1])  # no valid frame at all: nothing to measure
 
-    acc = Accumulator()
+    acc = MetricSums()
     acc.add(ref, est, mask)
-    result = acc.result()
-    assert result["items"] == 5 and result["masked"]["gated_items"] == 3
-    assert result["masked"]["snr_db"] == pytest.approx(np.mean(snr[[0, 4]]), rel=1e-12)
-    assert result["masked"]["si_sdr_db"] == pytest.approx(np.mean(sdr[[0, 4]]), rel=1e-12)
-    for figures in (result["masked"], result["unmasked"]):
-        for name, value in figures.items():
-            assert value is not None and np.isfinite(value), name
+    result = acc.summary()
+    assert result["items"] == 5 and result["gated_items"] == 3
+    assert result["masked_snr_db_items"] == result["masked_si_sdr_db_items"] == 2
+    assert result["masked_snr_db"] == pytest.approx(np.mean(snr[[0, 4]]), rel=1e-12)
+    assert result["masked_si_sdr_db"] == pytest.approx(np.mean(sdr[[0, 4]]), rel=1e-12)
+    for name, value in result.items():
+        assert value is not None and np.isfinite(value), name
 
 
 def test_gate_is_the_mean_square_over_valid_samples_in_dbfs():
@@ -279,11 +323,13 @@ def test_set_with_nothing_to_score_reports_none_not_nan():
     ref = np.zeros((2, 1000))
     mask = np.zeros((2, 1000), dtype=bool)
     assert math.isnan(metrics.global_snr_db(0.0, 0.0))
-    acc = Accumulator()
+    acc = MetricSums()
     acc.add(ref, ref, mask)
-    masked = acc.result()["masked"]
-    assert masked["gated_items"] == 2
-    assert masked["snr_db"] is None and masked["global_snr_db"] is None
+    figures = acc.summary()
+    assert figures["gated_items"] == 2 and figures["masked_snr_db_items"] == 0
+    assert figures["masked_snr_db"] is None and figures["masked_global_snr_db"] is None
+    assert figures["masked_snr_db_ci95"] is None and figures["padding_fraction"] == 1.0
+    assert not any(isinstance(v, float) and math.isnan(v) for v in figures.values())
 
 
 def test_exact_reconstruction_is_capped_not_infinite():

@@ -1,12 +1,17 @@
-"""`python -m telucodec encode|decode|eval`: use a trained codec from the command line.
+"""`python -m telucodec encode|decode|eval|compare`: a trained codec on files and on a
+preprocess output directory.
 
-encode: any audio file (format, rate, channels) → 16 kHz mono → `.tcq` bitstream.
-decode: `.tcq` → WAV of exactly the original length.
-eval:   masked and unmasked metrics per bitrate on a preprocess output's split.
+    python -m telucodec encode IN.wav OUT.tcq --checkpoint CKPT [--kbps 6]
+    python -m telucodec decode IN.tcq OUT.wav --checkpoint CKPT
+    python -m telucodec eval --checkpoint CKPT --data-dir OUT [--split val] [--kbps 1.5 3 6]
+    python -m telucodec compare --checkpoint CKPT --data-dir OUT [--out DIR]
 
-This is glue like train_ds.py: the only telucodec module that reads audio files, and the only
-one that imports `shards` (lazily, in `eval`) to read validation samples. (checkpoint.py
-reads and writes checkpoint directories; every other module works on arrays.)
+Glue, like train_ds.py, and outside the model package for the same reason: this is where
+data meets the model. encode/decode read and write audio files and .tcq bitstreams; eval and
+compare list shards through `shards.Index` (index.json, never a glob of the folder) and
+batch them with the loader's deterministic `val_batches`, then hand tensors to
+`telucodec.evaluate` and `telucodec.compare`. `telucodec` imports neither `shards` nor
+`preprocess`; telucodec/__main__.py only runs `main` below.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from shards import Index, loader
+from shards.atomic import atomic_write_text
 from telucodec.bitstream import (
     BitstreamError,
     Header,
@@ -29,6 +36,9 @@ from telucodec.bitstream import (
     encode_bitstream,
 )
 from telucodec.checkpoint import CheckpointError, load_codec
+from telucodec.configs import DEFAULT_KBPS, kbps_values
+
+# ------------------------------------------------------------------------ files: encode/decode
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -85,50 +95,52 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batches(paths: list[Path], batch_size: int, limit: int):
-    from shards import read_samples  # the CLI's one corpus read; the model never does
+# ------------------------------------------------------------- a preprocess output: eval/compare
 
-    audio, mask = [], []
-    for seen, sample in enumerate(read_samples(paths), start=1):
-        audio.append(sample["audio"])
-        mask.append(sample["mask"])
-        if len(audio) == batch_size:
-            yield np.stack(audio), np.stack(mask)
-            audio, mask = [], []
-        if limit and seen >= limit:
-            break
-    if audio:
-        yield np.stack(audio), np.stack(mask)
+
+def split_paths(data_dir: str, split: str) -> list[str]:
+    """The shards of `split` that OUT/index.json lists (a stray tar in shards/ is not data)."""
+    paths = Index.load(data_dir).paths(split)
+    if not paths:
+        raise ValueError(f"{Path(data_dir) / 'index.json'} lists no {split} shards")
+    return paths
+
+
+def report_skipped(command: str, tally: loader.ErrorTally) -> dict[str, int]:
+    if tally.bad_samples or tally.bad_shards:
+        print(
+            f"telucodec {command}: skipped {tally.bad_samples} corrupt samples and "
+            f"{tally.bad_shards} unreadable shard reads",
+            file=sys.stderr,
+        )
+    return {"bad_samples": tally.bad_samples, "bad_shards": tally.bad_shards}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from telucodec.evaluate import evaluate
 
     model = load_codec(args.checkpoint)
-    paths = sorted(Path(args.data, "shards").glob(f"{args.split}-*.tar"))
-    if not paths:
-        raise ValueError(f"no {args.split}-*.tar shards in {Path(args.data, 'shards')}")
-    kbps = [float(k) for k in args.kbps.split(",")]
-    results = evaluate(model, _batches(paths, args.batch_size, args.max_items), kbps)
+    tally = loader.ErrorTally()
+    batches = loader.val_batches(
+        split_paths(args.data_dir, args.split),
+        args.batch_size,
+        max_items=args.max_items,
+        tally=tally,
+    )
+    figures = evaluate(model, batches, args.kbps).figures()
     report = {
         "checkpoint": str(args.checkpoint),
-        "data": str(args.data),
+        "data_dir": str(args.data_dir),
         "split": args.split,
-        "bitrates": results,
+        **report_skipped("eval", tally),
+        "bitrates": figures,
     }
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     return 0
-
-
-def _val_paths(data: str, split: str) -> list[Path]:
-    paths = sorted(Path(data, "shards").glob(f"{split}-*.tar"))
-    if not paths:
-        raise ValueError(f"no {split}-*.tar shards in {Path(data, 'shards')}")
-    return paths
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -136,32 +148,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from telucodec.opus import missing_opus, opus_round_trip
 
     model = load_codec(args.checkpoint)
-    paths = _val_paths(args.data, args.split)
-    kbps = [float(k) for k in args.kbps.split(",")]
+    paths = split_paths(args.data_dir, args.split)
     why_not = missing_opus()
     if why_not:
         print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)
-    items = ((a[i], m[i]) for a, m in _batches(paths, 1, args.max_items) for i in range(a.shape[0]))
-    results = compare(model, items, kbps, None if why_not else opus_round_trip)
+    tally = loader.ErrorTally()
+    batches = loader.val_batches(paths, 1, max_items=args.max_items, tally=tally)
+    items = ((b["audio"][0].numpy(), b["mask"][0].numpy()) for b in batches)
+    results = compare(model, items, args.kbps, None if why_not else opus_round_trip)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(args.checkpoint),
-        "data": str(args.data),
+        "data_dir": str(args.data_dir),
         "split": args.split,
+        **report_skipped("compare", tally),
         "opus": why_not or "opus-tools (opusenc --hard-cbr, opusdec)",
         "codecs": results,
     }
-    (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(report, indent=1) + "\n")
     plot_comparison(results, str(out / "compare.png"))
+    names = ("masked_snr_db", "masked_si_sdr_db", "masked_mel_distance", "pesq_wb", "stoi")
     print(f"{'codec':<10}{'kbps':>6}{'SNR dB':>9}{'SI-SDR':>9}{'mel':>8}{'PESQ':>7}{'STOI':>7}")
     for codec, per in results.items():
-        for k, r in per.items():
-            cells = [r[n] for n in ("snr_db", "si_sdr_db", "mel_distance", "pesq_wb", "stoi")]
+        for k, figures in per.items():
+            cells = [figures[n] for n in names]
             text = "".join(f"{c:>9.2f}" if c is not None else f"{'—':>9}" for c in cells)
             print(f"{codec:<10}{k:>6}{text}")
     print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
     return 0
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    """The flags eval and compare share, spelled as in train_ds.py (`--data-dir`, `--kbps`)."""
+    p.add_argument("--checkpoint", required=True, help="directory written by save_codec")
+    p.add_argument(
+        "--data-dir",
+        "--data",
+        "--data_dir",
+        dest="data_dir",
+        required=True,
+        help="preprocess output directory (OUT, with index.json)",
+    )
+    p.add_argument("--split", default="val", choices=("train", "val"))
+    p.add_argument(
+        "--kbps",
+        type=kbps_values,
+        nargs="+",
+        default=[list(DEFAULT_KBPS)],
+        help="bitrates, e.g. 1.5 3 6 (or 1.5,3,6)",
+    )
+    p.add_argument("--max-items", type=int, default=0, help="first N items only (0: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,30 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help=".tcq bitstream → WAV")
     d.add_argument("input")
     d.add_argument("output")
-    d.add_argument("--checkpoint", required=True)
+    d.add_argument("--checkpoint", required=True, help="directory written by save_codec")
     d.set_defaults(func=cmd_decode)
     v = sub.add_parser("eval", help="metrics per bitrate on a preprocess output")
-    v.add_argument("--checkpoint", required=True)
-    v.add_argument("--data", required=True, help="preprocess output directory (OUT)")
-    v.add_argument("--split", default="val", choices=("train", "val"))
-    v.add_argument("--kbps", default="1.5,3,6", help="comma-separated bitrates")
-    v.add_argument("--batch-size", type=int, default=32)
-    v.add_argument("--max-items", type=int, default=0, help="0 = all")
-    v.add_argument("--out", help="also write the JSON here")
+    add_dataset_flags(v)
+    v.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    v.add_argument("--out", help="also write the JSON report to this file")
     v.set_defaults(func=cmd_eval)
     c = sub.add_parser("compare", help="our codec vs Opus at the same bitrates")
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--data", required=True, help="preprocess output directory (OUT)")
-    c.add_argument("--split", default="val", choices=("train", "val"))
-    c.add_argument("--kbps", default="1.5,3,6", help="comma-separated bitrates")
-    c.add_argument("--max-items", type=int, default=0, help="0 = all")
-    c.add_argument("--out", default="compare", help="directory for compare.json/.png")
+    add_dataset_flags(c)
+    c.add_argument("--out", default="compare", help="directory for compare.json and .png")
     c.set_defaults(func=cmd_compare)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.command in ("eval", "compare"):  # one list from `1.5 3 6` or `1.5,3,6`
+        args.kbps = [k for group in args.kbps for k in group]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return args.func(args)
     except (BitstreamError, CheckpointError, ValueError, FileNotFoundError) as exc:
