@@ -9,7 +9,12 @@ Named configs:
   a clip in seconds on one CPU core. Same loss weights as `small`.
 - `small`: the CPU demo; a learned frame-pair codec (one strided conv in, one transposed conv
   out) that passes 0 dB validation masked SNR within minutes on 2 cores.
-- `base`: GPU scale, SEANet at the size of DAC-16k (encoder 64, decoder 1536, 12 x 1024).
+- `base`: GPU recipe, SEANet at the size of DAC-16k (encoder 64, decoder 1536, 12 x 1024)
+  trained as DAC is: multi-resolution log-mel x15 + STFT-discriminator adversarial x1 +
+  feature matching x2, quantizer dropout 0.5. Codebooks and EMA stay float32 under bf16
+  (quantize.py); spectral losses and the critic's STFT run in float32 (losses.py,
+  discriminator.py); `torch.compile` applies to the encoder and decoder, not the quantizer
+  (docs/CODEC.md).
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ class CodecConfig:
     sample_rate: int = 16000
     hop_length: int = 320  # samples per code frame: 16000 / 320 = 50 frames/s
     latent_dim: int = 64
+    # Pre-emphasis a before the encoder, de-emphasis after the decoder (emphasis.py); 0 = off.
+    emphasis: float = 0.0
 
     # arch == "frame": Conv1d(1, C, 2*hop, stride=hop) -> C -> latent, mirrored in the decoder.
     frame_channels: int = 512
-    frame_residual_layers: int = 0  # optional pointwise residual MLP layers on each side
+    frame_residual_layers: int = 0  # optional residual layers on each side, at frame rate
+    frame_residual_kernel: int = 1  # their first conv's kernel (frames): 1 = per-frame MLP
 
     # arch == "seanet": strided conv blocks with dilated residual units (SoundStream / DAC).
     encoder_dim: int = 64
@@ -56,6 +64,7 @@ class CodecConfig:
 
     # Loss weights; spectral terms use (n_fft, n_mels) pairs with hop n_fft // 4.
     l1_weight: float = 1.0
+    l1_pre_emphasis: float = 0.0  # L1 on x[n] - a*x[n-1] (perceptual tilt; 0 = plain L1)
     stft_weight: float = 1.0
     mel_weight: float = 1.0
     commitment_weight: float = 0.25
@@ -92,6 +101,8 @@ class CodecConfig:
                         f"config {self.name!r}: rates {rates} multiply to {math.prod(rates)}, "
                         f"expected hop_length {self.hop_length}"
                     )
+        if not 0.0 <= self.emphasis < 1.0:
+            raise ValueError(f"config {self.name!r}: emphasis {self.emphasis} outside [0, 1)")
         if self.arch == "frame" and self.hop_length % 2:
             raise ValueError(f"config {self.name!r}: frame arch needs an even hop_length")
         if not 0 < self.codebook_dim <= self.latent_dim:
@@ -182,6 +193,9 @@ CONFIGS: dict[str, CodecConfig] = {
         # Waveform L1 alone: magnitude-only spectral terms leave phase free and, measured on
         # the demo corpus (60 s of CPU training), held validation SNR at -0.3 dB with unit
         # weights, 5.5 dB at 0.02, 7.4 dB at 0. A tiny mel term keeps a spectral signal.
+        # Issue 13 screen (1500 steps, docs/CODEC.md): mel 0.1 / 0.5, STFT 0.1, L1 on the
+        # pre-emphasized error, codec-domain emphasis 0.68-0.95, latent 128 and residual
+        # layers all left real-speech PESQ-WB at 1.07-1.40 (1.39 as is) and cost up to 8 dB.
         stft_weight=0.0,
         mel_weight=0.01,
     ),
@@ -195,11 +209,31 @@ CONFIGS: dict[str, CodecConfig] = {
         decoder_rates=(8, 5, 4, 2),
         codebook_dim=8,
         n_codebooks=12,
-        l1_weight=1.0,
-        stft_weight=1.0,
+        # DAC's balance (Kumar et al. 2023 §3.4 and its released base.yml): no waveform L1 and
+        # no linear-magnitude STFT term; log-mel L1 x15 over seven windows 32 ... 2048 with
+        # 5 ... 320 mels, adversarial x1, feature matching x2, commitment 0.25, codebook 1.
+        # GPU-scale only: on `small`, mel weights >= 0.1 cost 2-8 dB of SNR (docs/CODEC.md).
+        l1_weight=0.0,
+        stft_weight=0.0,
         mel_weight=15.0,
-        spectral_resolutions=((128, 20), (256, 40), (512, 80), (1024, 160), (2048, 320)),
-        use_discriminator=False,
+        spectral_resolutions=(
+            (32, 5),
+            (64, 10),
+            (128, 20),
+            (256, 40),
+            (512, 80),
+            (1024, 160),
+            (2048, 320),
+        ),
+        # EnCodec's multi-scale STFT discriminator (Defossez et al. 2022 §3.4: five scales,
+        # 32 filters, hinge loss, relative feature matching) in place of DAC's MPD + MRD.
+        use_discriminator=True,
+        disc_n_ffts=(2048, 1024, 512, 256, 128),
+        disc_channels=32,
+        adv_weight=1.0,
+        feature_weight=2.0,
+        # DAC §3.3: dropout p = 1 (SoundStream) costs full-rate quality, p = 0.5 keeps most.
+        quantizer_dropout=0.5,
     ),
 }
 

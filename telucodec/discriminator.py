@@ -43,9 +43,16 @@ class STFTDiscriminator(nn.Module):
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        spec = torch.stft(
-            audio[:, 0], self.n_fft, hop_length=self.hop, window=self.window, return_complex=True
-        )
+        # The STFT runs in float32 whatever the caller's dtype or autocast (cuFFT and MKL
+        # have no bf16 FFT); the convs after it may run in bf16 under autocast.
+        with torch.autocast(audio.device.type, enabled=False):
+            spec = torch.stft(
+                audio[:, 0].float(),
+                self.n_fft,
+                hop_length=self.hop,
+                window=self.window.float(),
+                return_complex=True,
+            )
         x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # B x 2 x frames x bins
         features = []
         for conv in self.convs:

@@ -17,12 +17,17 @@ from telucodec.layers import wn_conv1d, wn_conv_transpose1d
 
 
 class PointwiseResidual(nn.Module):
-    """x + conv1x1(ELU(conv1x1(x))): a per-frame MLP. Tensor[B x C x F] -> same."""
+    """x + conv1x1(ELU(conv_k(x))): a per-frame MLP (kernel 1) or one that also sees the
+    (k - 1) / 2 frames either side (odd kernel k). Tensor[B x C x F] -> same."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, kernel: int = 1):
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"frame residual kernel must be odd and >= 1, got {kernel}")
         self.block = nn.Sequential(
-            wn_conv1d(channels, channels, 1), nn.ELU(), wn_conv1d(channels, channels, 1)
+            wn_conv1d(channels, channels, kernel, padding=kernel // 2),
+            nn.ELU(),
+            wn_conv1d(channels, channels, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +42,12 @@ class FrameEncoder(nn.Module):
         hop, ch = cfg.hop_length, cfg.frame_channels
         # Window 2*hop, padded hop/2 each side: frame f is centred on samples [f*hop, (f+1)*hop).
         self.analysis = wn_conv1d(1, ch, kernel_size=2 * hop, stride=hop, padding=hop // 2)
-        self.mlp = nn.Sequential(*[PointwiseResidual(ch) for _ in range(cfg.frame_residual_layers)])
+        self.mlp = nn.Sequential(
+            *[
+                PointwiseResidual(ch, cfg.frame_residual_kernel)
+                for _ in range(cfg.frame_residual_layers)
+            ]
+        )
         self.proj = wn_conv1d(ch, cfg.latent_dim, 1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -51,7 +61,12 @@ class FrameDecoder(nn.Module):
         super().__init__()
         hop, ch = cfg.hop_length, cfg.frame_channels
         self.proj = wn_conv1d(cfg.latent_dim, ch, 1)
-        self.mlp = nn.Sequential(*[PointwiseResidual(ch) for _ in range(cfg.frame_residual_layers)])
+        self.mlp = nn.Sequential(
+            *[
+                PointwiseResidual(ch, cfg.frame_residual_kernel)
+                for _ in range(cfg.frame_residual_layers)
+            ]
+        )
         self.synthesis = wn_conv_transpose1d(
             ch, 1, kernel_size=2 * hop, stride=hop, padding=hop // 2
         )

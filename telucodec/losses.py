@@ -23,11 +23,25 @@ from telucodec.model import CodecOutput
 CLAMP = 1e-5  # floor before log10 (DAC's clamp_eps)
 
 
-def masked_l1(ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pre_emphasis(audio: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """y[n] = x[n] - a·x[n-1] (x[-1] = 0). Tensor[B x 1 x T] -> Tensor[B x 1 x T].
+
+    The first-order high-pass of speech coders (AMR-WB's 0.68, ITU-T G.722.2 §5.2): an
+    error weighted by it costs more at high frequencies, where speech has little energy
+    and noise is heard, and less under the strong low formants, where it is masked."""
+    if coefficient == 0.0:
+        return audio
+    return audio - coefficient * torch.nn.functional.pad(audio[..., :-1], (1, 0))
+
+
+def masked_l1(
+    ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor, emphasis: float = 0.0
+) -> torch.Tensor:
     """ref, est Tensor[B x 1 x T], mask Tensor[B x T] -> scalar mean |ref - est| over valid
-    samples (0 when none is valid)."""
+    samples (0 when none is valid), of the pre-emphasized error when `emphasis` > 0."""
     m = mask[:, None].to(ref.dtype)
-    return ((ref - est).abs() * m).sum() / m.sum().clamp(min=1.0)
+    err = pre_emphasis(ref - est, emphasis)  # linear: emphasis of the difference
+    return (err.abs() * m).sum() / m.sum().clamp(min=1.0)
 
 
 class SpectralLoss(nn.Module):
@@ -43,6 +57,14 @@ class SpectralLoss(nn.Module):
             self.register_buffer(f"mel_{n_fft}", bank, persistent=False)
 
     def forward(
+        self, ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # float32 whatever the caller's dtype or autocast: cuFFT and MKL have no bf16 FFT,
+        # and log10 of bf16 magnitudes (8-bit mantissa) would quantize the loss.
+        with torch.autocast(ref.device.type, enabled=False):
+            return self._forward(ref.float(), est.float(), mask)
+
+    def _forward(
         self, ref: torch.Tensor, est: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         stft_total, mel_total = ref.new_zeros(()), ref.new_zeros(())
@@ -131,7 +153,7 @@ class CodecLoss(nn.Module):
         cfg = self.cfg
         stft, mel = self.spectral(ref, est, mask)
         terms = {
-            "l1": masked_l1(ref, est, mask),
+            "l1": masked_l1(ref.float(), est.float(), mask, cfg.l1_pre_emphasis),
             "stft": stft,
             "mel": mel,
             "commitment": out.commitment_loss,

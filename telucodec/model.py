@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from telucodec.configs import CodecConfig
+from telucodec.emphasis import DeEmphasis, PreEmphasis
 from telucodec.frame_codec import FrameDecoder, FrameEncoder
 from telucodec.quantize import ResidualVectorQuantize
 from telucodec.seanet import SeanetDecoder, SeanetEncoder
@@ -47,6 +48,8 @@ class Codec(nn.Module):
         else:
             self.encoder, self.decoder = FrameEncoder(cfg), FrameDecoder(cfg)
         self.quantizer = ResidualVectorQuantize(cfg)
+        self.pre_emphasis = PreEmphasis(cfg.emphasis)
+        self.de_emphasis = DeEmphasis(cfg.emphasis)
 
     @property
     def hop_length(self) -> int:
@@ -62,10 +65,11 @@ class Codec(nn.Module):
         length = audio.shape[-1]
         if length == 0:
             raise ValueError("audio has no samples")
+        audio = self.pre_emphasis(audio)  # before padding: the padding stays zeros
         return F.pad(audio, (0, self.n_frames(length) * self.cfg.hop_length - length))
 
     def _synthesize(self, z_q: torch.Tensor, length: int) -> torch.Tensor:
-        audio = self.decoder(z_q)
+        audio = self.de_emphasis(self.decoder(z_q))
         return audio[..., :length]
 
     def forward(self, audio: torch.Tensor, n_quantizers: int | None = None) -> CodecOutput:

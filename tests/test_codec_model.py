@@ -488,3 +488,111 @@ def test_checkpoints_are_never_unpickled(tmp_path, monkeypatch):
     unpickling = re.compile(r"torch\.load\b|import pickle|pickle\.loads?\b|weights_only")
     for source in TELUCODEC.glob("*.py"):
         assert not unpickling.search(source.read_text()), source.name
+
+
+# --- the GPU recipe's pieces (discriminator, feature matching, bf16), on CPU -------------
+
+
+def test_stft_discriminator_gives_logits_and_five_feature_maps_per_scale():
+    from telucodec.discriminator import MultiScaleSTFTDiscriminator
+
+    cfg = get_config("tiny")  # disc_n_ffts (256, 128), 8 channels
+    disc = MultiScaleSTFTDiscriminator(cfg)
+    audio = torch.randn(3, 1, 4000) * 0.1
+    outputs = disc(audio, torch.ones(3, 4000, dtype=torch.bool))
+    assert len(outputs) == len(cfg.disc_n_ffts)
+    for n_fft, (logits, features) in zip(cfg.disc_n_ffts, outputs, strict=True):
+        frames, bins = 4000 // (n_fft // 4) + 1, n_fft // 2 + 1
+        # Three frequency strides of 2 (kernel 9, padding 4): bins -> ceil(bins / 8).
+        widths = [bins, -(-bins // 2), -(-bins // 4), -(-bins // 8), -(-bins // 8)]
+        assert [tuple(f.shape) for f in features] == [(3, 8, frames, w) for w in widths]
+        assert logits.shape == (3, 1, frames, widths[-1])
+
+
+def test_feature_matching_is_zero_for_identical_audio_and_positive_otherwise():
+    from telucodec.discriminator import MultiScaleSTFTDiscriminator
+    from telucodec.losses import generator_adversarial_loss
+
+    torch.manual_seed(0)
+    disc = MultiScaleSTFTDiscriminator(get_config("tiny"))
+    audio = torch.randn(2, 1, 4000) * 0.1
+    mask = torch.ones(2, 4000, dtype=torch.bool)
+    _, same = generator_adversarial_loss(disc, audio, audio.clone(), mask)
+    assert float(same.detach()) == 0.0
+    _, other = generator_adversarial_loss(disc, audio, audio * 0.5, mask)
+    assert float(other.detach()) > 0.01
+
+
+def test_losses_and_critic_stay_finite_float32_under_bf16_autocast():
+    from telucodec.discriminator import MultiScaleSTFTDiscriminator
+    from telucodec.losses import discriminator_loss
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny").replace(use_discriminator=True)
+    model, disc, loss_fn = Codec(cfg).train(), MultiScaleSTFTDiscriminator(cfg), CodecLoss(cfg)
+    audio = torch.from_numpy(speechlike(np.random.default_rng(0), 2 * 4000)).view(2, 1, 4000)
+    mask = torch.ones(2, 4000, dtype=torch.bool)
+    mask[1, 3000:] = False
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(audio)
+            terms = loss_fn(audio, out.audio, mask, out, discriminator=disc)
+            critic = discriminator_loss(disc, audio, out.audio, mask)
+    except RuntimeError as err:  # an old CPU build without bf16 conv kernels
+        pytest.skip(f"bf16 autocast unsupported on this CPU build: {err}")
+    assert out.audio.dtype == torch.bfloat16  # the generator did run in bf16
+    for name, value in {**terms, "critic": critic}.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+    terms["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # EMA codebooks stay float32 (quantize.py): bf16 would round the running means.
+    assert all(b.dtype == torch.float32 for b in model.quantizer.buffers())
+
+
+def test_codec_drops_codebooks_per_item_in_training_and_uses_all_in_eval():
+    torch.manual_seed(0)
+    model = Codec(get_config("tiny"))
+    audio = torch.randn(64, 1, 960) * 0.1
+    model.train()
+    trained = model(audio).n_quantizers
+    assert trained.min() >= 1 and trained.max() == 12 and len(trained.unique()) > 4
+    model.eval()
+    assert model(audio).n_quantizers.tolist() == [12] * 64
+    with torch.no_grad():
+        full = model.decode(model.encode(audio), 960)
+        torch.testing.assert_close(model(audio).audio, full)
+
+
+def test_base_trains_as_dac_does():
+    base = get_config("base")
+    assert base.use_discriminator and base.quantizer_dropout == 0.5
+    assert (base.l1_weight, base.stft_weight, base.mel_weight) == (0.0, 0.0, 15.0)
+    assert (base.adv_weight, base.feature_weight) == (1.0, 2.0)
+    assert (base.commitment_weight, base.codebook_weight) == (0.25, 1.0)
+    assert [n for n, _ in base.spectral_resolutions] == [32, 64, 128, 256, 512, 1024, 2048]
+    assert [m for _, m in base.spectral_resolutions] == [5, 10, 20, 40, 80, 160, 320]
+
+
+def test_emphasis_round_trips_and_an_emphasized_codec_keeps_exact_lengths():
+    from telucodec.emphasis import DeEmphasis, PreEmphasis
+
+    x = torch.randn(2, 1, 3000)
+    for a in (0.0, 0.68, 0.9):
+        y = DeEmphasis(a)(PreEmphasis(a)(x))
+        torch.testing.assert_close(y, x, atol=1e-3, rtol=0)
+    model = Codec(get_config("tiny").replace(emphasis=0.68)).eval()
+    assert model(torch.randn(1, 1, 4801)).audio.shape == (1, 1, 4801)
+    with pytest.raises(ValueError, match="emphasis 1.0 outside"):
+        get_config("tiny").replace(emphasis=1.0)
+
+
+def test_pre_emphasized_l1_costs_high_frequency_errors_more():
+    from telucodec.losses import masked_l1
+
+    t = torch.arange(4000) / 16000
+    ref = torch.zeros(1, 1, 4000)
+    mask = torch.ones(1, 4000, dtype=torch.bool)
+    low = (0.1 * torch.sin(2 * torch.pi * 200 * t)).view(1, 1, -1)
+    high = (0.1 * torch.sin(2 * torch.pi * 6000 * t)).view(1, 1, -1)
+    assert masked_l1(ref, low, mask) == pytest.approx(float(masked_l1(ref, high, mask)), rel=0.1)
+    assert masked_l1(ref, high, mask, 0.9) > 10 * masked_l1(ref, low, mask, 0.9)
