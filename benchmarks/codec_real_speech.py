@@ -38,7 +38,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from preprocess.loudness import LoudnessMeter, gated_loudness  # noqa: E402
+from preprocess.measure.loudness import LoudnessMeter, gated_loudness  # noqa: E402
 from telucodec.checkpoint import load_codec  # noqa: E402
 from telucodec.compare import compare  # noqa: E402
 from telucodec.opus import missing_opus, opus_round_trip  # noqa: E402
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         for codec, per_kbps in per_codec.items():
             for k, r in per_kbps.items():
                 print(
-                    f"{name:14s} {codec:9s} {k:>4s} kbps  SNR {r['snr_db']:6.2f}  "
-                    f"SI-SDR {r['si_sdr_db']:6.2f}  mel {r['mel_distance']:.3f}  "
+                    f"{name:14s} {codec:9s} {k:>4s} kbps  SNR {r['masked_snr_db']:6.2f}  "
+                    f"SI-SDR {r['masked_si_sdr_db']:6.2f}  mel {r['masked_mel_distance']:.3f}  "
                     f"PESQ-WB {r['pesq_wb']:.2f}  STOI {r['stoi']:.3f}  ({r['items']} items)"
                 )
     if args.out:

@@ -155,6 +155,8 @@ def run(data, name, over, steps=1500, disc=False):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("export", "run"):
+        sys.exit(__doc__.split("\n\n")[1])
     if sys.argv[1] == "export":
         export(sys.argv[2], sys.argv[3])
         sys.exit(0)
