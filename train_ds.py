@@ -677,8 +677,9 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
     for kbps, fig in record["kbps"].items():
         print(
             f"step {step} val {kbps} kbps: masked SNR {_f(fig['masked_snr_db'])} dB "
-            f"(global {_f(fig['masked_global_snr_db'])}), SI-SDR "
-            f"{_f(fig['masked_si_sdr_db'])} dB, mel {_f(fig['masked_mel_distance'], 3)}, "
+            f"{_ci(fig, 'masked_snr_db')} (global {_f(fig['masked_global_snr_db'])}), SI-SDR "
+            f"{_f(fig['masked_si_sdr_db'])} dB {_ci(fig, 'masked_si_sdr_db')}, "
+            f"mel {_f(fig['masked_mel_distance'], 3)}, "
             f"unmasked SNR {_f(fig['unmasked_snr_db'])} dB "
             f"[{fig['items']} items, {fig['gated_items']} gated]",
             flush=True,
@@ -705,12 +706,21 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _ci(figures: dict[str, Any], name: str, digits: int = 2) -> str:
+    """The 95 % interval of a per-item figure's mean (evaluate.ci95) as "(95 % CI [lo, hi])"."""
+    lo, hi = figures.get(f"{name}_ci95_lo"), figures.get(f"{name}_ci95_hi")
+    if lo is None or hi is None:
+        return "(95 % CI n/a)"
+    return f"(95 % CI [{lo:.{digits}f}, {hi:.{digits}f}])"
+
+
 # --------------------------------------------------------------------------------- outputs
 
 
 def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: dict) -> None:
     """Rank 0: the generator to CKPT/NAME/final (float32, for `python -m telucodec`),
-    metrics.json and curves.png, and the success line of the original instructions."""
+    metrics.json and curves.png, and the headline: the original success criterion decided
+    with 95 % confidence."""
     exp_dir, top = run.exp_dir, f"{run.kbps[-1]:g}"
     generator = engines.generator.module
     if engines.dtype != torch.float32:
@@ -728,6 +738,7 @@ def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: d
         "final": figures,
         "kbps": [f"{k:g}" for k in run.kbps],
         "success": succeeded(figures[top]),
+        "verdict": verdict(figures[top]),
         "history": state.history,
     }
     write_json(exp_dir / "metrics.json", metrics)
@@ -737,21 +748,46 @@ def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: d
     print(headline(top, figures[top]), flush=True)
 
 
+def verdict(figures: dict[str, Any]) -> str:
+    """The original criterion, validation SNR > 0, now the masked one decided with the 95 %
+    Student-t interval of the mean per-item masked SNR (evaluate.ci95): SUCCESS when the
+    whole interval lies above 0 dB, FAILURE when it lies below, otherwise UNDECIDED (the
+    set is too small or too noisy to tell, or has fewer than 2 scored items)."""
+    lo, hi = figures.get("masked_snr_db_ci95_lo"), figures.get("masked_snr_db_ci95_hi")
+    if lo is not None and lo > 0:
+        return "SUCCESS"
+    if hi is not None and hi < 0:
+        return "FAILURE"
+    return "UNDECIDED"
+
+
 def succeeded(figures: dict[str, Any]) -> bool:
-    """The original criterion: validation SNR > 0, now the masked one."""
-    snr = figures["masked_snr_db"]
-    return snr is not None and snr > 0
+    """SNR > 0 dB with 95 % confidence: metrics.json's "success"."""
+    return verdict(figures) == "SUCCESS"
 
 
 def headline(kbps: str, figures: dict[str, Any]) -> str:
-    """The success line of the original instructions, with the global and unmasked SNR."""
-    verdict = (
-        "SUCCESS: SNR > 0" if succeeded(figures) else "FAILURE: SNR <= 0 (see --debug-validation)"
-    )
+    """The final line: the masked SNR with its 95 % interval, the global and unmasked SNR,
+    and the verdict of `verdict` with the number of items n it rests on."""
+    n = figures.get("masked_snr_db_items", 0)
+    lo, hi = figures.get("masked_snr_db_ci95_lo"), figures.get("masked_snr_db_ci95_hi")
+    decision = verdict(figures)
+    if decision == "SUCCESS":
+        why = f"SUCCESS: SNR > 0 dB with 95 % confidence (n = {n})"
+    elif decision == "FAILURE":
+        why = f"FAILURE: SNR < 0 dB with 95 % confidence (n = {n}); see --debug-validation"
+    elif lo is None or hi is None:
+        why = f"UNDECIDED: too few scored items for a 95 % interval (n = {n}, need >= 2)"
+    else:
+        why = (
+            f"UNDECIDED: 95 % interval [{lo:.1f}, {hi:.1f}] dB spans 0 (n = {n}): "
+            "validation set too small or too noisy to decide"
+        )
     return (
-        f"val masked SNR {kbps} kbps: {_f(figures['masked_snr_db'], 1)} dB (global "
+        f"val masked SNR {kbps} kbps: {_f(figures['masked_snr_db'], 1)} dB "
+        f"{_ci(figures, 'masked_snr_db', 1)}; global "
         f"{_f(figures['masked_global_snr_db'], 1)} dB; unmasked "
-        f"{_f(figures['unmasked_snr_db'], 1)} dB) — {verdict}"
+        f"{_f(figures['unmasked_snr_db'], 1)} dB — {why}"
     )
 
 
@@ -760,8 +796,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def plot_curves(history: dict[str, list], path: Path) -> None:
-    """Training loss and validation SNR (masked per bitrate; global and unmasked at the top
-    bitrate) against step, one PNG."""
+    """Training loss and validation SNR (masked per bitrate with its 95 % interval as a
+    shaded band; global and unmasked at the top bitrate) against step, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -769,7 +805,7 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
 
     def series(records: list[dict], kbps: str, name: str) -> tuple[list, list]:
         rows = [r for r in records if kbps in r["kbps"]]
-        values = [r["kbps"][kbps][name] for r in rows]
+        values = [r["kbps"][kbps].get(name) for r in rows]  # .get: histories from before a figure
         return [r["step"] for r in rows], [math.nan if v is None else v for v in values]
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -785,7 +821,19 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
     ax_loss.legend()
     val = history["val"]
     for kbps in sorted({k for r in val for k in r["kbps"]}, key=float):
-        ax_val.plot(*series(val, kbps, "masked_snr_db"), "o-", label=f"masked SNR {kbps} kbps")
+        (line,) = ax_val.plot(
+            *series(val, kbps, "masked_snr_db"), "o-", label=f"masked SNR {kbps} kbps"
+        )
+        steps, lo = series(val, kbps, "masked_snr_db_ci95_lo")
+        ax_val.fill_between(
+            steps,
+            lo,
+            series(val, kbps, "masked_snr_db_ci95_hi")[1],
+            color=line.get_color(),
+            alpha=0.2,
+            lw=0,
+            label=f"95 % CI {kbps} kbps",
+        )
     if val:
         top = max(val[-1]["kbps"], key=float)
         ax_val.plot(

@@ -136,9 +136,11 @@ class MetricSums:
     def summary(self) -> dict[str, float | int | None]:
         """The reported figures; None where nothing could be scored (never NaN, not JSON).
 
-        Per-item figure M: `M` = mean over the items that have a value, `M_ci95` = half
-        width of the 95 % Student-t interval of that mean (None below 2 items), `M_items`.
-        Global SNRs are power-summed: Σ signal / Σ error over the whole set."""
+        Per-item figure M: `M` = mean over the items that have a value, `M_items` = how many,
+        and the 95 % Student-t confidence interval of that mean over items, `M ± M_ci95`
+        = [`M_ci95_lo`, `M_ci95_hi`] (None below 2 items; see `ci95`). Every value is a
+        number or None, so the schema stays flat. Global SNRs are power-summed:
+        Σ signal / Σ error over the whole set."""
         s = self.sums
         out: dict[str, float | int | None] = {
             "items": int(s["items"]),
@@ -156,12 +158,29 @@ class MetricSums:
             n, total, total_sq = (s[f"{name}.{k}"] for k in MOMENTS)
             out[name] = total / n if n else None
             out[f"{name}_ci95"] = ci95_half_width(n, total, total_sq)
+            lo, hi = ci95(n, total, total_sq) or (None, None)
+            out[f"{name}_ci95_lo"], out[f"{name}_ci95_hi"] = lo, hi
             out[f"{name}_items"] = int(n)
         return out
 
 
+def ci95(n: float, total: float, total_sq: float) -> tuple[float, float] | None:
+    """The 95 % Student-t confidence interval (lo, hi) of the mean of n items, from their
+    count n, Σx and Σx²: mean ± t₀.₉₇₅,ₙ₋₁ · s / √n with s² = (Σx² − (Σx)²/n) / (n − 1).
+
+    Only the three sums are needed, so the interval of a tally whose vector was summed
+    over ranks (one all-reduce) is exactly the interval of all items at once. None for
+    n < 2, where no spread can be estimated."""
+    half = ci95_half_width(n, total, total_sq)
+    if half is None:
+        return None
+    mean = total / n
+    return mean - half, mean + half
+
+
 def ci95_half_width(n: float, total: float, total_sq: float) -> float | None:
-    """Half width of the 95 % t-interval of a mean from (n, Σx, Σx²); None for n < 2."""
+    """Half width t₀.₉₇₅,ₙ₋₁ · s / √n of the 95 % Student-t interval of a mean from
+    (n, Σx, Σx²); None for n < 2."""
     if n < 2:
         return None
     from scipy.stats import t

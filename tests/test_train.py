@@ -346,6 +346,26 @@ def test_original_train_codec_command_line_means_the_same_as_the_kebab_case_one(
     assert old.kbps == [1.5, 3.0, 6.0] and old.debug_validation and old.save_every == 3
 
 
+def test_headline_decides_snr_above_or_below_zero_only_with_95_percent_confidence():
+    train_ds = _import_train_ds()
+
+    def line(*snr_db: float) -> str:
+        tally = MetricSums()
+        tally.add_values("masked_snr_db", snr_db)
+        figures = tally.summary()
+        assert train_ds.succeeded(figures) == (train_ds.verdict(figures) == "SUCCESS")
+        return train_ds.headline("6", figures)
+
+    assert line(3.0, 4.0, 5.0, 4.5).endswith("SUCCESS: SNR > 0 dB with 95 % confidence (n = 4)")
+    assert "FAILURE: SNR < 0 dB with 95 % confidence (n = 4)" in line(-3.0, -4.0, -5.0, -4.5)
+    # A positive mean is not enough: with this spread the interval straddles 0 dB.
+    undecided = line(8.0, -6.0, 5.0, -2.0)
+    assert "UNDECIDED: 95 % interval [" in undecided and "] dB spans 0 (n = 4)" in undecided
+    assert "SUCCESS" not in undecided and "FAILURE" not in undecided
+    assert "UNDECIDED: too few scored items" in line(12.0) and "(n = 1" in line(12.0)
+    assert "UNDECIDED: too few scored items" in line() and "(n = 0" in line()
+
+
 # ------------------------------------------------------------------------- end to end
 
 
@@ -372,6 +392,16 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     final = m["final"]["6"]
     assert final["items"] == 9 and np.isfinite(final["masked_snr_db"])
     assert final["n_quantizers"] == 12 and final["masked_snr_db_items"] == 9
+    # The 95 % interval of the mean, in the one schema, at every validation and at the end.
+    assert final["masked_snr_db_ci95_lo"] < final["masked_snr_db"] < final["masked_snr_db_ci95_hi"]
+    assert all(
+        r["kbps"]["6"]["masked_si_sdr_db_ci95_lo"] < r["kbps"]["6"]["masked_si_sdr_db_ci95_hi"]
+        for r in m["history"]["val"]
+    )
+    assert m["verdict"] in {"SUCCESS", "FAILURE", "UNDECIDED"}
+    assert m["success"] == (m["verdict"] == "SUCCESS")
+    assert f"{m['verdict']}: " in proc.stdout.splitlines()[-1] and "(n = 9" in proc.stdout
+    assert "95 % CI [" in proc.stdout
     assert set(m["final"]) == {"1.5", "3", "6"}
     errors = m["history"]["data_errors"]
     assert sum(e["bad_samples"] for e in errors) > 0 and sum(e["bad_shards"] for e in errors) > 0
