@@ -87,8 +87,7 @@ def ray_session(
             ray.shutdown()  # disconnects this driver; the cluster keeps running
         return
     workers = workers or available_cpus()
-    # A short temp path: Ray's socket paths must stay under ~107 characters.
-    temp = Path(tempfile.mkdtemp(prefix="tcray-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    temp = Path(tempfile.mkdtemp(prefix="tcray-", dir=_short_temp_root()))
     try:
         ray.init(
             num_cpus=workers,
@@ -101,6 +100,15 @@ def ray_session(
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _short_temp_root() -> str | None:
+    """$TMPDIR when it is short, else /tmp: Ray's socket paths under the temp dir must stay
+    under ~107 characters, which a long $TMPDIR (e.g. a pytest tmp_path) would break."""
+    root = os.environ.get("TMPDIR", "")
+    if root and len(root) <= 48 and os.path.isdir(root):
+        return root
+    return "/tmp" if os.path.isdir("/tmp") else None
 
 
 def _cluster_cpus(ray) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,10 @@ import ray
 from preprocess.ray_session import available_cpus, ray_session
 from tests.conftest import REPO, read_jsonl, run_cmd
 
-_RAY_BINARIES = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor", "runtime_env")
 
-
-def _ray_processes() -> set[int]:
-    """PIDs of Ray processes now running on this machine (anyone's)."""
-    pids = set()
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line mentions `text` (a Ray process names its temp dir there)."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -27,21 +27,26 @@ def _ray_processes() -> set[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(name in cmd for name in _RAY_BINARIES) and "tcray-" in cmd:
-            pids.add(int(entry.name))
+        if text in cmd:
+            pids.append(int(entry.name))
     return pids
 
 
-def _temp_entries() -> set[str]:
-    return set(glob.glob("/tmp/tcray-*")) | set(glob.glob("/tmp/ray/session_*"))
-
-
 @pytest.fixture
-def leaves_nothing_behind():
-    procs, temps = _ray_processes(), _temp_entries()
-    yield
-    assert _ray_processes() <= procs, "a Ray process of the run survived it"
-    assert _temp_entries() <= temps, f"left in /tmp: {sorted(_temp_entries() - temps)}"
+def leaves_nothing_behind(monkeypatch):
+    """A private, short TMPDIR for the run's local Ray (ray_session puts its temp dir
+    there); afterwards it must be empty and no process may still name it. Scoped to this
+    test's own Ray, so Ray runs of other jobs on the machine do not count."""
+    root = Path(tempfile.mkdtemp(prefix="tcrt-", dir="/tmp"))
+    sessions = set(glob.glob("/tmp/ray/session_*"))
+    monkeypatch.setenv("TMPDIR", str(root))
+    try:
+        yield {"TMPDIR": str(root)}
+        assert not _processes_mentioning(str(root)), "a Ray process of the run survived it"
+        assert not list(root.iterdir()), f"left in TMPDIR: {sorted(root.iterdir())}"
+        assert set(glob.glob("/tmp/ray/session_*")) <= sessions, "a session in /tmp/ray"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_preprocess_runs_with_its_defaults_and_leaves_no_ray_behind(
@@ -49,7 +54,10 @@ def test_preprocess_runs_with_its_defaults_and_leaves_no_ray_behind(
 ):
     corpus, truth = synth_corpus
     out = tmp_path / "out"
-    proc = run_cmd(["-m", "preprocess.run", "--input", str(corpus), "--output", str(out)])
+    proc = run_cmd(
+        ["-m", "preprocess.run", "--input", str(corpus), "--output", str(out)],
+        env=leaves_nothing_behind,
+    )
     assert len(read_jsonl(out / "files.jsonl")) == len(truth)
     assert (out / "report" / "report.md").is_file()
     assert "Traceback" not in proc.stderr
@@ -60,7 +68,9 @@ def test_diagnose_of_a_raw_corpus_runs_with_its_defaults(
 ):
     corpus, _ = synth_corpus
     out = tmp_path / "scan"
-    run_cmd(["-m", "preprocess.diagnose", str(corpus), "--out", str(out)])
+    run_cmd(
+        ["-m", "preprocess.diagnose", str(corpus), "--out", str(out)], env=leaves_nothing_behind
+    )
     assert (out / "report" / "report.md").is_file()
 
 
