@@ -65,7 +65,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         codes = model.encode(torch.from_numpy(audio)[None, None], nq)[0].numpy()
     header = Header(
-        cfg.sample_rate, cfg.hop_length, nq, cfg.codebook_bits, codes.shape[1], audio.size
+        cfg.sample_rate,
+        cfg.hop_length,
+        nq,
+        cfg.codebook_bits,
+        codes.shape[1],
+        audio.size,
+        model_id=model.identity,
     )
     data = encode_bitstream(codes, header)
     Path(args.output).write_bytes(data)
@@ -81,12 +87,25 @@ def cmd_decode(args: argparse.Namespace) -> int:
     model = load_codec(args.checkpoint)
     cfg = model.cfg
     header, codes = decode_bitstream(Path(args.input).read_bytes())
+    if header.model_id is None:
+        print(
+            f"telucodec decode: warning: {args.input} (version {header.version}) records no "
+            "model identity; cannot check that this checkpoint encoded it",
+            file=sys.stderr,
+        )
+    elif args.force and header.model_id != model.identity:
+        print(
+            f"telucodec decode: warning: {args.input} was encoded by model "
+            f"{header.model_id.hex()}, not this checkpoint's {model.identity.hex()} (--force)",
+            file=sys.stderr,
+        )
     check_compatible(
         header,
         sample_rate=cfg.sample_rate,
         hop_length=cfg.hop_length,
         codebook_bits=cfg.codebook_bits,
         n_codebooks=cfg.n_codebooks,
+        model_id=None if args.force else model.identity,
     )
     with torch.inference_mode():
         audio = model.decode(torch.from_numpy(codes)[None], header.n_samples)[0, 0].numpy()
@@ -217,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input")
     d.add_argument("output")
     d.add_argument("--checkpoint", required=True, help="directory written by save_codec")
+    d.add_argument(
+        "--force",
+        action="store_true",
+        help="decode even if the stream was encoded by another checkpoint",
+    )
     d.set_defaults(func=cmd_decode)
     v = sub.add_parser("eval", help="metrics per bitrate on a preprocess output")
     add_dataset_flags(v)

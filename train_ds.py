@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -59,6 +60,7 @@ from telucodec.model import Codec
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DS_CONFIG = REPO / "ds_config.json"
+SUPPORTED_ZERO_STAGES = (0, 1)
 
 # ------------------------------------------------------------------------------ arguments
 
@@ -116,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("audio_examples", type=int, default=2, help="val items sent to TensorBoard")
     flag("use_discriminator", action="store_true", help="add the STFT discriminator")
     flag("seed", type=int, default=0)
+    flag(
+        "max_nonfinite_steps",
+        type=int,
+        default=20,
+        help="stop after this many NaN/Inf losses in a row (each one skipped, not stepped)",
+    )
     flag("verbose", action="store_true", help="show DeepSpeed's INFO logging")
     # The deepspeed launcher passes --local_rank; torchrun sets LOCAL_RANK instead.
     flag("local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
@@ -123,11 +131,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("deepspeed", action="store_true", help="accepted for DeepSpeed scripts; no effect")
     flag("deepspeed_config", default=str(DEFAULT_DS_CONFIG), help="DeepSpeed JSON config")
     args = p.parse_args(argv)
+    check_ranges(args)
     if args.kbps is not None:
         args.kbps = sorted(k for group in args.kbps for k in group)
     if args.save_every is None:
         args.save_every = args.val_every
     return args
+
+
+# Allowed ranges of the numeric flags: (flag, lowest, highest or None).
+FLAG_RANGES = (
+    ("batch_size", 1, 65536),
+    ("num_epochs", 1, None),
+    ("learning_rate", 0.0, 1.0),
+    ("max_steps", 0, None),
+    ("max_seconds", 0.0, None),
+    ("val_every", 0, None),
+    ("save_every", 0, None),
+    ("keep_checkpoints", 0, None),
+    ("segment_seconds", 0.01, 600.0),
+    ("num_workers", 0, 256),
+    ("shuffle_buffer", 1, None),
+    ("val_batch_size", 1, 65536),
+    ("max_val_items", 0, None),
+    ("log_every", 1, None),
+    ("audio_examples", 0, 100),
+    ("max_nonfinite_steps", 1, None),
+)
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """A numeric flag out of range → one line naming it and its range, exit 2, before any
+    process group or engine starts."""
+    for name, lo, hi in FLAG_RANGES:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value >= lo and (hi is None or value <= hi)):
+            allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            flag = "--" + name.replace("_", "-")
+            print(f"train_ds.py: error: {flag} must be {allowed}, got {value}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 # -------------------------------------------------------------------------- process group
@@ -233,6 +277,13 @@ def resolve_ds_config(
     printed and stored with the run."""
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage not in SUPPORTED_ZERO_STAGES:
+        raise SystemExit(
+            f"{path}: zero_optimization.stage {stage} is not supported; use 0 or 1 (stages 2/3 "
+            "partition weights and gradients, which validation on engine.module with uneven "
+            "per-rank batches, the export's deepcopy and the second critic engine cannot use)"
+        )
     cfg.pop("train_batch_size", None)  # DeepSpeed derives it: micro x accumulation x world
     if args.batch_size is not None:
         cfg["train_micro_batch_size_per_gpu"] = args.batch_size
@@ -403,41 +454,103 @@ class TrainState:
     step: int = 0  # optimizer steps done
     batches: int = 0  # micro-batches consumed: the training stream's position
     history: dict[str, list] = field(
-        default_factory=lambda: {"train": [], "val": [], "data_errors": []}
+        default_factory=lambda: {"train": [], "val": [], "data_errors": [], "nonfinite": []}
     )
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's torch/numpy/python (and CUDA) RNG states as plain JSON data: byte
+    states as lists of ints, numpy's and python's state tuples as lists. No pickle, so a
+    tampered file can at worst be refused, never run code."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+MANIFEST = "manifest.sha256.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_files(ckpt_dir: Path, tag: str) -> list[Path]:
+    """Every file of checkpoint `tag`: the generator's tag dir and the critic's, if any."""
+    dirs = [ckpt_dir / tag, ckpt_dir / "discriminator" / tag]
+    files = [f for d in dirs if d.is_dir() for f in sorted(d.rglob("*")) if f.is_file()]
+    return [f for f in files if f.name != MANIFEST]
+
+
+def write_manifest(ckpt_dir: Path, tag: str) -> None:
+    """sha256 of every file of checkpoint `tag` (paths relative to `ckpt_dir`) as JSON."""
+    files = {str(f.relative_to(ckpt_dir)): _sha256(f) for f in _checkpoint_files(ckpt_dir, tag)}
+    write_json(ckpt_dir / tag / MANIFEST, {"tag": tag, "sha256": files})
+
+
+def verify_manifest(ckpt_dir: Path, tag: str) -> None:
+    """Refuse (SystemExit, one line naming the file) a checkpoint whose files are not exactly
+    those its manifest lists with those hashes, before anything in it is unpickled."""
+    manifest = ckpt_dir / tag / MANIFEST
+    try:
+        listed = json.loads(manifest.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(
+            f"--resume: {manifest}: missing or unreadable ({exc}); refusing to load {tag}"
+        ) from None
+    present = {str(f.relative_to(ckpt_dir)): f for f in _checkpoint_files(ckpt_dir, tag)}
+    for name in sorted(set(listed) | set(present)):
+        if name not in present:
+            problem = "listed in the manifest but missing"
+        elif name not in listed:
+            problem = "not in the manifest"
+        elif _sha256(present[name]) != listed[name]:
+            problem = "sha256 does not match the manifest (modified after saving)"
+        else:
+            continue
+        raise SystemExit(f"--resume: {ckpt_dir / name}: {problem}; refusing to load {tag}")
 
 
 def save_checkpoint(run: Run, engines: Engines, state: TrainState) -> None:
     """DeepSpeed checkpoint `stepNNNNNNNN` with `state` as client state, plus each rank's RNG
-    state. DeepSpeed writes `latest` last, so a kill mid-save leaves the previous checkpoint
-    as the one --resume takes. Keeps the newest --keep-checkpoints."""
+    state as JSON (rng_rankNNN.json), then a sha256 manifest of all its files, then `latest`:
+    a kill mid-save leaves the previous checkpoint as the one --resume takes. Keeps the
+    newest --keep-checkpoints."""
     ckpt_dir, tag = run.ckpt_dir, f"step{state.step:08d}"
     (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), ckpt_dir / tag / f"rng_rank{run.rank:03d}.pt")
+    rng_file = ckpt_dir / tag / f"rng_rank{run.rank:03d}.json"
+    atomic_write_json(rng_file, rng_state())
     if engines.discriminator is not None:
-        engines.discriminator.save_checkpoint(str(ckpt_dir / "discriminator"), tag=tag)
+        engines.discriminator.save_checkpoint(
+            str(ckpt_dir / "discriminator"), tag=tag, save_latest=False
+        )
     engines.generator.save_checkpoint(
-        str(ckpt_dir), tag=tag, client_state={"train_state": asdict(state)}
+        str(ckpt_dir), tag=tag, client_state={"train_state": asdict(state)}, save_latest=False
     )
+    dist.barrier()
+    if run.rank == 0:  # every rank's files are written: hash them, then point `latest` here
+        write_manifest(ckpt_dir, tag)
+        atomic_write_bytes(ckpt_dir / "latest", tag.encode())
     dist.barrier()
     keep = run.args.keep_checkpoints
     if run.rank == 0 and keep > 0:
@@ -450,20 +563,22 @@ def save_checkpoint(run: Run, engines: Engines, state: TrainState) -> None:
 
 def resume(run: Run, engines: Engines) -> TrainState:
     """Load the latest checkpoint into the engines and this rank's RNG → its TrainState; a
-    fresh state when there is none yet."""
+    fresh state when there is none yet. Its files are checked against the manifest first
+    (DeepSpeed's .pt files are pickles: a modified one could run code when loaded)."""
     ckpt_dir = run.ckpt_dir
     path, client = None, None
     if (ckpt_dir / "latest").is_file():
-        path, client = engines.generator.load_checkpoint(str(ckpt_dir))
+        tag = (ckpt_dir / "latest").read_text().strip()
+        verify_manifest(ckpt_dir, tag)
+        path, client = engines.generator.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         print0(f"--resume: no checkpoint in {ckpt_dir} yet, starting fresh")
         return TrainState()
-    tag = (ckpt_dir / "latest").read_text().strip()
     if engines.discriminator is not None:
         engines.discriminator.load_checkpoint(str(ckpt_dir / "discriminator"), tag=tag)
-    rng_file = ckpt_dir / tag / f"rng_rank{run.rank:03d}.pt"
+    rng_file = ckpt_dir / tag / f"rng_rank{run.rank:03d}.json"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(json.loads(rng_file.read_text()))
     else:  # e.g. resumed on more ranks than saved: a fresh but deterministic stream
         torch.manual_seed(zlib.crc32(f"{tag}/{run.rank}".encode()))
         print(f"[rank {run.rank}] no {rng_file.name} in {tag}; RNG reseeded", flush=True)
@@ -501,6 +616,7 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
         file=sys.stdout,
     )
     epoch_errors = loader.EpochErrors()
+    guard = NonFiniteGuard(args.max_nonfinite_steps)
     data.stream.start = state.batches
     on_gpu = run.device.type == "cuda"
     batches = iter(loader.train_loader(data.stream, args.num_workers, on_gpu))
@@ -510,15 +626,17 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
         batch = next(batches)
         assert batch["epoch"] == epoch, (batch["epoch"], epoch)
         epoch_errors.update(batch)
-        terms = train_step(engines, batch, run.device)
+        terms = train_step(engines, batch, run.device, guard)
         state.batches += 1
         state.step = state.batches // data.accumulation
+        guard.count(run, state, terms)
         if state.batches % data.batches_per_epoch == 0:
             report_epoch(run, state, epoch, epoch_errors)
         if state.batches % data.accumulation:
             continue  # gradient accumulation: not an optimizer step yet
         session.steps += 1
-        if state.step % args.log_every == 0 or state.step == data.total_steps:
+        logged = state.step % args.log_every == 0 or state.step == data.total_steps
+        if logged and terms is not None:
             log_losses(run, data, engines, state, session, terms, bar, tb)
         bar.update(1)
         if state.step >= data.total_steps or time_is_up(run):
@@ -536,12 +654,54 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
     return session
 
 
+class NonFiniteGuard:
+    """A NaN/Inf loss on any rank skips that micro-batch on every rank (no backward, no step,
+    so bf16 weights never take the bad update); each skip is counted in the history
+    (metrics.json's history.nonfinite) and logged, and --max-nonfinite-steps in a row stop
+    the run with an error."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def finite(self, loss: torch.Tensor) -> bool:
+        """Whether `loss` is finite on every rank (one all-reduce when there are several)."""
+        bad = float(not bool(torch.isfinite(loss.detach()).all()))
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            bad = float(all_reduce_sum(torch.tensor([bad], dtype=torch.float64))[0])
+        return bad == 0
+
+    def count(self, run: Run, state: TrainState, terms: dict | None) -> None:
+        """After a micro-batch: `terms` None means it was skipped."""
+        if terms is not None:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        skipped = state.history.setdefault("nonfinite", [])
+        skipped.append({"step": state.step, "batch": state.batches - 1})
+        print0(
+            f"step {state.step}: non-finite loss, micro-batch {state.batches - 1} skipped "
+            f"({self.in_a_row} in a row, {len(skipped)} in the run)"
+        )
+        if self.in_a_row >= self.limit:
+            raise SystemExit(
+                f"train_ds.py: error: {self.in_a_row} non-finite (NaN/Inf) losses in a row at "
+                f"step {state.step} (--max-nonfinite-steps {self.limit}); lower the learning "
+                f"rate or check the data, then --resume from the last checkpoint"
+            )
+
+
 def train_step(
-    engines: Engines, batch: dict[str, Any], device: torch.device
-) -> dict[str, torch.Tensor]:
+    engines: Engines,
+    batch: dict[str, Any],
+    device: torch.device,
+    guard: NonFiniteGuard | None = None,
+) -> dict[str, torch.Tensor] | None:
     """One micro-batch (audio Tensor[B x T], mask BoolTensor[B x T]): the critic's hinge
     step on real vs detached reconstructions, then the generator's losses with the critic
-    frozen (so its backward leaves the critic's gradients alone) → the loss terms."""
+    frozen (so its backward leaves the critic's gradients alone) → the loss terms, or None
+    when a loss was NaN/Inf (`guard`): then nothing further is stepped."""
+    guard = guard or NonFiniteGuard(limit=1)
     audio = batch["audio"][:, None].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     g, d = engines.generator, engines.discriminator
@@ -549,6 +709,8 @@ def train_step(
     est = out.audio.float()
     if d is not None:
         d_loss = discriminator_loss(d, audio, est, mask)
+        if not guard.finite(d_loss):
+            return None
         d.backward(d_loss)
         d.step()
         d.module.requires_grad_(False)
@@ -556,6 +718,8 @@ def train_step(
     if d is not None:
         d.module.requires_grad_(True)
         terms["disc"] = d_loss.detach()
+    if not guard.finite(terms["loss"]):
+        return None
     g.backward(terms["loss"])
     g.step()
     return terms
@@ -596,20 +760,40 @@ def log_losses(
 
 
 def report_epoch(run: Run, state: TrainState, epoch: int, errors: loader.EpochErrors) -> None:
-    """What the loader skipped this epoch, summed over ranks (never fatal)."""
+    """What the loader skipped this epoch, summed over ranks (never fatal): one line per bad
+    shard naming it, then the totals."""
     bad = all_reduce_sum(torch.tensor(errors.totals(), dtype=torch.float64))
+    by_shard = errors.by_shard()
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, by_shard)
+        by_shard = loader.merge_by_shard(*gathered)
     report = {
         "epoch": epoch,
         "step": state.step,
         "bad_samples": int(bad[0]),
         "bad_shards": int(bad[1]),
+        "by_shard": by_shard,
     }
     state.history["data_errors"].append(report)
+    for line in loader.shard_report(by_shard):
+        print0(f"epoch {epoch}: {line}")
     print0(
         f"epoch {epoch} (step {state.step}): skipped {report['bad_samples']} corrupt samples "
         f"and {report['bad_shards']} unreadable shard reads"
     )
-    errors.by_worker.clear()
+    errors.clear()
+
+
+def val_coverage(data: Data, args: argparse.Namespace, figures: dict[str, Any]) -> str:
+    """How many val items were scored of those index.json lists (capped at --max-val-items),
+    appended to the final line: `; scored 35 of 55 listed val items (20 unreadable)`."""
+    listed = data.index.samples("val")
+    if args.max_val_items:
+        listed = min(listed, args.max_val_items)
+    scored = figures["items"]
+    missing = f" ({listed - scored} unreadable)" if scored < listed else ""
+    return f"; scored {scored} of {listed} listed val items{missing}"
 
 
 def time_is_up(run: Run) -> bool:
@@ -745,7 +929,7 @@ def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: d
     plot_curves(state.history, exp_dir / "curves.png")
     print(f"exported generator: {exp_dir / 'final'} (telucodec.checkpoint.load_codec)")
     print(f"{state.step} steps in {elapsed:.0f} s; metrics: {exp_dir / 'metrics.json'}")
-    print(headline(top, figures[top]), flush=True)
+    print(headline(top, figures[top]) + val_coverage(data, run.args, figures[top]), flush=True)
 
 
 def verdict(figures: dict[str, Any]) -> str:

@@ -45,7 +45,8 @@ from shards.reader import iter_raw_samples, shard_name
 # After this many consecutive shard reads or sample decodes without one good sample, the
 # data is not "partly corrupt" any more and training must stop with a clear message.
 MAX_CONSECUTIVE_FAILURES = 1000
-# How many skip messages one worker prints per epoch; the counts cover the rest.
+# How many skip messages one tally prints: one per bad shard (its first error), at most this
+# many shards; the per-shard counts cover the rest.
 MAX_ERROR_MESSAGES = 5
 
 
@@ -54,21 +55,51 @@ MAX_ERROR_MESSAGES = 5
 
 @dataclass
 class ErrorTally:
-    """Skipped samples and shard reads, with the first few messages for the log."""
+    """Skipped samples and shard reads, per shard name ({name: [bad samples, bad reads]}),
+    with one message per bad shard (its first error) for the log; `quiet` prints none (the
+    training stream: the trainer reports per shard per epoch, `shard_report`)."""
 
     bad_samples: int = 0
     bad_shards: int = 0
     messages: list[str] = field(default_factory=list)
+    by_shard: dict[str, list[int]] = field(default_factory=dict)
+    quiet: bool = False
 
-    def record(self, kind: str, exc: Exception) -> None:
+    def record(self, kind: str, exc: Exception, shard: str = "?") -> None:
+        counts = self.by_shard.setdefault(shard, [0, 0])
+        first = counts == [0, 0]
         if kind == "sample":
             self.bad_samples += 1
+            counts[0] += 1
         else:
             self.bad_shards += 1
-        if len(self.messages) < MAX_ERROR_MESSAGES:
-            message = f"skipped {kind}: {exc}"
+            counts[1] += 1
+        if first and len(self.messages) < MAX_ERROR_MESSAGES:
+            message = f"skipped {kind} in {shard}: {exc}"
             self.messages.append(message)
-            print(f"[shards.loader] {message}", file=sys.stderr, flush=True)
+            if not self.quiet:
+                print(f"[shards.loader] {message}", file=sys.stderr, flush=True)
+
+
+def merge_by_shard(*tallies: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Sum {shard: [bad samples, bad reads]} dicts (workers, ranks)."""
+    merged: dict[str, list[int]] = {}
+    for by_shard in tallies:
+        for name, (samples, reads) in by_shard.items():
+            counts = merged.setdefault(name, [0, 0])
+            counts[0] += samples
+            counts[1] += reads
+    return merged
+
+
+def shard_report(by_shard: dict[str, list[int]]) -> list[str]:
+    """One line per bad shard, sorted by name: what was skipped in it."""
+    lines = []
+    for name, (samples, reads) in sorted(by_shard.items()):
+        parts = [f"{samples} corrupt samples"] if samples else []
+        parts += [f"{reads} unreadable reads"] if reads else []
+        lines.append(f"{name}: skipped " + " and ".join(parts))
+    return lines
 
 
 # ------------------------------------------------------------------ pipeline stages
@@ -87,7 +118,7 @@ def read_shards(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator[di
                 yielded += 1
                 yield members
         except (ShardFormatError, OSError) as exc:
-            tally.record("shard", exc)
+            tally.record("shard", exc, shard_name(url))
         failures = 0 if yielded else failures + 1
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"{failures} shard reads in a row gave no sample; last {url}")
@@ -101,7 +132,7 @@ def decode_samples(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator
         try:
             sample = decode_sample(members, shard=members.get("__shard__", "?"))
         except ShardFormatError as exc:
-            tally.record("sample", exc)
+            tally.record("sample", exc, members.get("__shard__", "?"))
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 raise RuntimeError(f"{failures} samples in a row failed to decode") from exc
@@ -236,7 +267,7 @@ class TrainStream(IterableDataset):
             lo, hi = epoch * per_epoch, (epoch + 1) * per_epoch
             n_batches = count_in_slot(lo, hi, slot, num_workers)
             n_skip = count_in_slot(lo, max(lo, self.start), slot, num_workers)
-            tally = ErrorTally()
+            tally = ErrorTally(quiet=True)
             batches = iter(self.pipeline(epoch, slot, num_workers, n_batches, tally))
             for _ in range(n_skip):  # replay up to the resume point; these were trained on
                 next(batches, None)
@@ -246,6 +277,7 @@ class TrainStream(IterableDataset):
                     worker=worker,
                     bad_samples=tally.bad_samples,
                     bad_shards=tally.bad_shards,
+                    bad_by_shard={k: list(v) for k, v in tally.by_shard.items()},
                 )
                 yield batch
             epoch += 1
@@ -256,9 +288,19 @@ class EpochErrors:
 
     def __init__(self):
         self.by_worker: dict[int, tuple[int, int]] = {}
+        self.shards_by_worker: dict[int, dict[str, list[int]]] = {}
 
     def update(self, batch: dict[str, Any]) -> None:
         self.by_worker[batch["worker"]] = (batch["bad_samples"], batch["bad_shards"])
+        self.shards_by_worker[batch["worker"]] = batch.get("bad_by_shard", {})
+
+    def by_shard(self) -> dict[str, list[int]]:
+        """{shard name: [bad samples, bad reads]} of this rank so far this epoch."""
+        return merge_by_shard(*self.shards_by_worker.values())
+
+    def clear(self) -> None:
+        self.by_worker.clear()
+        self.shards_by_worker.clear()
 
     def totals(self) -> tuple[int, int]:
         """(bad samples, bad shard reads) of this rank so far this epoch."""
@@ -318,7 +360,7 @@ def val_batches(
             except StopIteration:
                 break
             except (ShardFormatError, OSError) as exc:
-                tally.record("shard", exc)
+                tally.record("shard", exc, shard)
                 break
             if max_items and index >= max_items:
                 break
@@ -332,7 +374,7 @@ def val_batches(
             try:
                 samples.append(decode_sample(members, shard=shard))
             except ShardFormatError as exc:
-                tally.record("sample", exc)
+                tally.record("sample", exc, shard)
         if max_items and index >= max_items:
             break
     if samples:

@@ -1,11 +1,11 @@
 """The `.tcq` bitstream: a fixed header and the code indices bit-packed, bytes in, bytes out.
 
-Layout (little-endian header, 32 bytes):
+Layout (little-endian header, 40 bytes):
 
 | offset | size | field |
 |---|---|---|
 | 0 | 4 | magic `b"TCQ\\x00"` |
-| 4 | 1 | version (1) |
+| 4 | 1 | version (2) |
 | 5 | 1 | codebook_bits (10 for 1024 entries) |
 | 6 | 2 | n_codebooks used (Nq) |
 | 8 | 4 | sample_rate |
@@ -13,7 +13,11 @@ Layout (little-endian header, 32 bytes):
 | 16 | 4 | n_frames F |
 | 20 | 8 | n_samples (exact decoded length) |
 | 28 | 4 | CRC-32 of the payload |
-| 32 | ceil(F·Nq·bits/8) | payload: the codes, frame-major, MSB-first, zero-padded to a byte |
+| 32 | 8 | model identity: sha256(config + weights)[:8] of the encoding checkpoint (0: none) |
+| 40 | ceil(F·Nq·bits/8) | payload: the codes, frame-major, MSB-first, zero-padded to a byte |
+
+Version 1 streams (the same without the model identity: a 32-byte header) are still read;
+their `Header.model_id` is None, so a decoder cannot check which checkpoint encoded them.
 
 Payload order: frame 0's Nq codes (codebook 0 first), then frame 1's, …; each code is `bits`
 bits, most significant bit first, and the last byte is padded with zero bits.
@@ -32,9 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"TCQ\x00"
-VERSION = 1
-_HEADER = struct.Struct("<4sBBHIIIQI")
+VERSION = 2
+_HEADER_V1 = struct.Struct("<4sBBHIIIQI")
+_HEADER = struct.Struct("<4sBBHIIIQI8s")
 HEADER_BYTES = _HEADER.size
+MODEL_ID_BYTES = 8
+_HEADER_SIZES = {1: _HEADER_V1.size, 2: _HEADER.size}
 
 
 class BitstreamError(ValueError):
@@ -50,6 +57,7 @@ class Header:
     n_frames: int
     n_samples: int
     version: int = VERSION
+    model_id: bytes | None = None  # the encoding checkpoint's identity; None: not recorded
 
 
 def payload_bytes(n_frames: int, n_codebooks: int, codebook_bits: int) -> int:
@@ -104,19 +112,30 @@ def encode_bitstream(codes: np.ndarray, header: Header) -> bytes:
         header.n_frames,
         header.n_samples,
         zlib.crc32(payload),
+        header.model_id or bytes(MODEL_ID_BYTES),
     )
     return head + payload
 
 
 def read_header(data: bytes) -> Header:
     """Parse and check the header of .tcq bytes; BitstreamError says what was expected."""
-    if len(data) < HEADER_BYTES:
+    if len(data) < _HEADER_V1.size:
         raise BitstreamError(f"{len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    magic, version, bits, nq, sr, hop, frames, samples, _ = _HEADER.unpack_from(data)
+    magic, version, bits, nq, sr, hop, frames, samples, _ = _HEADER_V1.unpack_from(data)
     if magic != MAGIC:
         raise BitstreamError(f"bad magic {magic!r}, expected {MAGIC!r}: not a .tcq bitstream")
-    if version != VERSION:
-        raise BitstreamError(f"bitstream version {version}, this reader expects {VERSION}")
+    if version not in _HEADER_SIZES:
+        raise BitstreamError(
+            f"bitstream version {version}, this reader expects {VERSION} (or the older 1)"
+        )
+    if len(data) < _HEADER_SIZES[version]:
+        raise BitstreamError(
+            f"{len(data)} bytes is shorter than the {_HEADER_SIZES[version]}-byte header"
+        )
+    model_id = None
+    if version >= 2:
+        model_id = _HEADER.unpack_from(data)[-1]
+        model_id = None if model_id == bytes(MODEL_ID_BYTES) else model_id
     if not 1 <= bits <= 16 or nq < 1 or sr < 1 or hop < 1 or samples < 1:
         raise BitstreamError(
             f"implausible header: {bits} bits, {nq} codebooks, {sr} Hz, hop {hop}, "
@@ -127,27 +146,39 @@ def read_header(data: bytes) -> Header:
             f"header says {samples} samples but {frames} frames; expected "
             f"ceil({samples} / {hop}) = {-(-samples // hop)}"
         )
-    return Header(sr, hop, nq, bits, frames, samples, version)
+    return Header(sr, hop, nq, bits, frames, samples, version, model_id)
 
 
 def decode_bitstream(data: bytes) -> tuple[Header, np.ndarray]:
     """.tcq bytes -> (Header, int64[Nq x F] codes). Raises BitstreamError on bad magic or
     version, a truncated or padded payload, or a CRC mismatch."""
     header = read_header(data)
-    payload = data[HEADER_BYTES:]
+    payload = data[_HEADER_SIZES[header.version] :]
     codes = unpack_codes(payload, header.n_codebooks, header.n_frames, header.codebook_bits)
-    crc = _HEADER.unpack_from(data)[-1]
+    crc = _HEADER_V1.unpack_from(data)[-1]
     if zlib.crc32(payload) != crc:
         raise BitstreamError(f"payload CRC-32 {zlib.crc32(payload):08x}, header says {crc:08x}")
     return header, codes
 
 
 def check_compatible(
-    header: Header, *, sample_rate: int, hop_length: int, codebook_bits: int, n_codebooks: int
+    header: Header,
+    *,
+    sample_rate: int,
+    hop_length: int,
+    codebook_bits: int,
+    n_codebooks: int,
+    model_id: bytes | None = None,
 ) -> None:
     """Raise BitstreamError unless a codec with these numbers can decode `header`'s stream
-    (same rate, hop and code width; at most its number of codebooks)."""
+    (same rate, hop and code width; at most its number of codebooks; the same model
+    identity when both the stream and the caller know one)."""
     problems = []
+    if header.model_id is not None and model_id is not None and header.model_id != model_id:
+        problems.append(
+            f"encoded by model {header.model_id.hex()}, this checkpoint is {model_id.hex()} "
+            "(same shape, different weights: decoding would give garbage)"
+        )
     if header.sample_rate != sample_rate:
         problems.append(f"sample rate {header.sample_rate} Hz, codec has {sample_rate} Hz")
     if header.hop_length != hop_length:

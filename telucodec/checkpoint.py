@@ -6,6 +6,7 @@ a CodecConfig, the tensors are safetensors, and the state dict must match the mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,32 @@ CONFIG = "config.json"
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing files or does not match its config."""
+
+
+# Bounds a checkpoint's config must respect before any model is built from it: a hostile or
+# corrupted config.json must not allocate a 2**36-entry codebook. Integers, inclusive.
+CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
+    "sample_rate": (1000, 192_000),
+    "hop_length": (1, 65_536),
+    "latent_dim": (1, 8192),
+    "frame_channels": (1, 8192),
+    "frame_residual_layers": (0, 64),
+    "encoder_dim": (1, 8192),
+    "decoder_dim": (1, 16_384),
+    "n_codebooks": (1, 64),
+    "codebook_size": (2, 1 << 16),  # a .tcq code is at most 16 bits
+    "codebook_dim": (1, 8192),
+    "kmeans_iters": (0, 1000),
+    "disc_channels": (1, 4096),
+}
+
+
+def check_config_bounds(cfg: CodecConfig) -> None:
+    """ValueError naming the first field of `cfg` outside CONFIG_BOUNDS."""
+    for name, (lo, hi) in CONFIG_BOUNDS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{name} {value!r} outside the allowed {lo}..{hi}")
 
 
 def save_codec(
@@ -82,6 +109,7 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[CodecConfig, d
         raise CheckpointError(f"{path}: version {meta.get('version')}, expected {FORMAT_VERSION}")
     try:
         cfg = CodecConfig.from_dict(meta["config"])
+        check_config_bounds(cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad 'config': {exc}") from exc
     return cfg, meta.get("extra", {})
@@ -103,4 +131,17 @@ def load_codec(directory: str | os.PathLike, map_location: str | torch.device = 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match config {cfg.name!r}: {exc}") from exc
+    model.identity = model_identity(directory)
     return model.to(map_location).eval()
+
+
+def model_identity(directory: str | os.PathLike) -> bytes:
+    """8 bytes naming a checkpoint's model: sha256 over its config (canonical JSON of the
+    codec config, not the `extra` notes) and the bytes of model.safetensors, truncated. A
+    .tcq stream carries its encoder's identity, so decoding with other weights is refused."""
+    cfg, _ = read_checkpoint_config(directory)
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    with open(Path(directory) / WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()[:8]

@@ -24,19 +24,22 @@ from telucodec.bitstream import (
 )
 from telucodec.configs import get_config
 
+MODEL = bytes.fromhex("0123456789abcdef")
+
 
 def make_stream(n_samples=16_321, nq=6, bits=10, hop=320, seed=0) -> tuple[bytes, np.ndarray]:
     frames = -(-n_samples // hop)
     codes = np.random.default_rng(seed).integers(0, 1 << bits, (nq, frames))
-    header = Header(16000, hop, nq, bits, frames, n_samples)
+    header = Header(16000, hop, nq, bits, frames, n_samples, model_id=MODEL)
     return encode_bitstream(codes, header), codes
 
 
-def test_header_is_32_bytes_and_fields_round_trip():
+def test_header_is_40_bytes_with_the_model_identity_and_fields_round_trip():
     data, codes = make_stream()
-    assert HEADER_BYTES == 32 and data[:4] == b"TCQ\x00" and data[4] == bitstream.VERSION
+    assert HEADER_BYTES == 40 and data[:4] == b"TCQ\x00" and data[4] == bitstream.VERSION == 2
+    assert data[32:40] == MODEL
     header, decoded = decode_bitstream(data)
-    assert header == Header(16000, 320, 6, 10, 52, 16_321)
+    assert header == Header(16000, 320, 6, 10, 52, 16_321, model_id=MODEL)
     np.testing.assert_array_equal(decoded, codes)
     assert decoded.dtype == np.int64
 
@@ -56,7 +59,7 @@ def test_stream_size_is_header_plus_ceil_of_frames_codebooks_bits():
         for nq in (1, 3, 6, 12):
             data, _ = make_stream(n_samples=n_samples, nq=nq)
             frames = -(-n_samples // 320)
-            assert len(data) == 32 + -(-frames * nq * 10 // 8)
+            assert len(data) == 40 + -(-frames * nq * 10 // 8)
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
@@ -106,14 +109,36 @@ def test_bad_magic_is_not_a_tcq_bitstream():
 
 def test_other_version_is_rejected_with_both_numbers():
     data = bytearray(make_stream()[0])
-    data[4] = 2
-    with pytest.raises(BitstreamError, match="version 2, this reader expects 1"):
+    data[4] = 3
+    with pytest.raises(BitstreamError, match=r"version 3, this reader expects 2 \(or the older 1"):
         decode_bitstream(bytes(data))
 
 
 def test_short_header_is_rejected():
-    with pytest.raises(BitstreamError, match="shorter than the 32-byte header"):
-        read_header(b"TCQ\x00\x01")
+    with pytest.raises(BitstreamError, match="shorter than the 40-byte header"):
+        read_header(b"TCQ\x00\x02")
+    with pytest.raises(BitstreamError, match="shorter than the 40-byte header"):
+        read_header(make_stream()[0][:36])
+
+
+def test_version_1_stream_without_model_identity_is_still_read():
+    data, codes = make_stream()
+    v1 = bytearray(data[:32] + data[40:])  # the version-1 layout: no identity field
+    v1[4] = 1
+    header, decoded = decode_bitstream(bytes(v1))
+    assert header.version == 1 and header.model_id is None
+    np.testing.assert_array_equal(decoded, codes)
+    kw = dict(sample_rate=16000, hop_length=320, codebook_bits=10, n_codebooks=12)
+    check_compatible(header, **kw, model_id=b"\xff" * 8)  # nothing to compare: accepted
+
+
+def test_stream_of_another_model_is_refused_naming_both_identities():
+    header = decode_bitstream(make_stream()[0])[0]
+    kw = dict(sample_rate=16000, hop_length=320, codebook_bits=10, n_codebooks=12)
+    check_compatible(header, **kw, model_id=MODEL)
+    other = bytes(8)[:7] + b"\x01"
+    with pytest.raises(BitstreamError, match=f"encoded by model {MODEL.hex()}.*{other.hex()}"):
+        check_compatible(header, **kw, model_id=other)
 
 
 @pytest.mark.parametrize("cut", [1, 10, 200])
@@ -138,10 +163,10 @@ def test_flipped_payload_bit_fails_the_crc():
 
 def repack(data: bytes, **fields) -> bytes:
     """Rewrite header fields (keeping the CRC of the payload) of a valid stream."""
-    names = ["magic", "version", "bits", "nq", "sr", "hop", "frames", "samples", "crc"]
-    values = dict(zip(names, struct.unpack_from("<4sBBHIIIQI", data), strict=True))
+    names = ["magic", "version", "bits", "nq", "sr", "hop", "frames", "samples", "crc", "model"]
+    values = dict(zip(names, struct.unpack_from("<4sBBHIIIQI8s", data), strict=True))
     values.update(fields)
-    return struct.pack("<4sBBHIIIQI", *values.values()) + data[HEADER_BYTES:]
+    return struct.pack("<4sBBHIIIQI8s", *values.values()) + data[HEADER_BYTES:]
 
 
 def test_header_whose_frames_disagree_with_samples_is_rejected():

@@ -21,7 +21,7 @@ import shards
 from codec_cli import parse_args, read_audio
 from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
-from telucodec.checkpoint import load_codec, save_codec
+from telucodec.checkpoint import load_codec, model_identity, save_codec
 from telucodec.evaluate import MetricSums, evaluate
 from tests.test_codec_model import speechlike, trained_tiny
 
@@ -106,10 +106,11 @@ def expected_samples(path: Path) -> int:
 def test_encode_reads_44k_stereo_flac_and_writes_versioned_tcq_at_6_kbps(encoded, stereo_flac):
     data = encoded.read_bytes()
     header, codes = decode_bitstream(data)
-    assert data[:4] == b"TCQ\x00" and header.version == 1
+    assert data[:4] == b"TCQ\x00" and header.version == 2
     n_samples = expected_samples(stereo_flac)
     assert abs(n_samples - SOURCE_FRAMES * 16000 / SOURCE_RATE) <= 1
-    assert header == Header(16000, 320, 12, 10, -(-n_samples // 320), n_samples)
+    model_id = model_identity(encoded.parent / "ckpt")
+    assert header == Header(16000, 320, 12, 10, -(-n_samples // 320), n_samples, 2, model_id)
     assert codes.shape == (12, header.n_frames)
     payload_kbps = 8 * (len(data) - HEADER_BYTES) / (n_samples / 16000) / 1000
     assert payload_kbps == pytest.approx(6.0, rel=0.01)
@@ -173,6 +174,48 @@ def test_decode_rejects_more_codebooks_than_the_checkpoint_has(work, checkpoint)
     stream.write_bytes(encode_bitstream(codes, Header(16000, 320, 13, 10, frames, n_samples)))
     proc = telucodec("decode", stream, work / "13.wav", "--checkpoint", checkpoint)
     fails_clearly(proc, "does not match the checkpoint", "13 codebooks, codec has only 12")
+
+
+def test_decode_refuses_a_stream_encoded_by_another_checkpoint_of_the_same_shape(
+    work, checkpoint, encoded
+):
+    other = work / "other_ckpt"
+    model = load_codec(checkpoint)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # same config and shape, other weights
+    save_codec(other, model)
+    assert model_identity(other) != model_identity(checkpoint)
+    proc = telucodec("decode", encoded, work / "other.wav", "--checkpoint", other)
+    fails_clearly(proc, "encoded by model", model_identity(checkpoint).hex(), "garbage")
+    assert not (work / "other.wav").exists()
+    forced = ok(telucodec("decode", encoded, work / "other.wav", "--checkpoint", other, "--force"))
+    assert "warning" in forced.stderr and (work / "other.wav").exists()
+
+
+def test_decode_reads_a_version_1_stream_with_a_warning(work, checkpoint, encoded):
+    data = encoded.read_bytes()
+    v1 = bytearray(data[:32] + data[HEADER_BYTES:])  # version 1: no model identity
+    v1[4] = 1
+    (work / "v1.tcq").write_bytes(bytes(v1))
+    proc = ok(telucodec("decode", work / "v1.tcq", work / "v1.wav", "--checkpoint", checkpoint))
+    assert "warning" in proc.stderr and "version 1" in proc.stderr
+    assert sf.info(work / "v1.wav").frames == decode_bitstream(data)[0].n_samples
+
+
+def test_checkpoint_config_out_of_bounds_is_refused_before_building_the_model(work, checkpoint):
+    from telucodec.checkpoint import CheckpointError, read_checkpoint_config
+
+    for field, value in (("codebook_size", 2**36), ("frame_channels", 0), ("n_codebooks", -1)):
+        bad = work / f"bad_{field}"
+        bad.mkdir(exist_ok=True)
+        meta = json.loads((checkpoint / "config.json").read_text())
+        meta["config"][field] = value
+        (bad / "config.json").write_text(json.dumps(meta))
+        (bad / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+        with pytest.raises(CheckpointError, match=f"{field} {value} outside the allowed"):
+            read_checkpoint_config(bad)
+    proc = telucodec("decode", "x.tcq", work / "x.wav", "--checkpoint", work / "bad_codebook_size")
+    fails_clearly(proc, "codebook_size 68719476736 outside the allowed 2..65536")
 
 
 # ------------------------------------------------------------------------------ eval

@@ -602,3 +602,188 @@ def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
                 step,
                 term,
             )
+
+
+# ------------------------------------------------------------------ refused inputs, guards
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [
+        ("--batch-size", "0", "in [1, 65536]"),
+        ("--max_steps", "-1", ">= 0"),
+        ("--max-nonfinite-steps", "0", ">= 1"),
+    ],
+)
+def test_out_of_range_flag_is_one_line_naming_it_and_its_range_exit_2(flag, value, allowed, capsys):
+    train_ds = _import_train_ds()
+    with pytest.raises(SystemExit) as exc:
+        train_ds.parse_args(["--data-dir", "x", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    name = "--" + flag[2:].replace("_", "-")
+    assert name in err and allowed in err and f"got {value}" in err, err
+
+
+def test_zero_stage_2_or_3_is_refused_at_config_resolution_naming_the_file(tmp_path):
+    train_ds = _import_train_ds()
+    args = train_ds.parse_args(["--data-dir", "x"])
+    for stage in (2, 3):
+        cfg = json.loads((REPO / "ds_config.json").read_text())
+        cfg["zero_optimization"]["stage"] = stage
+        path = tmp_path / f"zero{stage}.json"
+        path.write_text(json.dumps(cfg))
+        with pytest.raises(SystemExit) as exc:
+            train_ds.resolve_ds_config(str(path), args, False, Path("tb"))
+        message = str(exc.value.code)
+        assert str(path) in message and f"stage {stage}" in message and "0 or 1" in message
+        assert "\n" not in message
+    cfg["zero_optimization"]["stage"] = 0
+    path.write_text(json.dumps(cfg))
+    assert train_ds.resolve_ds_config(str(path), args, False, Path("tb"))
+
+
+def test_rng_state_is_json_data_and_round_trips():
+    import random
+
+    train_ds = _import_train_ds()
+    state = json.loads(json.dumps(train_ds.rng_state()))  # plain JSON, no pickle
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    train_ds.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+class _Engine:
+    """A stand-in DeepSpeed engine that records backward/step calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, audio):
+        return SimpleNamespace(audio=audio * 1.0)
+
+    def backward(self, loss):
+        self.calls.append("backward")
+
+    def step(self):
+        self.calls.append("step")
+
+
+def test_nonfinite_loss_is_skipped_counted_and_stops_the_run_after_the_limit(capsys):
+    train_ds = _import_train_ds()
+    losses = iter([float("nan"), 1.0, float("inf"), float("nan"), float("nan")])
+    engines = train_ds.Engines(
+        generator=_Engine(),
+        discriminator=None,
+        loss=lambda *a, **k: {"loss": torch.tensor(next(losses))},
+        dtype=torch.float32,
+        ds_config={},
+    )
+    batch = {"audio": torch.zeros(2, 8), "mask": torch.ones(2, 8, dtype=torch.bool)}
+    guard = train_ds.NonFiniteGuard(limit=3)
+    state = train_ds.TrainState()
+    run = SimpleNamespace(rank=0)
+    train_ds.print0 = lambda *a, **k: print(*a, **k)  # no process group in this test
+    outcomes = []
+    with pytest.raises(SystemExit) as exc:
+        for _ in range(5):
+            terms = train_ds.train_step(engines, batch, torch.device("cpu"), guard)
+            state.batches += 1
+            outcomes.append(terms is not None)
+            guard.count(run, state, terms)
+    # Only the finite loss was backpropagated and stepped; the third NaN/Inf in a row stops.
+    assert outcomes == [False, True, False, False, False]
+    assert engines.generator.calls == ["backward", "step"]
+    assert [r["batch"] for r in state.history["nonfinite"]] == [0, 2, 3, 4]
+    assert "3 non-finite" in str(exc.value.code) and "--max-nonfinite-steps 3" in str(
+        exc.value.code
+    )
+    assert "non-finite loss, micro-batch 0 skipped" in capsys.readouterr().out
+
+
+class _Payload:
+    """Unpickling this creates `marker`: what a malicious checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_tampered_checkpoint_is_refused_on_resume_and_its_pickle_never_runs(tmp_path):
+    data = make_shard_dir(tmp_path / "out", train=(4,))
+    ckpt = tmp_path / "ckpt"
+    steps = ("--max-steps", "2", "--save-every", "2")
+    run_training([sys.executable, *_train_args(data, ckpt, "t", *steps)])
+    ckpt_dir = ckpt / "t" / "checkpoints"
+    tag_dir = ckpt_dir / "step00000002"
+    assert (tag_dir / "manifest.sha256.json").is_file()
+    assert (tag_dir / "rng_rank000.json").is_file() and not list(tag_dir.glob("rng*.pt"))
+    train_ds = _import_train_ds()
+    train_ds.verify_manifest(ckpt_dir, "step00000002")  # untouched: accepted
+
+    # An edited RNG file, and a stray old-style pickle beside it: both refused by name.
+    rng = tag_dir / "rng_rank000.json"
+    original = rng.read_bytes()
+    rng.write_bytes(original.replace(b"[", b"[ ", 1))
+    with pytest.raises(SystemExit, match="rng_rank000.json: sha256 does not match"):
+        train_ds.verify_manifest(ckpt_dir, "step00000002")
+    rng.write_bytes(original)
+    marker = tmp_path / "pwned"
+    torch.save({"x": _Payload(marker)}, tag_dir / "rng_rank000.pt")
+    with pytest.raises(SystemExit, match="rng_rank000.pt: not in the manifest"):
+        train_ds.verify_manifest(ckpt_dir, "step00000002")
+    (tag_dir / "rng_rank000.pt").unlink()
+
+    # DeepSpeed's model file replaced by a pickle payload: --resume refuses before loading.
+    model_file = next(tag_dir.glob("*model_states.pt"))
+    torch.save({"module": _Payload(marker)}, model_file)
+    cmd = [sys.executable, *_train_args(data, ckpt, "t", "--max-steps", "4", "--resume")]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(free_port()), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode != 0
+    assert f"{model_file}: sha256 does not match the manifest" in proc.stderr
+    assert "refusing to load step00000002" in proc.stderr.strip().splitlines()[-1]
+    assert not marker.exists(), "the checkpoint's pickle ran"
+
+
+def test_bad_shards_are_reported_once_per_shard_per_epoch_by_name(tmp_path, capfd):
+    data = make_shard_dir(tmp_path, train=(3, 2), corrupt_sample=True, truncated_shard=True)
+    batches = _take(_stream(data, per_epoch=10), 20, workers=0)
+    assert "[shards.loader]" not in capfd.readouterr().err  # the stream itself prints nothing
+    per_epoch = {0: loader.EpochErrors(), 1: loader.EpochErrors()}
+    for b in batches:
+        per_epoch[b["epoch"]].update(b)
+    for errors in per_epoch.values():
+        by_shard = errors.by_shard()
+        # The shard with the undecodable sample and the cut one, each named once.
+        assert set(by_shard) == {"train-000000.tar", "train-000002.tar"}
+        assert by_shard["train-000000.tar"][0] > 0 and by_shard["train-000002.tar"][1] > 0
+        assert sum(v[0] for v in by_shard.values()) == errors.totals()[0]
+        lines = loader.shard_report(by_shard)
+        assert len(lines) == 2
+        assert lines[0].startswith("train-000000.tar: skipped ") and "corrupt samples" in lines[0]
+        assert lines[1].startswith("train-000002.tar: skipped ") and "unreadable" in lines[1]
+    # Validation's tally prints one line per bad shard, naming it.
+    bad = data / "shards" / "val-000000.tar"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    tally = loader.ErrorTally()
+    list(loader.val_batches(Index.load(data).paths("val"), 2, tally=tally))
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and "val-000000.tar" in err[0] and tally.bad_shards == 1
+
+
+def test_final_line_states_how_many_listed_val_items_were_scored():
+    train_ds = _import_train_ds()
+    data = SimpleNamespace(index=SimpleNamespace(samples=lambda split: 55))
+    args = SimpleNamespace(max_val_items=0)
+    coverage = train_ds.val_coverage(data, args, {"items": 35})
+    assert coverage == "; scored 35 of 55 listed val items (20 unreadable)"
+    assert train_ds.val_coverage(data, args, {"items": 55}) == "; scored 55 of 55 listed val items"
+    args.max_val_items = 10
+    assert train_ds.val_coverage(data, args, {"items": 10}) == "; scored 10 of 10 listed val items"
