@@ -258,7 +258,7 @@ def validated(cfg: PreprocessConfig) -> dict[str, Any]:
         raise _fail(
             "min_dnsmos_ovrl",
             values["min_dnsmos_ovrl"],
-            "0 unless quality is 'dnsmos' (--quality dnsmos): no file has a DNSMOS score",
+            "0 unless quality='dnsmos' (--quality dnsmos): no file has a DNSMOS score",
         )
     return values
 
