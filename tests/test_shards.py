@@ -136,3 +136,37 @@ def test_missing_member_and_bad_json_are_named(tmp_path):
 def test_valid_runs_outside_segment_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="outside segment"):
         shards.encode_sample("k-00000", np.zeros(10, np.float32), [[0, 11]], _meta(0))
+
+
+def test_shard_writer_bytes_equal_webdataset_tarwriter(tmp_path):
+    """ShardWriter writes its tars without importing webdataset (and torch); the bytes must
+    stay exactly what webdataset's TarWriter with the same settings writes."""
+    import webdataset as wds
+
+    from shards.format import encode_sample
+
+    rng = np.random.default_rng(0)
+    samples = [
+        encode_sample(
+            f"f{i:04d}-00000",
+            (rng.standard_normal(1600) * 0.1).astype(np.float32),
+            [[0, 1600 - 7 * i]],
+            {
+                "source": f"a/{i}.wav",
+                "offset": 0,
+                "gain_db": 0.0,
+                "sample_rate": 16000,
+                "split": "train",
+            },
+        )
+        for i in range(5)
+    ]
+    with ShardWriter(tmp_path / "ours.tar") as w:
+        for s in samples:
+            w.write_encoded(s)
+    buf = io.BytesIO()
+    ref = wds.TarWriter(buf, user="telucodec", group="telucodec", mtime=0.0)
+    for s in samples:
+        ref.write(s)
+    ref.close()
+    assert (tmp_path / "ours.tar").read_bytes() == buf.getvalue()
