@@ -1,8 +1,8 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts are renamed into contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in unit
-order, so names depend only on the plan, never on which worker finished first. Every
-step is idempotent: rerunning after a kill mid-assembly finishes the same way.
+Shard parts of the shard groups are renamed into contiguous `train-NNNNNN.tar` /
+`val-NNNNNN.tar` in group order, so names depend only on the plan, never on which worker
+finished first. Every step is idempotent: rerunning after a kill mid-assembly finishes the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from preprocess.config import PreprocessConfig
 from preprocess.plan import WorkUnit
 from preprocess.records import dumps_record
+from preprocess.shard_group import group_dir, shard_groups
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
 
@@ -44,25 +45,26 @@ def code_version() -> str:
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Move unit parts to their final names; returns index entries in name order."""
+    """Move shard group parts to their final names; returns index entries in name order."""
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
     entries = []
-    for unit in units:
-        done = json.loads((unit_dir(work, unit.unit_id) / "done.json").read_text())
+    for group, group_units in shard_groups(units).items():
+        split = group_units[0].split
+        done = json.loads((group_dir(work, group) / "done.json").read_text())
         for part in done["shards"]:
-            name = f"{unit.split}-{counters[unit.split]:06d}.tar"
-            counters[unit.split] += 1
-            src, dst = unit_dir(work, unit.unit_id) / part["name"], shard_dir / name
+            name = f"{split}-{counters[split]:06d}.tar"
+            counters[split] += 1
+            src, dst = group_dir(work, group) / part["name"], shard_dir / name
             if src.exists():
                 os.replace(src, dst)
             elif not dst.exists():
-                raise FileNotFoundError(f"unit {unit.unit_id}: shard part {src} is missing")
+                raise FileNotFoundError(f"shard group {group}: shard part {src} is missing")
             entries.append(
                 {
                     "name": name,
-                    "split": unit.split,
+                    "split": split,
                     "samples": part["samples"],
                     "bytes": part["bytes"],
                     "sha256": part["sha256"],

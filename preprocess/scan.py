@@ -18,6 +18,7 @@ from preprocess.audio_io import AudioHeader, DecodeError, DecodeResult, stream_m
 from preprocess.config import PreprocessConfig
 from preprocess.loudness import LoudnessMeter, gated_loudness
 from preprocess.spool import SampleSpool
+from preprocess.stage_times import lap
 
 _QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
 
@@ -125,6 +126,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         a.clipped_samples += int(
             kernels.count_clipped(block, cfg.clip_level, cfg.clip_min_run, run_len)
         )
+        lap("analysis")
         return True
 
     try:
@@ -139,9 +141,13 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
             lo, hi = min(lo, float(mn)), max(hi, float(mx))
             a.samples_16k += item.size
             frames.add(item)
+            lap("analysis")
             vad_frames.add(highpass.process(item))
+            lap("speech")
             meter.add(item)
+            lap("loudness")
             spool.append(item)
+            lap("analysis")
     except DecodeError as exc:
         a.error = str(exc)
         return a
@@ -158,7 +164,9 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         frame_seconds=cfg.frame_samples / cfg.sample_rate,
         window_seconds=cfg.vad_window_seconds,
     )
+    lap("speech")
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
+    lap("loudness")
     return a
 
 

@@ -1,8 +1,10 @@
-"""Process one work unit: scan, decide, segment and shard its files; commit atomically.
+"""Process one work unit: scan, decide, segment and encode its files; commit atomically.
 
-A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: shard parts, `files.jsonl`,
-`frame_rms.npy`, and last `done.json`. A unit without `done.json` is wiped and redone on
-rerun; one with it is skipped. That is what makes kill -9 and rerun byte-identical.
+A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
+(`samples.bin` + `samples.json`, which `preprocess.shard_group` later writes into the
+unit's shard), `files.jsonl`, `frame_rms.npy`, and last `done.json`. A unit without
+`done.json` is wiped and redone on rerun; one with it is skipped. That is what makes
+kill -9 and rerun byte-identical.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
-from preprocess.interleave import interleave
 from preprocess.plan import InputFile, WorkUnit
 from preprocess.policy import decide, reject
 from preprocess.records import dumps_record, file_record
 from preprocess.scan import analyze_file
 from preprocess.segment import cut_segments, plan_segments, trim_range
 from preprocess.spool import SampleSpool
-from shards import ShardWriter, encode_sample, sample_key
+from preprocess.stage_times import lap
+from shards import encode_sample, sample_key
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
@@ -42,13 +44,17 @@ def unit_is_done(work: Path, unit_id: int, digest: str, scan_only: bool = False)
         return False
 
 
-class _EncodedSpool:
-    """Encoded samples on disk (audio bytes + json bytes) so a unit's memory stays bounded."""
+class EncodedSpool:
+    """Encoded samples on disk (audio bytes + json bytes) so a unit's memory stays bounded.
 
-    def __init__(self, path: Path):
+    Kept with the committed unit (`save`) until its shard group is written.
+    """
+
+    def __init__(self, path: Path, mode: str = "w+b"):
         self.path = path
-        self._f = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        self._f = open(path, mode)  # noqa: SIM115 - closed in close()
         self.index: list[tuple[int, int, int, str]] = []  # offset, audio len, json len, ext
+        self._saved = False
 
     def add(self, sample: dict[str, Any]) -> int:
         ext = next(k for k in sample if k.startswith("audio."))
@@ -67,9 +73,28 @@ class _EncodedSpool:
         meta = self._f.read(n_meta)
         return {"__key__": key, ext: audio, "json": meta}
 
+    def save(self, per_file: list[list[tuple[int, str]]]) -> None:
+        """Keep the spool: fsync it and write its index and per-file (sample, key) lists."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        _write_json_atomic(
+            self.path.with_suffix(".json"), {"index": self.index, "per_file": per_file}
+        )
+        self._saved = True
+
+    @classmethod
+    def open_saved(cls, path: Path) -> tuple[EncodedSpool, list[list[list]]]:
+        """A saved spool, read-only, and its per-file [[sample, key], …] lists."""
+        spool = cls(path, "rb")
+        saved = json.loads(path.with_suffix(".json").read_text())
+        spool.index = [tuple(entry) for entry in saved["index"]]
+        spool._saved = True
+        return spool, saved["per_file"]
+
     def close(self) -> None:
         self._f.close()
-        self.path.unlink(missing_ok=True)
+        if not self._saved:
+            self.path.unlink(missing_ok=True)
 
 
 def process_unit(
@@ -92,7 +117,7 @@ def process_unit(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    encoded = _EncodedSpool(tmp / "samples.bin")
+    encoded = EncodedSpool(tmp / "samples.bin")
     records: list[dict[str, Any]] = []
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
@@ -107,7 +132,8 @@ def process_unit(
             frame_rms.append(rms)
             per_file_samples.append(samples)
             seconds_in += rec["seconds"] or 0.0
-        shards = [] if scan_only else _write_parts(tmp, unit, per_file_samples, encoded, cfg)
+        if not scan_only:
+            encoded.save(per_file_samples)
     finally:
         encoded.close()
     _write_unit_stats(tmp, records, frame_rms)
@@ -116,7 +142,7 @@ def process_unit(
         "split": unit.split,
         "config_digest": cfg.digest(),
         "scan_only": scan_only,
-        "shards": shards,
+        "shard_group": unit.shard_group,
         "files": len(records),
         "seconds": seconds_in,
         "kept": sum(r["status"] == "kept" for r in records),
@@ -124,11 +150,12 @@ def process_unit(
     }
     _write_json_atomic(tmp / "done.json", done)
     os.replace(tmp, udir)
+    lap("unit_io")
     return done
 
 
 def _process_file(
-    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: _EncodedSpool | None
+    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: EncodedSpool | None
 ) -> tuple[dict[str, Any], np.ndarray, list[tuple[int, str]]]:
     """Scan, decide and segment one file. A failure of any kind becomes a reason code.
 
@@ -168,43 +195,8 @@ def _process_file(
             decision = reject("corrupt", f"processing failed: {type(exc).__name__}: {exc}")
             rec = file_record(f, decision)
             rms = np.zeros(0, np.float32)
+    lap("segment")
     return rec, rms, samples
-
-
-def _write_parts(
-    tmp: Path,
-    unit: WorkUnit,
-    per_file: list[list[tuple[int, str]]],
-    encoded: _EncodedSpool,
-    cfg: PreprocessConfig,
-) -> list[dict[str, Any]]:
-    """Write the unit's samples, interleaved across files, into one shard part.
-
-    Units are sized to about one shard; only a unit far over the target (one very long
-    file) is split into several parts of ~shard_mb each.
-    """
-    order = interleave([len(s) for s in per_file], seed=cfg.split_seed * 1_000_003 + unit.unit_id)
-    est_total = sum(
-        encoded.index[i][1] + encoded.index[i][2] + 1536 for s in per_file for i, _ in s
-    )
-    target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
-    parts: list[dict[str, Any]] = []
-    writer: ShardWriter | None = None
-    size = 0
-    for file_i, seg_i in order:
-        if writer is None:
-            writer = ShardWriter(tmp / f"part-{len(parts):03d}.tar", encoding=cfg.audio_encoding)
-            size = 0
-        index, key = per_file[file_i][seg_i]
-        sample = encoded.get(index, key)
-        writer.write_encoded(sample)
-        size += sum(len(v) for k, v in sample.items() if k != "__key__") + 1536
-        if size >= target:
-            parts.append(writer.close().to_dict())
-            writer = None
-    if writer is not None:
-        parts.append(writer.close().to_dict())
-    return parts
 
 
 def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray]) -> None:
