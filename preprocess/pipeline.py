@@ -20,6 +20,7 @@ import ray
 from ray.util import ActorPool
 from tqdm import tqdm
 
+from preprocess import stage_times
 from preprocess.config import PreprocessConfig
 from preprocess.plan import (
     InputFile,
@@ -35,7 +36,6 @@ from preprocess.policy import Decision, reject
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.shard_group import group_is_done, shard_groups, write_group
-from preprocess import stage_times
 from preprocess.stage_times import add_times
 from preprocess.unit import process_unit, unit_is_done
 
@@ -58,6 +58,9 @@ class UnitWorker:
         cfg["extra_audio_extensions"] = tuple(cfg["extra_audio_extensions"])
         self.cfg = PreprocessConfig(**cfg)
 
+    # `stage_times.CLOCK`, never a name imported from it: Ray pickles this class by value,
+    # and an imported CLOCK would be a copy that the measured code never laps (seen: every
+    # worker stage read 0 s).
     def fingerprint(self, paths: list[str]) -> list[dict]:
         stage_times.CLOCK.restart()
         recs = fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
@@ -316,8 +319,13 @@ def _run(
     print(f"preprocess: {input_root} → {out}")
     print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
     t0, cpu0 = time.perf_counter(), time.process_time()
-    # SPREAD: on a cluster, actors go to every node rather than filling the first one.
-    spread = UnitWorker.options(scheduling_strategy="SPREAD")
+    # One CPU each, spread: on a cluster, actors go to every node rather than filling the
+    # first (an actor holds no CPU by default, and SPREAD alone put both on one node).
+    cpus = int(ray.cluster_resources().get("CPU", workers))
+    if workers > cpus:
+        print(f"preprocess: {workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
+        workers = max(1, cpus)
+    spread = UnitWorker.options(num_cpus=1, scheduling_strategy="SPREAD")
     actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
         pool = ActorPool(actors)
