@@ -37,7 +37,7 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from preprocess.audio_io import audio_extensions  # noqa: E402
+from preprocess.measure.audio_io import audio_extensions  # noqa: E402
 
 
 def audio_files(root: Path) -> list[Path]:
@@ -225,7 +225,7 @@ def timed_loop(fn, *args) -> tuple[float, float, float, MachineLoad]:
 
 def print_breakdown(runs: dict[int, dict], hours: float) -> None:
     """Per-stage CPU seconds per audio-hour and share, one column per worker count."""
-    from preprocess.stage_times import STAGES
+    from preprocess.measure.stage_times import STAGES
 
     ws = sorted(runs)
     head = "".join(f"{f'{w}w CPU-s/h':>13}{'share':>7}" for w in ws)

@@ -23,7 +23,7 @@ from shards import ShardWriter, read_samples  # noqa: E402
 
 def speech_segments(n: int, seed: int = 0) -> list[np.ndarray]:
     """Speech-like 1 s segments from the demo corpus's procedural generator."""
-    from preprocess.speech import speech
+    from preprocess.synth.speech import speech
 
     rng = np.random.default_rng(seed)
     audio = speech(rng, n * 1.0 + 1.0, 16000, engine="procedural")

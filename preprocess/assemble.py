@@ -1,15 +1,20 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts of the shard groups are renamed into contiguous `train-NNNNNN.tar` /
-`val-NNNNNN.tar` in group order, so names depend only on the plan, never on which worker
-finished first. Every step is idempotent: rerunning after a kill mid-assembly finishes the same way.
+Shard parts of the shard groups (`preprocess.shard_group`) are hard-linked (copied where
+links are not supported) to contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in group
+order, so names depend only on the plan, never on which worker finished first. Parts stay
+in their group until the run ends, so every step is idempotent: a rerun after a kill
+mid-assembly, even on a changed input, places the same way; shards of an earlier plan that
+the new index does not list are removed. index.json is written last (`shards.write_index`):
+its presence means the OUT is complete. The OUT layout and its fields are docs/SHARDS.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,36 +22,24 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
+from preprocess.dir_commit import commit_dir
 from preprocess.plan import WorkUnit
+from preprocess.provenance import code_version
 from preprocess.records import dumps_record
 from preprocess.shard_group import group_dir, shard_groups
+from preprocess.split import groups_of
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
+from shards import FORMAT_VERSION, SHARD_DIR, write_index
+from shards.atomic import atomic_write_text, fsync_dir
 
-FORMAT_VERSION = 1
-
-
-def code_version() -> str:
-    """Package version plus a hash of the code that shapes the output (preprocess/ and
-    shards/ sources): the same wherever it runs (a checkout, a `ray job` upload, an
-    install), and different whenever that code differs, committed or not."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("telucodec")
-    except PackageNotFoundError:
-        v = "unknown"
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for package in (here, here.parent / "shards"):
-        for src in sorted(package.glob("*.py")):
-            h.update(src.name.encode() + b"\0" + src.read_bytes())
-    return f"{v}+src.{h.hexdigest()[:12]}"
+# Names place_shards writes (and its temp links): anything else in shards/ is not ours.
+_SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Move shard group parts to their final names; returns index entries in name order."""
-    shard_dir = out / "shards"
+    """Link shard group parts to their final names; returns index entries in name order."""
+    shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
     entries = []
@@ -56,11 +49,13 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
         for part in done["shards"]:
             name = f"{split}-{counters[split]:06d}.tar"
             counters[split] += 1
-            src, dst = group_dir(work, group) / part["name"], shard_dir / name
-            if src.exists():
-                os.replace(src, dst)
-            elif not dst.exists():
-                raise FileNotFoundError(f"shard group {group}: shard part {src} is missing")
+            src = group_dir(work, group) / part["name"]
+            if not src.exists():
+                raise FileNotFoundError(
+                    f"shard group {group}: shard part {src} is missing (removed during the "
+                    f"run?); delete {work / 'groups'} and rerun to redo the groups"
+                )
+            _link(src, shard_dir / name)
             entries.append(
                 {
                     "name": name,
@@ -70,7 +65,33 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
                     "sha256": part["sha256"],
                 }
             )
+    fsync_dir(shard_dir)  # the renames above are durable before index.json lists them
     return entries
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Put `src`'s bytes at `dst` atomically, leaving `src` in place for a rerun."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = dst.with_name(dst.name + ".link-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def remove_stale_shards(out: Path, shards: list[dict[str, Any]]) -> None:
+    """Delete shards (and temp links) an earlier plan placed that this index does not list:
+    an OUT holds one run's output, even for tools that glob shards/."""
+    listed = {s["name"] for s in shards}
+    shard_dir = out / SHARD_DIR
+    if not shard_dir.is_dir():
+        return
+    for path in shard_dir.iterdir():
+        if path.name not in listed and _SHARD_NAME.fullmatch(path.name):
+            path.unlink()
 
 
 def _unit_records(work: Path, units: list[WorkUnit]) -> list[tuple[dict, int, int]]:
@@ -90,24 +111,21 @@ def assemble(
     units: list[WorkUnit],
     plan_records: list[dict[str, Any]],
     input_root: Path,
+    input_digest: str,
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Write the final OUT files and return the index (no shards when `scan_only`)."""
     shards = [] if scan_only else place_shards(out, work, units)
+    remove_stale_shards(out, shards)
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
-    tmp = out / "files.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(dumps_record(rec) + "\n")
-    os.replace(tmp, out / "files.jsonl")
+    atomic_write_text(out / "files.jsonl", "".join(dumps_record(r) + "\n" for r in records))
     _write_stats(out, work, cfg, units, rows)
     index = build_index(cfg, shards, records, input_root)
+    index["input_digest"] = input_digest
     index["scan_only"] = scan_only
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "index.json")
+    write_index(out, index)
     return index
 
 
@@ -133,18 +151,38 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 
     tmp = out / "stats.zarr.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     write_stats(
         tmp, [r for r, _, _ in rows], chunks(), lengths, cfg.frame_samples / cfg.sample_rate
     )
-    final = out / "stats.zarr"
-    if final.exists():
-        import shutil
+    commit_dir(tmp, out / "stats.zarr")
 
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+def _split_totals(
+    cfg: PreprocessConfig, shards: list[dict[str, Any]], kept: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per split: files, groups, segments, shards, hours (kept files), valid hours (real
+    audio in segments), and the share of kept hours achieved next to the share asked
+    (null when a manifest gives the split)."""
+    paths = [r["path"] for r in kept]
+    group, given = groups_of(paths, cfg.split_by, cfg.split_manifest_sha256)
+    kept_seconds = sum(r["seconds"] or 0.0 for r in kept)
+    asked = {"val": cfg.val_fraction, "train": 1.0 - cfg.val_fraction}
+    totals = {}
+    for split in ("train", "val"):
+        rs = [r for r in kept if r["split"] == split]
+        seconds = sum(r["seconds"] or 0.0 for r in rs)
+        totals[split] = {
+            "files": len(rs),
+            "groups": len({group[r["path"]] for r in rs}),
+            "segments": sum(r["segments"] for r in rs),
+            "shards": sum(1 for s in shards if s["split"] == split),
+            "hours": round(seconds / 3600.0, 6),
+            "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
+            "fraction": round(seconds / kept_seconds, 6) if kept_seconds else 0.0,
+            "asked_fraction": None if given else round(asked[split], 6),
+        }
+    return totals
 
 
 def build_index(
@@ -162,15 +200,7 @@ def build_index(
     for slot in by_reason.values():
         slot["hours"] = round(slot["hours"], 6)
     kept = [r for r in records if r["status"] == "kept"]
-    split_totals = {}
-    for split in ("train", "val"):
-        rs = [r for r in kept if r["split"] == split]
-        split_totals[split] = {
-            "files": len(rs),
-            "segments": sum(r["segments"] for r in rs),
-            "shards": sum(1 for s in shards if s["split"] == split),
-            "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
-        }
+    split_totals = _split_totals(cfg, shards, kept)
     return {
         "format_version": FORMAT_VERSION,
         "code_version": code_version(),

@@ -20,30 +20,31 @@ import ray
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from preprocess import stage_times
 from preprocess.config import PreprocessConfig
+from preprocess.measure import stage_times
+from preprocess.measure.policy import Decision, reject
+from preprocess.measure.stage_times import add_times
+from preprocess.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan import (
     InputFile,
     WorkUnit,
     assign_splits,
     fingerprint,
-    list_files,
+    input_digest,
+    list_inputs,
     make_units,
     mark_duplicates,
     needs_decoding,
 )
-from preprocess.policy import Decision, reject
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
-from preprocess.shard_group import group_is_done, shard_groups, write_group
-from preprocess.stage_times import add_times
-from preprocess.unit import process_unit, unit_is_done
+from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
+from preprocess.unit import process_unit, unit_is_done, unit_key
+from shards.atomic import atomic_write_text
 
 _FINGERPRINT_BATCH = 32
 
-
-class OutputConflict(RuntimeError):
-    """OUT holds output of a different config or input."""
+__all__ = ["OutputConflict", "run_pipeline"]
 
 
 @ray.remote
@@ -54,9 +55,7 @@ class UnitWorker:
     def __init__(self, input_root: str, work: str, cfg: dict[str, Any]):
         self.input_root = Path(input_root)
         self.work = Path(work)
-        cfg = {k: v for k, v in cfg.items() if k not in ("segment_samples", "frame_samples")}
-        cfg["extra_audio_extensions"] = tuple(cfg["extra_audio_extensions"])
-        self.cfg = PreprocessConfig(**cfg)
+        self.cfg = PreprocessConfig.from_dict(cfg)
 
     # `stage_times.CLOCK`, never a name imported from it: Ray pickles this class by value,
     # and an imported CLOCK would be a copy that the measured code never laps (seen: every
@@ -88,9 +87,12 @@ class UnitWorker:
         done["_pid"] = os.getpid()
         return done
 
-    def write_group(self, group: int, units: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_group(
+        self, group: int, units: list[dict[str, Any]], unit_keys: dict[int, str]
+    ) -> dict[str, Any]:
         stage_times.CLOCK.restart()
-        done = write_group(group, [WorkUnit(**u) for u in units], self.work, self.cfg)
+        work_units = [WorkUnit(**u) for u in units]
+        done = write_group(group, work_units, unit_keys, self.work, self.cfg)
         done["_stage_times"] = stage_times.CLOCK.take()
         done["_node_id"] = ray.get_runtime_context().get_node_id()
         done["_pid"] = os.getpid()
@@ -98,8 +100,10 @@ class UnitWorker:
 
 
 def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
-    """List, hash and probe every file (on the worker actors), then dedupe and split."""
-    paths = list_files(input_root)
+    """List, hash and probe every file (on the worker actors), then dedupe and split.
+    Entries that cannot be read (bad names, FIFOs, broken links…) join with their reason."""
+    listing = list_inputs(input_root)
+    paths = listing.files
     cache_path = work / "fingerprints.jsonl"
     cached = _load_fingerprint_cache(cache_path, input_root)
     todo = [p for p in paths if p not in cached]
@@ -116,19 +120,22 @@ def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) 
                 cached[rec["path"]] = rec
                 bar.update(1)
     _save_fingerprint_cache(cache_path, input_root, paths, cached)
-    files = [InputFile(**cached[p]) for p in paths]
+    files = [InputFile(**cached[p]) for p in paths] + listing.skipped
+    files.sort(key=lambda f: f.path)
     mark_duplicates(files)
     assign_splits(files, cfg)
     return files
 
 
 def _stat_key(root: Path, rel: str) -> list[int]:
+    """Size, mtime, ctime and inode: a rewrite that restores size and mtime (`touch -r`,
+    `cp -p` over it) still changes ctime or the inode, so the file is hashed again."""
     st = (root / rel).stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
-    """Hashes from an earlier (killed) run, reused only if size and mtime still match."""
+    """Hashes from an earlier (killed) run, reused only if the file's stat key matches."""
     out: dict[str, dict] = {}
     if not path.exists():
         return out
@@ -143,18 +150,19 @@ def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
 
 
 def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p in paths:
-            try:
-                stat = _stat_key(root, p)
-            except OSError:
-                continue
-            f.write(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    lines = []
+    for p in paths:
+        try:
+            stat = _stat_key(root, p)
+        except OSError:
+            continue
+        lines.append(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def plan_decision(f: InputFile) -> Decision:
+    if f.plan_reason is not None:
+        return reject(f.plan_reason, f.probe_error)
     if f.duplicate_of is not None:
         return reject("duplicate", f"same bytes as {f.duplicate_of}")
     if f.is_unsupported_audio:
@@ -165,25 +173,6 @@ def plan_decision(f: InputFile) -> Decision:
             f"`ffmpeg -i in{ext} out.flac`",
         )
     return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
-
-
-def _check_output(out: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
-    index = out / "index.json"
-    stamp = out / ".work" / "config.json"
-    for path in (index, stamp):
-        if path.exists():
-            digest = json.loads(path.read_text()).get("config_digest")
-            if digest != cfg.digest():
-                if not overwrite:
-                    raise OutputConflict(
-                        f"{out} holds output of another config (digest {digest}, now "
-                        f"{cfg.digest()}); pass --overwrite or choose a new --output"
-                    )
-                for name in ("shards", "stats.zarr", ".work", "report"):
-                    shutil.rmtree(out / name, ignore_errors=True)
-                for name in ("index.json", "files.jsonl"):
-                    (out / name).unlink(missing_ok=True)
-                return
 
 
 def run_pipeline(
@@ -210,13 +199,11 @@ def run_pipeline(
         raise ValueError(f"--workers {workers}: expected a positive number of workers")
     if out == input_root or input_root in out.parents:
         raise ValueError(f"output {out} must not lie inside the input {input_root}")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_output(out, cfg, overwrite)
+    claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
     work = out / ".work"
     work.mkdir(exist_ok=True)
-    (work / "config.json").write_text(json.dumps({"config_digest": cfg.digest()}))
     with ray_session(address, workers, dashboard) as session:
-        index = _run(input_root, out, cfg, work, session.workers, scan_only)
+        index = _run(input_root, out, cfg, work, session.workers, scan_only, overwrite)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
         shutil.rmtree(work / "groups", ignore_errors=True)
@@ -232,31 +219,52 @@ def _run_units(
     pool: ActorPool,
     scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the units not yet committed on a pool of actors.
+    """Run the units not yet committed, then write the shard groups not yet committed, on
+    a pool of actors.
 
-    Returns run figures (peak worker RSS in MB, summed stage times) and appends one line
-    per unit (which node and process ran it, its times) to `work/run-log.jsonl`.
+    A unit is reused only with its `unit_key` and, when its group is still to be written,
+    all its parts; a group only with its `group_key` (from its units' keys) and all its
+    shard parts. Returns run figures (peak worker RSS in MB, summed stage times) and
+    appends one line per unit and group (which node and process ran it, its times) to
+    `work/run-log.jsonl`.
     """
     figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}}
+    by_path = {f.path: f for f in files}
+    keys = {u.unit_id: unit_key(u, by_path, cfg) for u in units}
     groups = {} if scan_only else shard_groups(units)
-    groups = {g: us for g, us in groups.items() if not group_is_done(work, g, cfg.digest())}
-    todo = [u for u in units if not unit_is_done(work, u.unit_id, cfg.digest(), scan_only)]
+    groups = {
+        g: us
+        for g, us in groups.items()
+        if not group_is_done(work, g, group_key(g, us, keys, cfg.digest()))
+    }
+    to_write = {u.unit_id for us in groups.values() for u in us}
+    todo = [
+        u
+        for u in units
+        if not unit_is_done(work, u.unit_id, keys[u.unit_id], scan_only, u.unit_id in to_write)
+    ]
     total_files = sum(len(u.paths) for u in units)
     done_files = total_files - sum(len(u.paths) for u in todo)
     if todo:
-        _process_units(todo, files, work, pool, scan_only, total_files, done_files, figures)
+        _process_units(todo, by_path, work, pool, scan_only, total_files, done_files, figures)
     if groups:
-        _write_groups(groups, work, pool, figures)
+        _write_groups(groups, keys, work, pool, figures)
     return figures
 
 
 def _write_groups(
-    groups: dict[int, list[WorkUnit]], work: Path, pool: ActorPool, figures: dict[str, Any]
+    groups: dict[int, list[WorkUnit]],
+    keys: dict[int, str],
+    work: Path,
+    pool: ActorPool,
+    figures: dict[str, Any],
 ) -> None:
     """Write each shard group's shard(s) from its committed units, on the actors."""
 
     def submit(actor, group: int):
-        return actor.write_group.remote(group, [u.to_dict() for u in groups[group]])
+        units = groups[group]
+        unit_keys = {u.unit_id: keys[u.unit_id] for u in units}
+        return actor.write_group.remote(group, [u.to_dict() for u in units], unit_keys)
 
     with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
         for done in pool.map_unordered(submit, list(groups)):
@@ -268,7 +276,7 @@ def _write_groups(
 
 def _process_units(
     todo: list[WorkUnit],
-    files: list[InputFile],
+    by_path: dict[str, InputFile],
     work: Path,
     pool: ActorPool,
     scan_only: bool,
@@ -276,7 +284,6 @@ def _process_units(
     done_files: int,
     figures: dict[str, Any],
 ) -> None:
-    by_path = {f.path: f for f in files}
 
     def submit(actor, unit: WorkUnit):
         table = [vars(by_path[p]) for p in unit.paths]
@@ -312,6 +319,7 @@ def _run(
     work: Path,
     workers: int,
     scan_only: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Plan, process units, assemble; Ray is up. Returns the index plus run figures."""
     from preprocess.assemble import assemble
@@ -330,6 +338,8 @@ def _run(
     try:
         pool = ActorPool(actors)
         files = _plan(input_root, cfg, work, pool)
+        digest = input_digest(files)
+        check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)
         plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
         figures = _run_units(units, files, input_root, work, cfg, pool, scan_only)
@@ -338,7 +348,7 @@ def _run(
         for actor in actors:
             ray.kill(actor)
     t_assemble, cpu_assemble = time.perf_counter(), time.process_time()
-    index = assemble(out, work, cfg, units, plan_records, input_root, scan_only)
+    index = assemble(out, work, cfg, units, plan_records, input_root, digest, scan_only)
     times = figures["stage_times"]
     for u in usage:
         add_times(times, u["stage_times"])

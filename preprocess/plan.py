@@ -6,19 +6,26 @@ timing or listing order — so that every run of the same input makes the same u
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
+import stat
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocess.audio_io import (
+from preprocess.config import PreprocessConfig
+from preprocess.measure.audio_io import (
     UNSUPPORTED_AUDIO_EXTENSIONS,
     DecodeError,
     audio_extensions,
     probe,
 )
-from preprocess.config import PreprocessConfig
+from preprocess.split import SplitItem, SplitPlan, plan_splits
+from shards.index import SPLITS
 
 _HASH_CHUNK = 1 << 20
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
@@ -43,6 +50,9 @@ class InputFile:
     probe_error: str | None = None
     duplicate_of: str | None = None
     split: str | None = None
+    # A listing reason (bad_name, not_regular_file, broken_link, symlink_loop, unreadable)
+    # decided before decoding; `probe_error` then holds the detail.
+    plan_reason: str | None = None
 
     @property
     def file_id(self) -> str:
@@ -78,27 +88,150 @@ class WorkUnit:
         return asdict(self)
 
 
-def list_files(root: str | Path) -> list[str]:
-    """Every regular file under `root` (hidden ones too), as sorted POSIX relative paths."""
+@dataclass
+class Listing:
+    """What is under the input root: regular files to read, and entries that cannot be."""
+
+    files: list[str]  # sorted POSIX relative paths of regular files (or links to them)
+    skipped: list[InputFile]  # everything else, each with its `plan_reason`
+
+
+def list_inputs(root: str | Path) -> Listing:
+    """Walk `root` without following directory links (so link loops cannot trap it) and
+    without opening anything (a FIFO would block). Links to regular files, inside or
+    outside the corpus, are followed; every other entry is accounted for with a reason."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"input {root} is not a directory")
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in filenames:
-            full = Path(dirpath) / name
-            if full.is_file():
-                found.append(full.relative_to(root).as_posix())
-    return sorted(found)
+    files: list[str] = []
+    skipped: list[InputFile] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            with os.scandir(root / rel_dir if rel_dir else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            detail = f"directory cannot be listed ({exc.strerror}); fix its permissions"
+            skipped.append(_skipped(f"{rel_dir}/", "unreadable", detail))
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            kind, detail = _classify(entry)
+            if kind == "dir":
+                pending.append(rel)
+            elif kind == "file" and not _is_utf8(rel):
+                skipped.append(_skipped(rel, "bad_name", _bad_name_detail(rel), entry))
+            elif kind == "file":
+                files.append(rel)
+            else:
+                skipped.append(_skipped(rel, kind, detail))
+    return Listing(sorted(files), sorted(skipped, key=lambda f: f.path))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
+    """("dir" | "file" | a listing reason, detail) from stat calls only."""
+    try:
+        if not entry.is_symlink():
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                return "dir", None
+        else:
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError as exc:
+                return _link_problem(entry, exc)
+            if stat.S_ISDIR(mode):
+                return "not_regular_file", (
+                    "symlink to a directory: directory links are not followed (they can "
+                    "loop); copy or bind-mount the directory into the corpus instead"
+                )
+    except OSError as exc:
+        return "unreadable", f"cannot stat ({exc.strerror}); fix its permissions"
+    if stat.S_ISREG(mode):
+        return "file", None
+    return "not_regular_file", f"{_file_type(mode)}, not a regular file: never opened"
+
+
+def _link_problem(entry: os.DirEntry, exc: OSError) -> tuple[str, str]:
+    try:
+        target = os.readlink(entry.path)
+    except OSError:
+        target = "?"
+    target = _escaped(target)
+    if exc.errno == errno.ELOOP:
+        return "symlink_loop", f"symlink loop (-> {target}); remove or fix the link"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "broken_link", f"symlink to missing {target}; remove or fix the link"
+    return "unreadable", f"symlink -> {target} cannot be followed ({exc.strerror})"
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return f"file of mode {mode:o}"
+
+
+def _is_utf8(name: str) -> bool:
+    """os.scandir gives names that are not valid UTF-8 as lone surrogates (surrogateescape)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(name: str) -> str:
+    """A name as valid UTF-8 text: bytes that are not UTF-8 become `\\xNN` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _bad_name_detail(rel: str) -> str:
+    return (
+        f"file name is not valid UTF-8 (raw path bytes, hex: {os.fsencode(rel).hex()}); "
+        "rename it to UTF-8, e.g. `convmv -f latin1 -t utf-8 --notest FILE`"
+    )
+
+
+def _skipped(
+    rel: str, reason: str, detail: str | None, entry: os.DirEntry | None = None
+) -> InputFile:
+    size = 0
+    if entry is not None:
+        with contextlib.suppress(OSError):
+            size = entry.stat().st_size
+    return InputFile(
+        path=_escaped(rel),
+        bytes=size,
+        sha256="",
+        is_audio_extension=False,
+        probe_error=detail,
+        plan_reason=reason,
+    )
+
+
+class NotRegularFile(OSError):
+    """The path turned into a FIFO, device or directory after it was listed."""
+
+
+def sha256_file(path: str | Path) -> tuple[int, str]:
+    """(size, sha256) of a regular file. Opened non-blocking and checked with fstat, so a
+    FIFO swapped in after listing is refused instead of blocking the worker forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{_file_type(st.st_mode)}, not a regular file")
+        h = hashlib.sha256()
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return st.st_size, h.hexdigest()
 
 
 def fingerprint(
@@ -116,10 +249,14 @@ def fingerprint(
             "is_unsupported_audio": suffix in UNSUPPORTED_AUDIO_EXTENSIONS,
         }
         try:
-            rec["bytes"] = full.stat().st_size
-            rec["sha256"] = sha256_file(full)
+            rec["bytes"], rec["sha256"] = sha256_file(full)
+        except NotRegularFile as exc:
+            rec.update(bytes=0, sha256="", plan_reason="not_regular_file", probe_error=str(exc))
+            out.append(rec)
+            continue
         except OSError as exc:
-            rec.update(bytes=0, sha256="", probe_error=f"unreadable: {exc}")
+            detail = f"cannot be read ({exc.strerror}); fix its permissions"
+            rec.update(bytes=0, sha256="", plan_reason="unreadable", probe_error=detail)
             out.append(rec)
             continue
         try:
@@ -153,23 +290,32 @@ def _unit_hash(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big")
 
 
-def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> None:
-    """Val membership by group (speaker directory or file), from a hash of the group name.
+def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
+    """Set each file's split by group (preprocess.split): whole groups in a seeded hash
+    order until val holds `val_fraction` (at least `min_val_seconds`) of the header hours of
+    files that will be decoded, or the manifest's split as given.
 
-    Stable under adding files: a group's split depends only on its own name. When hashing
-    puts no group holding decodable audio in val, but val is wanted and there are ≥ 2 such
-    groups, the one with the smallest hash goes to val, so a small corpus still gets a
-    validation set. Call after `mark_duplicates`.
+    Prints the planned shares and, on stderr, why val could not be what was asked. Call
+    after `mark_duplicates`: duplicates add no hours.
     """
-    key = (lambda f: f.group) if cfg.split_by == "dir" else (lambda f: f.path)
-    groups = sorted({key(f) for f in files})
-    threshold = int(cfg.val_fraction * 2**64)
-    val = {g for g in groups if _unit_hash(g, cfg.split_seed) < threshold}
-    audio_groups = sorted({key(f) for f in files if needs_decoding(f)})
-    if cfg.val_fraction > 0 and not (val & set(audio_groups)) and len(audio_groups) >= 2:
-        val.add(min(audio_groups, key=lambda g: _unit_hash(g, cfg.split_seed)))
+    items = [
+        SplitItem(f.path, f.est_seconds if needs_decoding(f) else 0.0, needs_decoding(f))
+        for f in files
+    ]
+    plan = plan_splits(
+        items,
+        cfg.split_by,
+        cfg.val_fraction,
+        cfg.min_val_seconds,
+        cfg.split_seed,
+        cfg.split_manifest_sha256,
+    )
     for f in files:
-        f.split = "val" if key(f) in val else "train"
+        f.split = plan.split_of[f.path]
+    print(plan.summary())
+    for warning in plan.warnings:
+        print(f"preprocess: warning: {warning}", file=sys.stderr)
+    return plan
 
 
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
@@ -182,7 +328,7 @@ def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
     target = cfg.shard_mb * 1e6 / _EST_BYTES_PER_SECOND.get(cfg.audio_encoding, 32_000)
     units: list[WorkUnit] = []
     group = -1
-    for split in ("train", "val"):
+    for split in SPLITS:
         todo = [f for f in files if f.split == split and needs_decoding(f)]
         todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
         current: WorkUnit | None = None
@@ -201,4 +347,13 @@ def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
 
 def needs_decoding(f: InputFile) -> bool:
     """Files decided at planning time (duplicates, unopenable) never reach a worker."""
-    return f.duplicate_of is None and f.probe_error is None
+    return f.duplicate_of is None and f.probe_error is None and f.plan_reason is None
+
+
+def input_digest(files: list[InputFile]) -> str:
+    """sha256 over every input path with its size, hash and listing reason: what a finished
+    OUT was made from, so a rerun can tell an unchanged input from a changed one."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(json.dumps([f.path, f.bytes, f.sha256, f.plan_reason]).encode() + b"\n")
+    return h.hexdigest()

@@ -6,9 +6,10 @@ import json
 import math
 from typing import Any
 
+from preprocess.measure.policy import Decision
+from preprocess.measure.scan import FileAnalysis
 from preprocess.plan import InputFile
-from preprocess.policy import Decision
-from preprocess.scan import FileAnalysis
+from shards import SAMPLE_RATE
 
 
 def _num(x: float | int | None, digits: int = 6) -> float | int | None:
@@ -60,8 +61,13 @@ def file_record(
         "nonfinite": None,
         "gain_db": _num(decision.gain_db) if decision.kept else None,
         "segments": segments,
-        "trimmed_seconds": _num(trimmed_samples / 16000.0),
-        "valid_seconds": _num(valid_samples / 16000.0),
+        "trimmed_seconds": _num(trimmed_samples / SAMPLE_RATE),
+        "valid_seconds": _num(valid_samples / SAMPLE_RATE),
+        "snr_db": None,
+        "dnsmos_sig": None,
+        "dnsmos_bak": None,
+        "dnsmos_ovrl": None,
+        "dnsmos_windows": None,
     }
     if analysis is not None and analysis.error is None and analysis.header is not None:
         rec.update(
@@ -74,7 +80,15 @@ def file_record(
             loudness_lufs=_num(analysis.loudness_lufs),
             clipped_fraction=_num(analysis.clipped_fraction),
             nonfinite=analysis.nonfinite,
+            snr_db=_num(analysis.snr_db),
         )
+        if analysis.dnsmos is not None:
+            rec.update(
+                dnsmos_sig=_num(analysis.dnsmos.sig),
+                dnsmos_bak=_num(analysis.dnsmos.bak),
+                dnsmos_ovrl=_num(analysis.dnsmos.ovrl),
+                dnsmos_windows=analysis.dnsmos.windows,
+            )
     return rec
 
 

@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from preprocess.config import load_config  # noqa: E402
+from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
@@ -39,10 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-seconds", type=float, default=None)
     p.add_argument("--min-valid-fraction", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
-    p.add_argument("--split-by", choices=("dir", "file"), default=None)
+    p.add_argument(
+        "--min-val-seconds",
+        type=float,
+        default=None,
+        help="val holds at least this much audio (capped at a quarter of the corpus)",
+    )
+    p.add_argument(
+        "--split-by",
+        default=None,
+        metavar="RULE",
+        help="group that never straddles the split: dir (top-level folder, default), file, "
+        "re:PATTERN (speaker = its (?P<speaker>…) or only group, searched in the path) or "
+        "manifest:FILE (.csv/.jsonl with path and split or speaker)",
+    )
     p.add_argument("--shard-mb", type=float, default=None)
     p.add_argument("--audio-encoding", choices=("flac", "npy"), default=None)
     p.add_argument("--target-lufs", type=float, default=None)
+    p.add_argument(
+        "--quality",
+        choices=("snr", "dnsmos"),
+        default=None,
+        help="quality scores: speech SNR (always, default) or also DNSMOS P.835 (slow)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace output of another config")
     p.add_argument("--keep-work", action="store_true", help="keep OUT/.work/units for debugging")
     p.add_argument("--no-report", action="store_true", help="skip the diagnosis report")
@@ -58,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             segment_seconds=args.segment_seconds,
             min_valid_fraction=args.min_valid_fraction,
             val_fraction=args.val_fraction,
+            min_val_seconds=args.min_val_seconds,
             split_by=args.split_by,
             shard_mb=args.shard_mb,
             audio_encoding=args.audio_encoding,
             target_lufs=args.target_lufs,
+            quality=args.quality,
         )
+        if cfg.quality == "dnsmos":
+            require_dnsmos()
         index = run_pipeline(
             args.input,
             args.output,
@@ -84,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_report(out: Path, cfg) -> None:
     try:
-        from preprocess.diagnose import report_for_output
+        from preprocess.diagnose.report import report_for_output
     except ImportError:
         return
     report = report_for_output(out, segment_seconds=cfg.segment_seconds)

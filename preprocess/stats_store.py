@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from preprocess.policy import REASONS
+from preprocess.measure.policy import REASONS
+from shards import SPLITS
 
 SCALARS: dict[str, str] = {
     "seconds": "f8",
@@ -34,8 +35,12 @@ SCALARS: dict[str, str] = {
     "gain_db": "f4",
     "segments": "i4",
     "valid_seconds": "f4",
+    "snr_db": "f4",
+    "dnsmos_sig": "f4",
+    "dnsmos_bak": "f4",
+    "dnsmos_ovrl": "f4",
+    "dnsmos_windows": "i4",
 }
-SPLITS = ("train", "val")
 _CHUNK = 1 << 16
 
 

@@ -15,9 +15,11 @@ def print_summary(index: dict[str, Any]) -> None:
     print("-" * 33)
     print(f"{'total':<15}{t['files']:>8}{t['input_hours']:>10.3f}")
     for split, s in t["splits"].items():
+        groups = f" in {s['groups']} groups" if "groups" in s else ""
+        share = f" ({100 * s['fraction']:.1f} % of kept hours)" if "fraction" in s else ""
         print(
-            f"{split}: {s['files']} files → {s['segments']} segments in {s['shards']} shards, "
-            f"{s['valid_hours']:.3f} h of real audio"
+            f"{split}: {s['files']} files{groups} → {s['segments']} segments in {s['shards']} "
+            f"shards, {s['valid_hours']:.3f} h of real audio{share}"
         )
     if "_elapsed_s" in index:
         rate = t["input_hours"] * 3600 / max(index["_elapsed_s"], 1e-9)

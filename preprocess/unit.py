@@ -1,14 +1,19 @@
 """Process one work unit: scan, decide, segment and encode its files; commit atomically.
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
-(`samples.bin` + `samples.json`, which `preprocess.shard_group` later writes into the
-unit's shard), `files.jsonl`, `frame_rms.npy`, and last `done.json`. A unit without
-`done.json` is wiped and redone on rerun; one with it is skipped. That is what makes
-kill -9 and rerun byte-identical.
+(`samples.bin` + `samples.json`, which `preprocess.shard_group` later copies into the
+shard of the unit's shard group, then deletes), `files.jsonl`, `frame_rms.npy`, and last
+`done.json`. The directory is built as `unit-NNNNNN.partial` and committed by one rename
+(`dir_commit`). A unit without `done.json` is wiped and redone on rerun; one whose
+`done.json` holds the same `unit_key` (config, unit, and the path, size and sha256 of every
+file it read) is skipped, provided its encoded samples are all there whenever its shard
+group still has to be written. That is what makes kill -9 and rerun byte-identical, and a
+rerun on a changed input equal to a clean run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,28 +24,55 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PreprocessConfig
+from preprocess.dir_commit import commit_dir
+from preprocess.measure.policy import decide, reject
+from preprocess.measure.scan import analyze_file
+from preprocess.measure.segment import cut_segments, plan_segments, trim_range
+from preprocess.measure.spool import SampleSpool
+from preprocess.measure.stage_times import lap
 from preprocess.plan import InputFile, WorkUnit
-from preprocess.policy import decide, reject
 from preprocess.records import dumps_record, file_record
-from preprocess.scan import analyze_file
-from preprocess.segment import cut_segments, plan_segments, trim_range
-from preprocess.spool import SampleSpool
-from preprocess.stage_times import lap
 from shards import encode_sample, sample_key
+from shards.atomic import atomic_write_json
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
     return work / "units" / f"unit-{unit_id:06d}"
 
 
-def unit_is_done(work: Path, unit_id: int, digest: str, scan_only: bool = False) -> bool:
-    done = unit_dir(work, unit_id) / "done.json"
-    if not done.exists():
-        return False
+def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
+    """Everything a unit's output depends on: config, unit id, and each file's path, size,
+    sha256 and split in unit order. Any change gives a new key. (The shard group's key is
+    built from its units' keys: `shard_group.group_key`.)"""
+    payload = {
+        "config_digest": cfg.digest(),
+        "unit_id": unit.unit_id,
+        "split": unit.split,
+        "files": [[p, files[p].bytes, files[p].sha256, files[p].split] for p in unit.paths],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# The unit's parts: its encoded samples, which its shard group's writer copies into the
+# group's shard(s) and then deletes.
+SPOOL_NAME = "samples.bin"
+SPOOL_INDEX_NAME = "samples.json"
+
+
+def unit_is_done(
+    work: Path, unit_id: int, key: str, scan_only: bool = False, need_parts: bool = True
+) -> bool:
+    """Committed with this `unit_key` and, if `need_parts` (its shard group is still to be
+    written), every part it lists still on disk with its size."""
+    udir = unit_dir(work, unit_id)
     try:
-        d = json.loads(done.read_text())
-        return d["config_digest"] == digest and d.get("scan_only", False) == scan_only
-    except (json.JSONDecodeError, KeyError):
+        d = json.loads((udir / "done.json").read_text())
+        if d["unit_key"] != key or d.get("scan_only", False) != scan_only:
+            return False
+        if not need_parts:
+            return True
+        return all((udir / p["name"]).stat().st_size == p["bytes"] for p in d["parts"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
 
 
@@ -77,8 +109,8 @@ class EncodedSpool:
         """Keep the spool: fsync it and write its index and per-file (sample, key) lists."""
         self._f.flush()
         os.fsync(self._f.fileno())
-        _write_json_atomic(
-            self.path.with_suffix(".json"), {"index": self.index, "per_file": per_file}
+        atomic_write_json(
+            self.path.with_name(SPOOL_INDEX_NAME), {"index": self.index, "per_file": per_file}
         )
         self._saved = True
 
@@ -86,7 +118,7 @@ class EncodedSpool:
     def open_saved(cls, path: Path) -> tuple[EncodedSpool, list[list[list]]]:
         """A saved spool, read-only, and its per-file [[sample, key], …] lists."""
         spool = cls(path, "rb")
-        saved = json.loads(path.with_suffix(".json").read_text())
+        saved = json.loads(path.with_name(SPOOL_INDEX_NAME).read_text())
         spool.index = [tuple(entry) for entry in saved["index"]]
         spool._saved = True
         return spool, saved["per_file"]
@@ -117,7 +149,7 @@ def process_unit(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    encoded = EncodedSpool(tmp / "samples.bin")
+    encoded = EncodedSpool(tmp / SPOOL_NAME)
     records: list[dict[str, Any]] = []
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
@@ -141,15 +173,18 @@ def process_unit(
         "unit_id": unit.unit_id,
         "split": unit.split,
         "config_digest": cfg.digest(),
+        "unit_key": unit_key(unit, files, cfg),
         "scan_only": scan_only,
         "shard_group": unit.shard_group,
+        # Sizes of the parts (none when scan_only), checked before the group is written.
+        "parts": [] if scan_only else _parts(tmp),
         "files": len(records),
         "seconds": seconds_in,
         "kept": sum(r["status"] == "kept" for r in records),
         "segments": sum(r["segments"] for r in records),
     }
-    _write_json_atomic(tmp / "done.json", done)
-    os.replace(tmp, udir)
+    atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
+    commit_dir(tmp, udir)
     lap("unit_io")
     return done
 
@@ -199,6 +234,13 @@ def _process_file(
     return rec, rms, samples
 
 
+def _parts(udir: Path) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "bytes": (udir / name).stat().st_size}
+        for name in (SPOOL_NAME, SPOOL_INDEX_NAME)
+    ]
+
+
 def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray]) -> None:
     with open(tmp / "files.jsonl", "w", encoding="utf-8") as out:
         for rec in records:
@@ -207,12 +249,3 @@ def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray
     values = np.concatenate(frame_rms) if frame_rms else np.zeros(0, np.float32)
     np.save(tmp / "frame_rms.npy", values.astype(np.float32))
     np.save(tmp / "frame_lengths.npy", lengths)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    part = path.with_name(path.name + ".tmp")
-    with open(part, "w", encoding="utf-8") as f:
-        json.dump(obj, f, sort_keys=True, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)

@@ -7,9 +7,9 @@
 
 Readers never glob `shards/`: a shard belongs to the output only if index.json lists it,
 which keeps stale or foreign tars in the folder out of training and evaluation. Fields:
-`format_version`, `code_version`, `input`, `config`, `config_digest`, `sample_rate`,
-`segment_samples`, `scan_only`, `totals`, and `shards`: one `{name, split, samples,
-bytes, sha256}` per shard, in name order.
+`format_version`, `code_version`, `input`, `input_digest`, `config`, `config_digest`,
+`sample_rate`, `segment_samples`, `scan_only`, `totals`, and `shards`: one `{name, split,
+samples, bytes, sha256}` per shard, in name order.
 """
 
 from __future__ import annotations

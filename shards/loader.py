@@ -39,7 +39,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from shards.format import ShardFormatError, decode_sample
-from shards.reader import iter_raw_samples
+from shards.reader import iter_raw_samples, shard_name
 
 # After this many consecutive shard reads or sample decodes without one good sample, the
 # data is not "partly corrupt" any more and training must stop with a clear message.
@@ -126,7 +126,7 @@ def read_shards(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator[di
         yielded = 0
         try:
             for members in iter_raw_samples(url):
-                members["__shard__"] = Path(url).name
+                members["__shard__"] = shard_name(url)
                 yielded += 1
                 yield members
         except (ShardFormatError, OSError) as exc:
@@ -353,7 +353,7 @@ def val_batches(
     index = 0
     current, samples = -1, []
     for path in paths:
-        shard = Path(path).name
+        shard = shard_name(path)
         raw = iter_raw_samples(path)
         while True:
             try:

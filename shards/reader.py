@@ -1,14 +1,33 @@
-"""Reading shards back as decoded samples, with errors that name shard and key."""
+"""Reading shards back as decoded samples, with errors that name shard and key.
+
+A shard is named by a path or by a URL as webdataset takes it (`webdataset.gopen`):
+`file:/data/train-000000.tar`, `pipe:aws s3 cp s3://bucket/train-000000.tar -`,
+`https://host/train-000000.tar` (via curl), so a cluster can train from object storage
+with the same reader; tar members are streamed, never seeked.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import webdataset as wds
+
 from shards.format import ShardFormatError, decode_sample
+
+_TAR_NAME = re.compile(r"[^/\s'\"]+\.tar\w*")
+
+
+def shard_name(url: str | os.PathLike) -> str:
+    """The shard's file name in a path or URL, for messages: `pipe:curl -s
+    https://h/b/train-000003.tar` → `train-000003.tar`; the whole URL if none is visible."""
+    text = os.fspath(url)
+    names = _TAR_NAME.findall(text)
+    return names[-1] if names else Path(text).name or text
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -24,13 +43,17 @@ def split_member_name(name: str) -> tuple[str, str]:
 def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
     """Group one tar's members by key, in file order, without decoding.
 
-    Raises ShardFormatError naming the shard and the last key read when the tar is
-    truncated or corrupt.
+    `path` is a local path or a webdataset URL (`file:`, `pipe:`, `http(s):`). Raises
+    ShardFormatError naming the shard and the last key read when the tar is truncated or
+    corrupt, or the URL cannot be read (a `pipe:` command's exit status included).
     """
-    shard = Path(path).name
+    shard = shard_name(path)
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with (
+            wds.gopen(os.fspath(path), "rb") as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
             for info in tar:
                 if not info.isfile():
                     continue
@@ -53,8 +76,10 @@ def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
         if isinstance(exc, ShardFormatError):
             raise
         last = current["__key__"] if current else "<none>"
+        url = os.fspath(path)
+        where = f" ({url})" if re.match(r"^[a-z]+:", url) else ""
         raise ShardFormatError(
-            f"{shard}: unreadable tar after sample {last!r}: {type(exc).__name__}: {exc}"
+            f"{shard}{where}: unreadable tar after sample {last!r}: {type(exc).__name__}: {exc}"
         ) from exc
     if current is not None:
         yield current
@@ -68,6 +93,6 @@ def read_samples(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for path in paths:
-        shard = Path(path).name
+        shard = shard_name(path)
         for members in iter_raw_samples(path):
             yield decode_sample(members, shard=shard)

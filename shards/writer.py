@@ -21,6 +21,11 @@ from shards.format import DEFAULT_AUDIO_ENCODING, encode_sample
 
 # A fixed mtime (and fixed user/group) makes tar bytes depend only on the samples.
 _TAR_MTIME = 0.0
+# Every tar member starts with three 512-byte blocks: the float mtime above makes tarfile
+# write a PAX extended header (a header block and a data block) before the ustar header.
+# The member's data is then padded to whole blocks, and the archive to 10 KiB records.
+TAR_BLOCK = 512
+TAR_MEMBER_HEADER_BYTES = 3 * TAR_BLOCK
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess import diagnose, kernels
 from preprocess.config import load_config
-from preprocess.whatif import (
+from preprocess.diagnose import cli
+from preprocess.diagnose.findings import diagnose_output
+from preprocess.diagnose.report import plain, report_for_output, split_warning
+from preprocess.diagnose.whatif import (
     masked_segments,
     padding_curve,
     parse_what_if,
     recommend_segment_seconds,
 )
+from preprocess.measure import kernels
 from tests.conftest import preprocess, read_jsonl, run_cmd
 
 WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
@@ -129,8 +132,6 @@ def test_report_has_the_three_scenarios_each_with_a_verdict(diagnosed):
 
 
 def plain_line(md_line: str) -> str:
-    from preprocess.report import plain
-
     return plain(md_line[2:])
 
 
@@ -271,7 +272,7 @@ def test_diagnosing_an_output_decodes_no_audio(diagnosed, monkeypatch, tmp_path)
 
     for name in ("read", "info", "SoundFile", "blocks"):
         monkeypatch.setattr(soundfile, name, refuse)
-    path = diagnose.report_for_output(diagnosed["out"], report_dir=tmp_path / "r")
+    path = report_for_output(diagnosed["out"], report_dir=tmp_path / "r")
     assert path == tmp_path / "r" / "report.md" and path.stat().st_size > 1000
 
 
@@ -304,11 +305,28 @@ def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tm
         return {}
 
     monkeypatch.setattr(preprocess.pipeline, "run_pipeline", fake_run_pipeline)
-    assert diagnose.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
+    assert cli.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
     (root, work, cfg, kw) = calls[0]
     assert work == tmp_path / "raw.diagnose" and root == corpus
     assert kw["scan_only"] is True and kw["workers"] == 1 and cfg.segment_seconds == 2.0
     assert (work / "report" / "report.md").is_file()
     # A real OUT with shards is never overwritten by a scan.
-    assert diagnose.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
+    assert cli.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
     assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False
+
+
+def test_report_states_the_split_and_warns_when_val_is_smaller_than_asked(diagnosed):
+    index = json.loads((diagnosed["out"] / "index.json").read_text(encoding="utf-8"))
+    val = index["totals"]["splits"]["val"]
+    assert "## Train/val split" in diagnosed["md"]
+    row = md_row(diagnosed["md"], "val")
+    assert row[1:4] == [str(val["files"]), str(val["groups"]), str(val["segments"])]
+    assert row[-1] == "5.0 %"
+    # 1.5 minutes of audio cannot give min_val_seconds (300 s): said in report and terminal.
+    assert "**Warning:** val is smaller than asked" in diagnosed["md"]
+    assert "warning: val is smaller than asked" in diagnosed["stdout"]
+    f = diagnose_output(diagnosed["out"])
+    f.cfg = f.cfg.replace(min_val_seconds=0.0)
+    assert split_warning(f) is None
+    f.splits = {**f.splits, "val": {**val, "fraction": 0.01}}
+    assert "1.0 % of the kept hours for an asked 5.0 %" in split_warning(f)

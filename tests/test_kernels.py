@@ -1,4 +1,4 @@
-"""Specification of preprocess.kernels: each kernel against a plain-numpy reference, plus
+"""Specification of preprocess.measure.kernels: each kernel against a plain-numpy reference, plus
 the behaviour the decision policy relies on (docs/CONTRACTS.md, docs/KERNELS.md)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import butter, lfilter, sosfilt, sosfilt_zi
 
-from preprocess.kernels import (
+from preprocess.measure.kernels import (
     ClipState,
     HighPass,
     active_frames,

@@ -1,4 +1,4 @@
-"""Specification of preprocess.loudness: BS.1770-4 integrated loudness, streamed, equal to
+"""Specification of preprocess.measure.loudness: BS.1770-4 integrated loudness, streamed, equal to
 pyloudnorm's; and the activity-selected gating the pipeline normalises with."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pyloudnorm
 import pytest
 from scipy.signal import lfilter
 
-from preprocess.kernels import HighPass, active_frames, frame_rms_peak, rms_db
-from preprocess.loudness import (
+from preprocess.measure.kernels import HighPass, active_frames, frame_rms_peak, rms_db
+from preprocess.measure.loudness import (
     KWeighting,
     LoudnessMeter,
     active_blocks,

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shards import read_samples
 from tests.conftest import REPO, preprocess, read_jsonl
@@ -205,3 +206,34 @@ def test_stats_store_aligns_with_files_jsonl(synth_out):
             assert abs(n * 0.02 - r["seconds"]) < 0.05
             rms = stats["frame_values"][offs[i] : offs[i + 1]]
             assert np.isfinite(rms).all()
+
+
+def test_index_states_each_split_and_val_lands_within_one_group(synth_out):
+    """totals.splits holds files, groups, hours and the share asked vs achieved; val is
+    whole speaker folders, within one folder of its target, none shared with train."""
+    from preprocess.split import val_target_seconds
+
+    index = json.loads((synth_out / "index.json").read_text())
+    records = read_jsonl(synth_out / "files.jsonl")
+    splits = index["totals"]["splits"]
+    kept = [r for r in records if r["status"] == "kept"]
+    groups: dict[str, set[str]] = defaultdict(set)
+    for r in kept:
+        groups[r["path"].split("/")[0]].add(r["split"])
+    assert all(len(s) == 1 for s in groups.values()), "a speaker folder is in both splits"
+    for split in ("train", "val"):
+        rs = [r for r in kept if r["split"] == split]
+        s = splits[split]
+        assert s["files"] == len(rs) and s["files"] > 0
+        assert s["groups"] == sum(1 for g in groups.values() if split in g)
+        assert s["hours"] == pytest.approx(sum(r["seconds"] for r in rs) / 3600, abs=1e-5)
+    assert splits["val"]["asked_fraction"] == 0.05
+    assert splits["val"]["fraction"] + splits["train"]["fraction"] == pytest.approx(1.0)
+    # Planned on header hours of decodable, non-duplicate files: the same per folder here.
+    planned = defaultdict(float)
+    for r in records:
+        if r["reason"] not in ("duplicate", "corrupt", "not_audio", "unsupported_format"):
+            planned[r["path"].split("/")[0]] += r["seconds"] or 0.0
+    target = val_target_seconds(sum(planned.values()), 0.05, index["config"]["min_val_seconds"])
+    val_planned = sum(v for g, v in planned.items() if "val" in groups.get(g, ()))
+    assert abs(val_planned - target) <= max(planned.values())

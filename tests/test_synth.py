@@ -16,8 +16,13 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from preprocess import synth
-from preprocess.speech import espeak_available, speech
+from preprocess.synth.classes import CLASSES
+from preprocess.synth.cli import main as synth_main
+from preprocess.synth.corpus import config_path, prepare_output
+from preprocess.synth.render import encode
+from preprocess.synth.spec import CLEAN_FORMATS, CLEAN_SECONDS, SAMPLE_RATES, FileSpec
+from preprocess.synth.speech import espeak_available, speech
+from preprocess.synth.truth import TRUTH_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = ["--minutes", "1", "--engine", "procedural", "--no-progress"]
@@ -79,8 +84,17 @@ def corpus(cli_run) -> tuple[Path, list[dict]]:
 
 
 def run_in_process(out: Path, seed: int) -> Path:
-    assert synth.main([str(out), "--seed", str(seed), *ARGS]) == 0
+    assert synth_main([str(out), "--seed", str(seed), *ARGS]) == 0
     return out
+
+
+def test_each_fault_class_has_one_registry_entry_with_its_decision_and_renderer():
+    assert list(CLASSES) == list(EXPECTED)
+    for name, fault in CLASSES.items():
+        assert (fault.status, fault.reason) == EXPECTED[name]
+        # Only byte copies have no renderer; corpus-level classes have no planner of their own.
+        assert (fault.render is None) == (name == "duplicate")
+        assert (fault.plan is None) == (name in ("clean", "duplicate", "not_audio"))
 
 
 def test_same_seed_gives_byte_identical_files_and_truth(corpus, tmp_path):
@@ -113,7 +127,7 @@ def test_truth_lists_every_file_once_sorted_and_nothing_else(corpus):
     paths = [t["path"] for t in truth]
     assert paths == sorted(paths) == files_under(out)
     assert len(set(paths)) == len(paths)
-    assert all(list(t) == list(synth.TRUTH_FIELDS) for t in truth)
+    assert all(list(t) == list(TRUTH_FIELDS) for t in truth)
     assert not any(p.name.endswith(".truth.jsonl") for p in out.rglob("*"))
 
 
@@ -136,9 +150,9 @@ def test_clean_speech_is_most_of_the_audio_in_every_format(corpus):
     clean = of_class(truth, "clean")
     seconds = sum(t["seconds"] for t in clean)
     assert seconds > 0.5 * sum(t["seconds"] or 0 for t in truth)
-    assert all(synth.CLEAN_SECONDS[0] <= t["seconds"] <= synth.CLEAN_SECONDS[1] for t in clean)
-    assert {(t["format"], t["subtype"]) for t in clean} == set(synth.CLEAN_FORMATS)
-    assert {t["sample_rate"] for t in clean} == set(synth.SAMPLE_RATES)
+    assert all(CLEAN_SECONDS[0] <= t["seconds"] <= CLEAN_SECONDS[1] for t in clean)
+    assert {(t["format"], t["subtype"]) for t in clean} == set(CLEAN_FORMATS)
+    assert {t["sample_rate"] for t in clean} == set(SAMPLE_RATES)
     assert {t["channels"] for t in clean} == {1, 2}
 
 
@@ -276,14 +290,12 @@ def test_broken_and_non_audio_files_do_not_open(corpus):
 
 
 def test_libsndfile_clock_bytes_are_rewritten():
-    spec = synth.FileSpec("clean", 0, "OGG", "VORBIS", 16000, 1)
+    ogg = FileSpec("clean", 0, "OGG", "VORBIS", 16000, 1)
     audio = 0.1 * np.sin(np.arange(16000) / 10.0)[:, None]
-    a, b = (synth.encode(audio, spec, np.random.default_rng(1)) for _ in range(2))
+    a, b = (encode(audio, ogg, np.random.default_rng(1)) for _ in range(2))
     assert a == b
     assert sf.read(io.BytesIO(a))[0].shape == (16000,)  # the page checksums are valid
-    wav = synth.encode(
-        audio, synth.FileSpec("clean", 0, "WAV", "FLOAT", 16000, 1), np.random.default_rng(1)
-    )
+    wav = encode(audio, FileSpec("clean", 0, "WAV", "FLOAT", 16000, 1), np.random.default_rng(1))
     peak = wav.index(b"PEAK")
     assert wav[peak + 12 : peak + 16] == b"\0\0\0\0"
 
@@ -293,12 +305,12 @@ def test_refuses_to_write_into_a_non_empty_directory(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(SystemExit, match="not empty"):
-        synth.main([str(out), *ARGS])
+        synth_main([str(out), *ARGS])
     with pytest.raises(SystemExit, match="not a synth corpus"):
-        synth.main([str(out), "--overwrite", *ARGS])
+        synth_main([str(out), "--overwrite", *ARGS])
     assert (out / "mine.txt").read_text() == "keep me"
-    synth.config_path(out).write_text("{}")  # an earlier synth run: replaceable
-    synth.prepare_output(out, overwrite=True)
+    config_path(out).write_text("{}")  # an earlier synth run: replaceable
+    prepare_output(out, overwrite=True)
     assert out.is_dir() and not any(out.iterdir())
 
 
@@ -322,7 +334,7 @@ def test_espeak_speech_is_deterministic_telugu_speech():
 def test_forcing_a_missing_espeak_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SystemExit, match="espeak"):
-        synth.main([str(tmp_path / "c"), "--engine", "espeak"])
+        synth_main([str(tmp_path / "c"), "--engine", "espeak"])
 
 
 def assert_speech_like(x: np.ndarray, sample_rate: int) -> None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from preprocess import kernels
 from preprocess.config import PreprocessConfig
-from preprocess.scan import FileAnalysis
-from preprocess.spool import SampleSpool
+from preprocess.measure import kernels
+from preprocess.measure.scan import FileAnalysis
+from preprocess.measure.spool import SampleSpool
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 if TYPE_CHECKING:
-    from preprocess.report import Findings
-    from preprocess.whatif import PaddingCurve
+    from preprocess.diagnose.findings import Findings
+    from preprocess.diagnose.whatif import PaddingCurve
 
 FLOOR_DB = -140.0  # where −inf dBFS (all-zero files) is drawn
 _DPI = 110
@@ -194,8 +194,8 @@ def plot_activity(
 
 def write_plots(f: Findings, directory: Path) -> list[Path]:
     """All figures of the report into `directory`."""
-    from preprocess.report import FRAME_DB_BINS
-    from preprocess.whatif import ORIGINAL_SEGMENT_SECONDS
+    from preprocess.diagnose.findings import FRAME_DB_BINS
+    from preprocess.diagnose.whatif import ORIGINAL_SEGMENT_SECONDS
 
     directory.mkdir(parents=True, exist_ok=True)
     cfg, m = f.cfg, f.measured
@@ -237,4 +237,65 @@ def write_plots(f: Findings, directory: Path) -> list[Path]:
             FRAME_DB_BINS,
             directory / "active_fraction.png",
         ),
+        plot_quality(
+            [r.get("snr_db") for r in m],
+            {k: [r.get(f"dnsmos_{k}") for r in m] for k in ("sig", "bak", "ovrl")},
+            cfg.min_snr_db,
+            cfg.min_dnsmos_ovrl,
+            directory / "quality.png",
+        ),
     ]
+
+
+def plot_quality(
+    snr_db: Sequence[float | None],
+    dnsmos: dict[str, Sequence[float | None]],
+    min_snr_db: float,
+    min_ovrl: float,
+    path: Path,
+) -> Path:
+    """Per-file speech SNR, and DNSMOS SIG/BAK/OVRL when the run scored them."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    s = np.asarray([x for x in snr_db if x is not None], dtype=float)
+    if s.size:
+        lo, hi = math.floor(min(s.min(), 0.0) / 5) * 5, math.ceil(max(s.max(), 40.0) / 5) * 5
+        axes[0].hist(s, bins=np.arange(lo, hi + 2.5, 2.5), color="#4c72b0", edgecolor="white")
+    else:
+        _no_data(axes[0])
+    if min_snr_db > -20.0:  # the estimate's floor: a lower threshold is "off"
+        _vline(axes[0], min_snr_db, f"min SNR {min_snr_db:g} dB (noisy)", "#c44e52")
+        axes[0].legend(fontsize=8)
+    axes[0].set_xlabel("speech SNR, active frames vs pauses above 80 Hz (dB)")
+    axes[0].set_ylabel("files")
+    axes[0].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    colors = {"sig": "#55a868", "bak": "#8172b2", "ovrl": "#4c72b0"}
+    drawn = False
+    for key, values in dnsmos.items():
+        v = np.asarray([x for x in values if x is not None], dtype=float)
+        if v.size:
+            axes[1].hist(
+                v,
+                bins=np.arange(1.0, 5.01, 0.125),
+                histtype="step",
+                color=colors[key],
+                linewidth=1.5,
+                label=key.upper(),
+            )
+            drawn = True
+    if drawn:
+        if min_ovrl > 0:
+            _vline(axes[1], min_ovrl, f"min OVRL {min_ovrl:g} (low_quality)", "#c44e52")
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].text(
+            0.5,
+            0.5,
+            "DNSMOS not scored\n(--quality dnsmos)",
+            ha="center",
+            va="center",
+            transform=axes[1].transAxes,
+        )
+    axes[1].set_xlabel("DNSMOS P.835 (1–5)")
+    axes[1].set_ylabel("files")
+    fig.suptitle("Quality: noise floor and perceived quality")
+    return _save(fig, path)

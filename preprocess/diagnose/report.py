@@ -1,9 +1,9 @@
-"""The diagnosis as words: findings per scenario, verdicts, report.md and the terminal summary.
+"""The diagnosis as words: verdicts per scenario, report.md, the terminal summary, file lists.
 
-The original diagnosis (shared/original-diagnosis.md) was a flowchart of guesses: "if
-debug shows > 30 % padding … if range < 0.01 … if RMS < 0.001". This module answers each
-branch with a measurement over files.jsonl and states what our pipeline does about it,
-and every count links to a TSV of the files behind it, so a user can go and listen.
+The original diagnosis was a flowchart of guesses: "if debug shows > 30 % padding … if
+range < 0.01 … if RMS < 0.001" (docs/DIAGNOSE.md quotes it). This module answers each
+branch with a measurement (`Findings`, from files.jsonl) and states what our pipeline does
+about it, and every count links to a TSV of the files behind it, so a user can go and listen.
 """
 
 from __future__ import annotations
@@ -12,28 +12,20 @@ import dataclasses
 import heapq
 import math
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from preprocess.config import PreprocessConfig
-from preprocess.policy import REASONS
-from preprocess.whatif import (
-    INTEGRITY_REASONS,
-    ORIGINAL_SEGMENT_SECONDS,
-    Outcome,
-    PaddingCurve,
-)
+from preprocess.diagnose.findings import SILENCE_REASONS, Findings, Links, diagnose_output
+from preprocess.diagnose.whatif import ORIGINAL_SEGMENT_SECONDS, UNDECODABLE_REASONS
+from preprocess.measure.policy import REASONS
 
 FLOWCHART_PADDING = 0.30  # "If debug shows > 30 % padding" (scenario A)
 DC_NOTABLE = 0.01  # |mean| above −40 dBFS is worth a look; kept files have it removed anyway
-SILENCE_REASONS = ("mostly_silent", "no_speech", "silent")  # scenario C
-FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
 CURVE_TABLE_SECONDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 LIST_ALL_CAP = 500  # rows of an "all of them" table in report.md; the TSV has every file
 
@@ -81,113 +73,6 @@ def plain(markdown: str) -> str:
     """Markdown → terminal text: links become their label, emphasis and backticks go."""
     text = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", markdown)
     return text.replace("**", "").replace("`", "")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
-
-
-# ---------------------------------------------------------------------------------------
-# Findings: everything the report says, computed once
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Links:
-    """Each count in the report links to `files/<name>.tsv`, the files behind it."""
-
-    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def count(self, name: str, records: Sequence[dict[str, Any]]) -> str:
-        name = _slug(name)
-        self.lists[name] = list(records)
-        return f"[{len(records)}](files/{name}.tsv)"
-
-    def files(self, name: str, records: Sequence[dict[str, Any]]) -> str:
-        """`[3](…) files` / `[1](…) file`: a linked count with its noun."""
-        return self.count(name, records) + (" file" if len(records) == 1 else " files")
-
-
-@dataclass
-class Findings:
-    """The measured answers to the original flowchart, plus what-ifs and top-N lists."""
-
-    source: str  # the corpus the records describe
-    out: Path
-    cfg: PreprocessConfig  # the config of the run, with the report's segment length
-    records: list[dict[str, Any]]
-    curve: PaddingCurve
-    recommended: float  # our way (masked)
-    recommended_naive: float  # the original way, for comparison
-    outcomes: list[Outcome]  # current config first
-    mismatches: list[str]  # paths where re-deciding the current config disagrees
-    frame_hist: np.ndarray | None  # [2, bins]: kept files, silence/noise files
-    top: int
-    max_padding: float
-    links: Links = field(default_factory=Links)
-
-    @cached_property
-    def decodable(self) -> list[dict[str, Any]]:
-        """Every file that decodes: what the original training would have padded."""
-        return [
-            r
-            for r in self.records
-            if r["reason"] not in ("corrupt", "not_audio", "unsupported_format")
-            and (r["seconds"] or 0) > 0
-        ]
-
-    @cached_property
-    def measured(self) -> list[dict[str, Any]]:
-        """Files the threshold rules looked at (integrity checks passed)."""
-        return [
-            r
-            for r in self.records
-            if r["reason"] not in INTEGRITY_REASONS and r["peak"] is not None
-        ]
-
-    @cached_property
-    def _reason_groups(self) -> dict[str, list[dict[str, Any]]]:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in self.records:
-            groups.setdefault(r["reason"], []).append(r)
-        return groups
-
-    def by_reason(self, *reasons: str) -> list[dict[str, Any]]:
-        """Files with any of these reasons, in files.jsonl (path) order."""
-        if len(reasons) == 1:
-            return list(self._reason_groups.get(reasons[0], []))
-        return [r for r in self.records if r["reason"] in reasons]
-
-
-def frame_level_histograms(
-    values: Any, offsets: np.ndarray, group: np.ndarray, chunk: int = 1 << 22
-) -> np.ndarray:
-    """Histogram of per-frame RMS in dBFS for file groups 0 and 1 (−1: not counted).
-
-    Reads the ragged frame store in chunks, so memory stays bounded on a big corpus.
-    """
-    hist = np.zeros((2, FRAME_DB_BINS.size - 1), dtype=np.int64)
-    total = int(offsets[-1]) if offsets.size else 0
-    for start in range(0, total, chunk):
-        stop = min(total, start + chunk)
-        v = np.asarray(values[start:stop], dtype=np.float64)
-        owner = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
-        g = group[owner]
-        db = np.clip(20.0 * np.log10(np.maximum(v, 1e-7)), -119.0, 1.0)
-        for k in (0, 1):
-            hist[k] += np.histogram(db[g == k], bins=FRAME_DB_BINS)[0]
-    return hist
-
-
-def frame_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
-    """0 for kept files, 1 for files rejected as silence/noise/dead, −1 otherwise."""
-    out = np.full(len(records), -1, dtype=np.int8)
-    for i, r in enumerate(records):
-        if r["status"] == "kept":
-            out[i] = 0
-        elif r["reason"] in (*SILENCE_REASONS, "quiet"):
-            out[i] = 1
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,6 +196,10 @@ def _file_row(r: dict[str, Any], *cols: str) -> list[Any]:
         "reason": lambda r: f"{r['status']}/{r['reason']}",
         "detail": lambda r: r["detail"] or "",
         "duplicate_of": lambda r: f"`{r['duplicate_of']}`",
+        "snr_db": lambda r: num(r.get("snr_db")),
+        "dnsmos_ovrl": lambda r: num(r.get("dnsmos_ovrl"), ".2f"),
+        "dnsmos_sig": lambda r: num(r.get("dnsmos_sig"), ".2f"),
+        "dnsmos_bak": lambda r: num(r.get("dnsmos_bak"), ".2f"),
     }
     return [f"`{r['path']}`", *(fmt[c](r) for c in cols)]
 
@@ -327,6 +216,10 @@ _HEADERS = {
     "reason": "decision",
     "detail": "error / detail",
     "duplicate_of": "duplicate of",
+    "snr_db": "SNR dB",
+    "dnsmos_ovrl": "DNSMOS OVRL",
+    "dnsmos_sig": "SIG",
+    "dnsmos_bak": "BAK",
 }
 
 
@@ -371,6 +264,53 @@ def section_decisions(f: Findings) -> str:
         )
     rows.append(["**total**", "", f.links.count("all", f.records), hours(total_h), ""])
     return "## Decisions\n\n" + md_table(["reason", "status", "files", "hours", "of hours"], rows)
+
+
+def split_warning(f: Findings) -> str | None:
+    """Why val is smaller than asked (share of kept hours, or min_val_seconds); else None.
+
+    A tenth below the asked share is allowed: val is whole groups, and the planner measures
+    header hours before the policy rejects any file."""
+    val = (f.splits or {}).get("val")
+    if not val or "fraction" not in val:
+        return None
+    asked = val["asked_fraction"]
+    val_s = val["hours"] * 3600.0
+    if asked and val["files"] == 0:
+        return f"no validation split (asked {pct(asked)})"
+    short_share = asked is not None and val["fraction"] < 0.9 * asked
+    short_time = asked != 0 and val_s < f.cfg.min_val_seconds
+    reasons = []
+    if short_share:
+        reasons.append(f"{pct(val['fraction'])} of the kept hours for an asked {pct(asked)}")
+    if short_time:
+        reasons.append(
+            f"{val_s:.0f} s in {val['groups']} groups, under min_val_seconds = "
+            f"{f.cfg.min_val_seconds:g} s"
+        )
+    return "val is smaller than asked: " + "; ".join(reasons) if reasons else None
+
+
+def section_split(f: Findings) -> str:
+    """Files, groups and hours per split, the share achieved next to the share asked."""
+    head = f"## Train/val split\n\nSplit by `{f.cfg.split_by}`; whole groups never straddle it."
+    if not f.splits or "groups" not in f.splits.get("val", {}):
+        return head + " (index.json predates per-group split totals.)"
+    rows = [
+        [
+            split,
+            s["files"],
+            s["groups"],
+            s["segments"],
+            hours(s["hours"]),
+            pct(s["fraction"]),
+            "given" if s["asked_fraction"] is None else pct(s["asked_fraction"]),
+        ]
+        for split, s in f.splits.items()
+    ]
+    table = md_table(["split", "files", "groups", "segments", "hours", "share", "asked"], rows)
+    warning = split_warning(f)
+    return "\n\n".join([head, table] + ([f"**Warning:** {warning}."] if warning else []))
 
 
 def section_a(f: Findings) -> str:
@@ -528,7 +468,7 @@ def section_integrity(f: Findings) -> str:
         top_table(
             f,
             "Corrupt and non-audio files",
-            f.by_reason("corrupt", "not_audio", "unsupported_format"),
+            f.by_reason(*UNDECODABLE_REASONS),
             lambda r: 0,
             ["reason", "detail"],
             limit=0,
@@ -595,7 +535,7 @@ def section_what_if(f: Findings) -> str:
     return "\n\n".join(
         [
             "## What-if: other thresholds",
-            "Decisions re-made by `preprocess.policy.decide_measured` from files.jsonl "
+            "Decisions re-made by `preprocess.measure.policy.decide_measured` from files.jsonl "
             '(no decoding). `--what-if "min_seconds=0.5,min_rms=0.0005"` uses the original '
             "filter's names (→ `original_min_*`, preset original); any config field works "
             "(`--what-if min_active_fraction=0.1`); `--what-if original` is the preset.",
@@ -618,6 +558,13 @@ def section_what_if(f: Findings) -> str:
     )
 
 
+def section_quality(f: Findings) -> str:
+    """The quality section lives in its own module (it imports this one's helpers)."""
+    from preprocess.diagnose.quality import section_quality as section
+
+    return section(f)
+
+
 # ---------------------------------------------------------------------------------------
 # Documents
 # ---------------------------------------------------------------------------------------
@@ -636,11 +583,13 @@ def render_markdown(f: Findings) -> str:
     ]
     body = [
         section_decisions(f),
+        section_split(f),
         section_a(f),
         section_b(f),
         section_c(f),
         section_integrity(f),
         section_what_if(f),
+        section_quality(f),
     ]
     return "\n\n".join(head + body) + "\n"
 
@@ -664,6 +613,16 @@ def render_terminal(f: Findings, report_path: Path | None = None) -> str:
             f"{o.label:<{w}}{o.files_kept:>6}{o.hours_kept:>12.3f}{o.valid_hours:>13.3f}"
             f"{o.segments:>10}"
         )
+    if f.splits and "groups" in f.splits.get("val", {}):
+        lines.append("")
+        for split, s in f.splits.items():
+            lines.append(
+                f"{split}: {s['files']} files in {s['groups']} groups, {s['hours']:.3f} h "
+                f"({pct(s['fraction'])} of kept hours)"
+            )
+        warning = split_warning(f)
+        if warning:
+            lines.append(f"warning: {warning}")
     if f.mismatches:
         lines.append(f"note: re-deciding differs from files.jsonl for {len(f.mismatches)} files")
     if report_path is not None:
@@ -687,6 +646,8 @@ def write_file_lists(links: Links, directory: Path, root: str) -> None:
         "dc",
         "duplicate_of",
         "detail",
+        "snr_db",
+        "dnsmos_ovrl",
     )
     lines: dict[int, str] = {}  # one formatted line per record, shared by every list
 
@@ -702,3 +663,34 @@ def write_file_lists(links: Links, directory: Path, root: str) -> None:
         with open(directory / f"{name}.tsv", "w", encoding="utf-8", newline="\n") as out:
             out.write("\t".join((*cols, "file")) + "\n")
             out.writelines(line(r) + "\n" for r in records)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the report
+# ---------------------------------------------------------------------------------------
+
+
+def write_report(f: Findings, report_dir: Path) -> Path:
+    """report.md, summary.txt, the PNGs and files/*.tsv into `report_dir`; returns report.md."""
+    from preprocess.diagnose.plots import write_plots  # matplotlib only when drawing
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(report_dir / "files", ignore_errors=True)  # lists of an earlier report
+    path = report_dir / "report.md"
+    path.write_text(render_markdown(f), encoding="utf-8")
+    write_file_lists(f.links, report_dir / "files", f.source)
+    write_plots(f, report_dir)
+    (report_dir / "summary.txt").write_text(render_terminal(f, path) + "\n", encoding="utf-8")
+    return path
+
+
+def report_for_output(
+    out: Path,
+    segment_seconds: float | None = None,
+    report_dir: Path | None = None,
+    **options: Any,
+) -> Path:
+    """Write the report for a preprocess OUT (default `OUT/report/`); never decodes audio.
+    `options` are diagnose_output's what_ifs, top and max_padding."""
+    f = diagnose_output(Path(out), segment_seconds, **options)
+    return write_report(f, Path(report_dir) if report_dir else Path(out) / "report")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 from preprocess.config import PreprocessConfig
-from preprocess.scan import FileAnalysis
+from preprocess.measure.scan import FileAnalysis
 
-REJECT_REASONS = (
+_DECODE_REASONS = (
     "not_audio",
     "unsupported_format",
     "corrupt",
@@ -27,8 +26,14 @@ REJECT_REASONS = (
     "mostly_silent",
     "clipped",
 )
+# Decided while listing the input, before any byte of the file is read (docs/CONTRACTS.md).
+LISTING_REASONS = ("bad_name", "not_regular_file", "broken_link", "symlink_loop", "unreadable")
+# Thresholds on the quality scores (preprocess.measure.quality); off by default.
+QUALITY_REASONS = ("noisy", "low_quality")
+REJECT_REASONS = _DECODE_REASONS + QUALITY_REASONS + LISTING_REASONS
 KEEP_REASONS = ("ok", "normalized")
-REASONS = REJECT_REASONS + KEEP_REASONS
+# stats.zarr stores a reason as its index here: new codes are appended, old ones keep theirs.
+REASONS = _DECODE_REASONS + KEEP_REASONS + LISTING_REASONS + QUALITY_REASONS
 
 
 @dataclass(frozen=True)
@@ -67,25 +72,14 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
         )
     if a.nonfinite:
         return reject("nonfinite", "NaN or Inf samples in the decoded audio")
-    return decide_measured(a, cfg)
-
-
-class Measured(Protocol):
-    """The scalar measurements threshold rules use: a FileAnalysis or a files.jsonl record
-    (`Measurements.from_record`), so what-if questions need no decoding."""
-
-    seconds: float
-    peak: float
-    peak_without_dc: float
-    rms: float
-    active_seconds: float
-    active_fraction: float
-    clipped_fraction: float
-    loudness_lufs: float
+    return decide_measured(Measurements.from_analysis(a), cfg)
 
 
 @dataclass(frozen=True)
 class Measurements:
+    """The scalar measurements the threshold rules read: taken from a FileAnalysis when a
+    file is scanned, or from its files.jsonl line, so what-if questions need no decoding."""
+
     seconds: float
     peak: float
     peak_without_dc: float
@@ -94,6 +88,24 @@ class Measurements:
     active_fraction: float
     clipped_fraction: float
     loudness_lufs: float
+    snr_db: float | None = None  # None: not measured (an OUT from before quality scores)
+    dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
+
+    @classmethod
+    def from_analysis(cls, a: FileAnalysis) -> Measurements:
+        """From pass 1 of a file that decoded (integrity checks passed)."""
+        return cls(
+            seconds=a.seconds,
+            peak=a.peak,
+            peak_without_dc=a.peak_without_dc,
+            rms=a.rms,
+            active_seconds=a.active_seconds,
+            active_fraction=a.active_fraction,
+            clipped_fraction=a.clipped_fraction,
+            loudness_lufs=a.loudness_lufs,
+            snr_db=a.snr_db,
+            dnsmos_ovrl=a.dnsmos_ovrl,
+        )
 
     @classmethod
     def from_record(cls, rec: dict) -> Measurements:
@@ -112,10 +124,12 @@ class Measurements:
             active_fraction=f("active_fraction"),
             clipped_fraction=f("clipped_fraction"),
             loudness_lufs=f("loudness_lufs", -math.inf),
+            snr_db=rec.get("snr_db"),
+            dnsmos_ovrl=rec.get("dnsmos_ovrl"),
         )
 
 
-def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
+def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
     """The threshold rules, on measurements alone (integrity checks already passed)."""
     if cfg.preset == "original":
         return _decide_original(a, cfg)
@@ -139,12 +153,16 @@ def decide_measured(a: Measured, cfg: PreprocessConfig) -> Decision:
             f"{100 * a.clipped_fraction:.2f} % of samples clipped > "
             f"{100 * cfg.max_clipped_fraction:.2f} %",
         )
+    if a.snr_db is not None and a.snr_db < cfg.min_snr_db:
+        return reject("noisy", f"speech SNR {a.snr_db:.1f} dB < {cfg.min_snr_db} dB")
+    if a.dnsmos_ovrl is not None and a.dnsmos_ovrl < cfg.min_dnsmos_ovrl:
+        return reject("low_quality", f"DNSMOS OVRL {a.dnsmos_ovrl:.2f} < {cfg.min_dnsmos_ovrl}")
     gain_db = normalization_gain_db(a, cfg)
     reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
     return Decision("kept", reason, gain_db)
 
 
-def normalization_gain_db(a: Measured, cfg: PreprocessConfig) -> float:
+def normalization_gain_db(a: Measurements, cfg: PreprocessConfig) -> float:
     """Gain to `target_lufs`, capped so the DC-free sample peak stays ≤ `peak_limit_dbfs`."""
     if not cfg.normalize:
         return 0.0
@@ -154,7 +172,7 @@ def normalization_gain_db(a: Measured, cfg: PreprocessConfig) -> float:
     return min(cfg.target_lufs - a.loudness_lufs, headroom)
 
 
-def _decide_original(a: Measured, cfg: PreprocessConfig) -> Decision:
+def _decide_original(a: Measurements, cfg: PreprocessConfig) -> Decision:
     """The original filter: duration ≥ 1 s, RMS > 0.001, peak > 0.01; no normalisation."""
     if a.seconds < cfg.original_min_seconds:
         return reject("short", f"{a.seconds:.2f} s < {cfg.original_min_seconds} s")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess import kernels
-from preprocess.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
 from preprocess.config import PreprocessConfig
-from preprocess.loudness import LoudnessMeter, gated_loudness
-from preprocess.spool import SampleSpool
-from preprocess.stage_times import lap
+from preprocess.measure import kernels
+from preprocess.measure.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
+from preprocess.measure.loudness import LoudnessMeter, gated_loudness
+from preprocess.measure.quality import DnsmosScores, dnsmos_file, speech_snr_db
+from preprocess.measure.spool import SampleSpool
+from preprocess.measure.stage_times import lap
 
 _QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
 
@@ -42,6 +43,8 @@ class FileAnalysis:
     active: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     loudness_lufs: float = -math.inf
     frame_seconds: float = 0.02
+    snr_db: float | None = None  # preprocess.measure.quality.speech_snr_db
+    dnsmos: DnsmosScores | None = None  # only with cfg.quality == "dnsmos"
 
     @property
     def seconds(self) -> float:
@@ -79,6 +82,10 @@ class FileAnalysis:
     @property
     def active_fraction(self) -> float:
         return float(self.active.mean()) if self.active.size else 0.0
+
+    @property
+    def dnsmos_ovrl(self) -> float | None:
+        return self.dnsmos.ovrl if self.dnsmos else None
 
 
 class _FrameAccumulator:
@@ -167,6 +174,10 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     lap("speech")
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
     lap("loudness")
+    a.snr_db = speech_snr_db(frame_db, a.active)
+    if cfg.quality == "dnsmos" and a.active.any():
+        a.dnsmos = dnsmos_file(spool, a.active, cfg.frame_samples, cfg.dnsmos_max_windows)
+    lap("quality")
     return a
 
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from preprocess.kernels import sos_filter, sos_step
+from preprocess.measure.kernels import sos_filter, sos_step
 
 __all__ = [
     "KWeighting",

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from preprocess.stage_times import lap
+from preprocess.measure.stage_times import lap
 
 # Extensions we treat as audio even when libsndfile is too old to list them.
 _BASE_AUDIO_EXTENSIONS = {

@@ -1,6 +1,6 @@
 """Threshold what-ifs and the padding curve, as pure functions over files.jsonl records.
 
-Every threshold rule in `preprocess.policy` reads only the scalar measurements that
+Every threshold rule in `preprocess.measure.policy` reads only the scalar measurements that
 files.jsonl already holds, so "how many hours would I keep with min_rms=0.0005?" or "how
 much padding would 2 s segments add?" is answered in milliseconds, without decoding a
 single file. Decisions are re-made by `policy.decide_measured` itself — never a copy of
@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
-from preprocess.policy import Measurements, decide_measured
+from preprocess.measure.policy import LISTING_REASONS, Measurements, decide_measured
+from shards import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+# Files that never decoded: no duration to pad, no measurement to re-decide.
+UNDECODABLE_REASONS = ("corrupt", "not_audio", "unsupported_format")
 # Decided from bytes or decoding alone (plan, decode errors, NaN): thresholds cannot change them.
-INTEGRITY_REASONS = ("not_audio", "unsupported_format", "corrupt", "duplicate", "nonfinite")
-# The original filter's names for its three thresholds (original-diagnosis.md, Solution #2).
+INTEGRITY_REASONS = (*UNDECODABLE_REASONS, "duplicate", "nonfinite", *LISTING_REASONS)
+# The original filter's own names for its three thresholds (its "Solution #2").
 SHORT_NAMES = {
     "min_seconds": "original_min_seconds",
     "min_rms": "original_min_rms",
@@ -45,6 +47,8 @@ NEEDS_DECODING = frozenset(
         "clip_level",
         "clip_min_run",
         "extra_audio_extensions",
+        "quality",
+        "dnsmos_max_windows",
     }
 )
 ORIGINAL_SEGMENT_SECONDS = 2.0  # the original train_codec.py: "segment_length": 16000 * 2
@@ -153,18 +157,13 @@ def naive_padding(samples: np.ndarray, segment: int) -> tuple[int, int]:
     return int((total - samples).sum()), int(total.sum())
 
 
-def passes_thresholds(rec: dict[str, Any], cfg: PreprocessConfig) -> bool:
-    """Kept by the threshold rules, whatever the segment length (the padding curve's files)."""
+def decide_record(rec: dict[str, Any], cfg: PreprocessConfig) -> tuple[tuple[str, str], bool]:
+    """The (status, reason) the pipeline would give this record's file under `cfg`, and
+    whether the threshold rules alone keep it (before the segment rule)."""
     if rec["reason"] in INTEGRITY_REASONS:
-        return False
-    return decide_measured(Measurements.from_record(rec), cfg).kept
-
-
-def decide_record(rec: dict[str, Any], cfg: PreprocessConfig) -> tuple[str, str]:
-    """(status, reason) the pipeline would give this record's file under `cfg`."""
-    if rec["reason"] in INTEGRITY_REASONS:
-        return "rejected", rec["reason"]
-    return _after_segmenting(rec, cfg, decide_measured(Measurements.from_record(rec), cfg))
+        return ("rejected", rec["reason"]), False
+    d = decide_measured(Measurements.from_record(rec), cfg)
+    return _after_segmenting(rec, cfg, d), d.kept
 
 
 def _after_segmenting(rec: dict[str, Any], cfg: PreprocessConfig, d: Any) -> tuple[str, str]:
@@ -194,15 +193,9 @@ class Outcome:
 
 def outcome(label: str, records: Sequence[dict[str, Any]], cfg: PreprocessConfig) -> Outcome:
     """Re-decide every record under `cfg` (one policy call each) and total what is kept."""
-    decisions, passing = [], []
-    for r in records:
-        if r["reason"] in INTEGRITY_REASONS:
-            decisions.append(("rejected", r["reason"]))
-            passing.append(False)
-            continue
-        d = decide_measured(Measurements.from_record(r), cfg)
-        decisions.append(_after_segmenting(r, cfg, d))
-        passing.append(d.kept)
+    decided = [decide_record(r, cfg) for r in records]
+    decisions = [d for d, _ in decided]
+    passing = [ok for _, ok in decided]
     kept = [r for r, (status, _) in zip(records, decisions, strict=True) if status == "kept"]
     segs, valid = masked_segments(
         to_samples(r.get("trimmed_seconds") for r in kept),

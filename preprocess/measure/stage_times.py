@@ -24,6 +24,7 @@ STAGES = (
     "analysis",  # moments, frame RMS, clipping/non-finite checks, high-pass, spool
     "loudness",  # BS.1770 K-weighting meter and gating
     "speech",  # speech-activity mask
+    "quality",  # speech-band SNR and opt-in DNSMOS
     "segment",  # cut, DC/gain, pad, FLAC/npy encode
     "tar",  # shard part write (tar, sha256, fsync)
     "unit_io",  # unit stats, done.json, commit

@@ -1,0 +1,214 @@
+"""What the diagnosis measured, from a preprocess OUT: the `Findings` every report part reads.
+
+`diagnose_output` reads `files.jsonl`, `index.json` (through `shards.Index`) and
+`stats.zarr` — never the audio — and computes everything the report says once: the
+padding curve, the what-if outcomes, the re-decided mismatches and the per-frame level
+histograms. `report.py` turns Findings into words and `plots.py` into figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from preprocess.config import PreprocessConfig
+from preprocess.diagnose.whatif import (
+    INTEGRITY_REASONS,
+    ORIGINAL_SEGMENT_SECONDS,
+    UNDECODABLE_REASONS,
+    Outcome,
+    PaddingCurve,
+    outcome,
+    padding_curve,
+    recommend_segment_seconds,
+    segment_grid,
+    what_if_table,
+)
+from shards import INDEX_NAME, Index
+
+SILENCE_REASONS = ("mostly_silent", "no_speech", "silent")  # scenario C
+FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
+
+
+def is_output(path: Path) -> bool:
+    """A preprocess OUT (or a diagnosis scan) holds index.json and files.jsonl."""
+    return (path / INDEX_NAME).is_file() and (path / "files.jsonl").is_file()
+
+
+def config_from_index(index: Index) -> PreprocessConfig:
+    """The config a run used, back from index.json."""
+    return PreprocessConfig.from_dict(index.config)
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """files.jsonl, one dict per input file, in path order."""
+    with open(out / "files.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
+
+
+@dataclass
+class Links:
+    """Each count in the report links to `files/<name>.tsv`, the files behind it."""
+
+    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def count(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+        name = _slug(name)
+        self.lists[name] = list(records)
+        return f"[{len(records)}](files/{name}.tsv)"
+
+    def files(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+        """`[3](…) files` / `[1](…) file`: a linked count with its noun."""
+        return self.count(name, records) + (" file" if len(records) == 1 else " files")
+
+
+@dataclass
+class Findings:
+    """The measured answers to the original flowchart, plus what-ifs and top-N lists."""
+
+    source: str  # the corpus the records describe
+    out: Path
+    cfg: PreprocessConfig  # the config of the run, with the report's segment length
+    records: list[dict[str, Any]]
+    curve: PaddingCurve
+    recommended: float  # our way (masked)
+    recommended_naive: float  # the original way, for comparison
+    outcomes: list[Outcome]  # current config first
+    mismatches: list[str]  # paths where re-deciding the current config disagrees
+    frame_hist: np.ndarray | None  # [2, bins]: kept files, silence/noise files
+    top: int
+    max_padding: float
+    links: Links = field(default_factory=Links)
+    splits: dict[str, dict[str, Any]] | None = None  # index.json totals.splits
+
+    @cached_property
+    def decodable(self) -> list[dict[str, Any]]:
+        """Every file that decodes: what the original training would have padded."""
+        return [
+            r
+            for r in self.records
+            if r["reason"] not in UNDECODABLE_REASONS and (r["seconds"] or 0) > 0
+        ]
+
+    @cached_property
+    def measured(self) -> list[dict[str, Any]]:
+        """Files the threshold rules looked at (integrity checks passed)."""
+        return [
+            r
+            for r in self.records
+            if r["reason"] not in INTEGRITY_REASONS and r["peak"] is not None
+        ]
+
+    @cached_property
+    def _reason_groups(self) -> dict[str, list[dict[str, Any]]]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in self.records:
+            groups.setdefault(r["reason"], []).append(r)
+        return groups
+
+    def by_reason(self, *reasons: str) -> list[dict[str, Any]]:
+        """Files with any of these reasons, in files.jsonl (path) order."""
+        if len(reasons) == 1:
+            return list(self._reason_groups.get(reasons[0], []))
+        return [r for r in self.records if r["reason"] in reasons]
+
+
+def frame_level_histograms(
+    values: Any, offsets: np.ndarray, group: np.ndarray, chunk: int = 1 << 22
+) -> np.ndarray:
+    """Histogram of per-frame RMS in dBFS for file groups 0 and 1 (−1: not counted).
+
+    Reads the ragged frame store in chunks, so memory stays bounded on a big corpus.
+    """
+    hist = np.zeros((2, FRAME_DB_BINS.size - 1), dtype=np.int64)
+    total = int(offsets[-1]) if offsets.size else 0
+    for start in range(0, total, chunk):
+        stop = min(total, start + chunk)
+        v = np.asarray(values[start:stop], dtype=np.float64)
+        owner = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
+        g = group[owner]
+        db = np.clip(20.0 * np.log10(np.maximum(v, 1e-7)), -119.0, 1.0)
+        for k in (0, 1):
+            hist[k] += np.histogram(db[g == k], bins=FRAME_DB_BINS)[0]
+    return hist
+
+
+def frame_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """0 for kept files, 1 for files rejected as silence/noise/dead, −1 otherwise."""
+    out = np.full(len(records), -1, dtype=np.int8)
+    for i, r in enumerate(records):
+        if r["status"] == "kept":
+            out[i] = 0
+        elif r["reason"] in (*SILENCE_REASONS, "quiet"):
+            out[i] = 1
+    return out
+
+
+def _frame_hist(out: Path, records: list[dict[str, Any]]) -> Any:
+    """Per-frame level histograms from stats.zarr; None when the store is absent."""
+    store = out / "stats.zarr"
+    if not store.exists():
+        return None
+    from preprocess.stats_store import read_stats
+
+    stats = read_stats(store)
+    paths = list(stats["files"]["path"])
+    if paths != [r["path"] for r in records]:
+        raise ValueError(f"{store}: rows are not aligned with {out / 'files.jsonl'}")
+    return frame_level_histograms(
+        stats["frame_values"], stats["frame_offsets"], frame_groups(records)
+    )
+
+
+def diagnose_output(
+    out: Path,
+    segment_seconds: float | None = None,
+    what_ifs: Sequence[str] = (),
+    top: int = 10,
+    max_padding: float = 0.10,
+) -> Findings:
+    """Everything the report says, from OUT's files.jsonl, index.json and stats.zarr."""
+    out = Path(out)
+    index = Index.load(out)
+    records = read_records(out)
+    run_cfg = config_from_index(index)
+    cfg = run_cfg.replace(segment_seconds=segment_seconds) if segment_seconds else run_cfg
+    outcomes = what_if_table(records, cfg, what_ifs)
+    as_run = outcomes[0] if cfg == run_cfg else outcome("as run", records, run_cfg)
+    decodable = [r for r in records if r["reason"] not in UNDECODABLE_REASONS]
+    curve = padding_curve(
+        [r["seconds"] for r in decodable],
+        [r["trimmed_seconds"] for r, ok in zip(records, outcomes[0].passing, strict=True) if ok],
+        segment_grid(ORIGINAL_SEGMENT_SECONDS, cfg.segment_seconds),
+        cfg.min_valid_fraction,
+    )
+    return Findings(
+        source=index.data.get("input", str(out)),
+        out=out.resolve(),
+        cfg=cfg,
+        records=records,
+        curve=curve,
+        recommended=recommend_segment_seconds(curve, max_padding, "stored"),
+        recommended_naive=recommend_segment_seconds(curve, max_padding, "naive"),
+        outcomes=outcomes,
+        mismatches=[
+            r["path"]
+            for r, d in zip(records, as_run.decisions, strict=True)
+            if d != (r["status"], r["reason"])
+        ],
+        frame_hist=_frame_hist(out, records),
+        splits=index.totals.get("splits"),
+        top=top,
+        max_padding=max_padding,
+    )

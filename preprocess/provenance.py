@@ -1,0 +1,55 @@
+"""`code_version`: which code shaped an OUT's bytes, stamped into its index.json.
+
+The version is the package version plus a hash of the sources that decide what lands in
+OUT — the modules at the top of preprocess/ that plan, process units and assemble (and
+the config), everything in preprocess/measure/, and the write side of shards/ (sample
+format, tar writer, index, atomic writes). It is the same wherever the code runs (a
+checkout, a `ray job` upload, an install) and changes whenever that code does, committed
+or not.
+
+Left out, because they never change an output byte: the diagnosis (preprocess/diagnose/,
+whose report is regenerated from OUT at any time), the demo-corpus generator
+(preprocess/synth/, never imported by the pipeline), the CLI's text, the summary printer,
+how Ray is started, the benchmark's lap timers (preprocess/measure/stage_times.py: they
+time stages, their figures go to the driver, never into OUT), docstring-only package
+files, and the shard readers (shards/reader.py,
+shards/loader.py). Rewording a report or the training loader therefore no longer
+restamps every index.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Modules at the top of preprocess/ that shape no output byte.
+_PREPROCESS_NOT_OUTPUT = frozenset({"__init__.py", "run.py", "summary.py", "ray_session.py"})
+# Modules in preprocess/measure/ that shape no output byte.
+_MEASURE_NOT_OUTPUT = frozenset({"__init__.py", "stage_times.py"})
+_SHARDS_READ_SIDE = frozenset({"reader.py", "loader.py"})
+
+
+def output_sources(root: Path = REPO_ROOT) -> list[Path]:
+    """The source files `code_version` hashes, in a fixed order."""
+    pre, shards = root / "preprocess", root / "shards"
+    files = [p for p in sorted(pre.glob("*.py")) if p.name not in _PREPROCESS_NOT_OUTPUT]
+    files += [
+        p for p in sorted((pre / "measure").rglob("*.py")) if p.name not in _MEASURE_NOT_OUTPUT
+    ]
+    files += [p for p in sorted(shards.glob("*.py")) if p.name not in _SHARDS_READ_SIDE]
+    return files
+
+
+def code_version(root: Path = REPO_ROOT) -> str:
+    """`<package version>+src.<12 hex>`: a hash of `output_sources(root)`, each keyed by
+    its path relative to `root`, so moving a module changes it too."""
+    try:
+        v = version("telucodec")
+    except PackageNotFoundError:
+        v = "unknown"
+    h = hashlib.sha256()
+    for src in output_sources(root):
+        h.update(src.relative_to(root).as_posix().encode() + b"\0" + src.read_bytes())
+    return f"{v}+src.{h.hexdigest()[:12]}"

@@ -1,0 +1,206 @@
+"""Reruns and OUT ownership: nothing lost, nothing stale.
+
+A rerun reuses a finished unit only if what it read is unchanged; an OUT holds exactly
+one run's output; a folder the tool did not write is never written into.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+from shards import Index
+from tests.conftest import REPO, preprocess, read_jsonl
+from tests.test_pipeline import tree_digest
+from tests.test_robustness import _speechlike
+
+# One worker and ~2.5 s of audio per unit: each speaker file is its own unit and shard.
+SMALL = ("--workers", "1", "--shard-mb", "0.05")
+CORPUS = {
+    "spk_a/1.wav": 1,
+    "spk_a/2.wav": 2,
+    "spk_b/1.wav": 3,
+    "spk_b/2.wav": 4,
+    "spk_c/1.wav": 5,
+    "spk_d/1.wav": 6,
+}
+
+
+def write_wav(path: Path, seed: int, seconds: float = 2.5) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, _speechlike(seconds, 16000, seed=seed), 16000)
+
+
+def make_corpus(root: Path, files: dict[str, int]) -> Path:
+    for rel, seed in files.items():
+        write_wav(root / rel, seed)
+    return root
+
+
+def preprocess_rc(corpus: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Like conftest.preprocess, but returns a failing run instead of raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "preprocess.run", "--input", str(corpus), "--output", str(out)]
+        + ["--no-report", *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+
+
+def test_rerun_after_kill_in_assembly_on_changed_input_equals_a_clean_run(tmp_path):
+    corpus = make_corpus(tmp_path / "in", CORPUS)
+    out = tmp_path / "out"
+    preprocess(corpus, out, *SMALL, "--keep-work")
+    # What kill -9 leaves once assembly has begun: units committed, shards placed, no index.
+    (out / "index.json").unlink()
+    (out / "files.jsonl").unlink()
+    shutil.rmtree(out / "stats.zarr")
+    # The user adds a file and re-records another, then reruns the same command.
+    write_wav(corpus / "spk_a/0.wav", seed=7)
+    write_wav(corpus / "spk_c/1.wav", seed=8)
+    preprocess(corpus, out, *SMALL)
+    clean = tmp_path / "clean"
+    preprocess(corpus, clean, *SMALL)
+    assert len(read_jsonl(out / "files.jsonl")) == len(CORPUS) + 1
+    assert tree_digest(out) == tree_digest(clean)
+    assert sorted(os.listdir(out / "shards")) == [s.name for s in Index.load(out).shards]
+
+
+def test_other_or_changed_input_is_refused_and_overwrite_leaves_no_stale_shard(tmp_path):
+    first = make_corpus(tmp_path / "a", CORPUS)
+    other = make_corpus(tmp_path / "b", {"spk_x/1.wav": 11, "spk_x/2.wav": 12})
+    out = tmp_path / "out"
+    preprocess(first, out, *SMALL)
+    before = tree_digest(out)
+    # Another input path: refused before anything starts.
+    err = _refusal(other, out)
+    assert "another input" in err and str(first) in err and "--overwrite" in err
+    # The same path with other bytes: refused once planning has hashed them.
+    write_wav(first / "spk_b/1.wav", seed=9)
+    err = _refusal(first, out)
+    assert "0 files added, 1 changed, 0 removed (e.g. spk_b/1.wav)" in err
+    assert "--overwrite" in err
+    assert tree_digest(out) == before
+    preprocess(other, out, *SMALL, "--overwrite")
+    listed = [s.name for s in Index.load(out).shards]
+    assert sorted(os.listdir(out / "shards")) == listed
+    assert len(listed) < len(before) - 2  # the first run's other train/val shards are gone
+    assert {r["path"] for r in read_jsonl(out / "files.jsonl")} == {"spk_x/1.wav", "spk_x/2.wav"}
+
+
+def _refusal(corpus: Path, out: Path) -> str:
+    """The one-line error of a run that must be refused."""
+    proc = preprocess_rc(corpus, out, *SMALL)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_folder_the_tool_did_not_write_is_never_written_into(tmp_path):
+    corpus = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1})
+    out = tmp_path / "mine"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "train-000000.tar").write_bytes(b"the user's own tar")
+    for extra in ((), ("--overwrite",)):
+        proc = preprocess_rc(corpus, out, "--workers", "1", *extra)
+        assert proc.returncode == 2
+        assert "not written by preprocess.run" in proc.stderr
+        assert (out / "shards" / "train-000000.tar").read_bytes() == b"the user's own tar"
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+            "shards",
+            "shards/train-000000.tar",
+        ]
+
+
+def test_missing_input_fails_before_ray_starts_or_output_is_made(tmp_path, monkeypatch, capsys):
+    from preprocess import pipeline, run
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a run that cannot begin")
+
+    monkeypatch.setattr(pipeline, "ray_session", no_ray)
+    missing, out = tmp_path / "no-such-corpus", tmp_path / "out"
+    args = ["--input", str(missing), "--output", str(out), "--workers", "1", "--no-report"]
+    assert run.main(args) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
+    from dataclasses import replace
+
+    from preprocess.config import PreprocessConfig
+    from preprocess.plan import InputFile, WorkUnit, fingerprint
+    from preprocess.unit import process_unit, unit_dir, unit_is_done, unit_key
+
+    root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2})
+    files = {
+        r["path"]: replace(InputFile(**r), split="train")
+        for r in fingerprint(root, ["a.wav", "b.wav"])
+    }
+    unit, cfg, work = WorkUnit(0, "train", ["a.wav", "b.wav"]), PreprocessConfig(), tmp_path / "w"
+    done = process_unit(unit, files, root, work, cfg)
+    key = unit_key(unit, files, cfg)
+    assert unit_is_done(work, 0, key)
+    rewritten = {**files, "b.wav": replace(files["b.wav"], sha256="0" * 64)}
+    assert unit_key(unit, rewritten, cfg) != key
+    assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
+    (unit_dir(work, 0) / done["parts"][0]["name"]).unlink()
+    assert not unit_is_done(work, 0, key)
+    # Once its shard group is written the unit's parts are gone by design: the unit is
+    # still reused for assembly, as long as its group need not be written again.
+    assert unit_is_done(work, 0, key, need_parts=False)
+    assert not unit_is_done(work, 0, unit_key(unit, rewritten, cfg), need_parts=False)
+
+
+def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_its_key(
+    tmp_path,
+):
+    from dataclasses import replace
+
+    import pytest
+
+    from preprocess.config import PreprocessConfig
+    from preprocess.plan import InputFile, WorkUnit, fingerprint
+    from preprocess.shard_group import (
+        StaleUnitError,
+        group_dir,
+        group_is_done,
+        group_key,
+        write_group,
+    )
+    from preprocess.unit import process_unit, unit_dir, unit_key
+
+    root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2, "c.wav": 3})
+    files = {
+        r["path"]: replace(InputFile(**r), split="train")
+        for r in fingerprint(root, ["a.wav", "b.wav", "c.wav"])
+    }
+    cfg, work = PreprocessConfig(), tmp_path / "w"
+    units = [WorkUnit(0, "train", ["a.wav", "b.wav"]), WorkUnit(1, "train", ["c.wav"])]
+    for unit in units:
+        process_unit(unit, files, root, work, cfg)
+    keys = {u.unit_id: unit_key(u, files, cfg) for u in units}
+    gkey = group_key(0, units, keys, cfg.digest())
+    assert not group_is_done(work, 0, gkey)
+    # A unit committed for other bytes (the plan's key differs): nothing is written.
+    rewritten = {**files, "c.wav": replace(files["c.wav"], sha256="0" * 64)}
+    stale_keys = {**keys, 1: unit_key(units[1], rewritten, cfg)}
+    with pytest.raises(StaleUnitError, match="unit 1"):
+        write_group(0, units, stale_keys, work, cfg)
+    assert not group_dir(work, 0).exists()
+    assert group_key(0, units, stale_keys, cfg.digest()) != gkey
+    done = write_group(0, units, keys, work, cfg)
+    assert done["group_key"] == gkey and group_is_done(work, 0, gkey)
+    assert not (unit_dir(work, 0) / "samples.bin").exists()  # copied into the shard
+    assert not group_is_done(work, 0, group_key(0, units, stale_keys, cfg.digest()))
+    assert not group_is_done(work, 0, group_key(1, units, keys, cfg.digest()))
+    (group_dir(work, 0) / done["shards"][0]["name"]).unlink()
+    assert not group_is_done(work, 0, gkey)
