@@ -5,16 +5,18 @@
       pipeline.py     the run end to end on Ray: plan → units on actors → assemble
       ray_session.py  start/join/stop the Ray a run uses
       config.py       PreprocessConfig: every knob, stored in index.json
-      plan.py         list, hash, dedupe, split and group files into work units
-      unit.py         one work unit on one actor: scan, decide, segment, write its shard part
+      plan.py         list, hash, dedupe, split and group files into shard groups and work units
+      unit.py         one work unit on one actor: scan, decide, segment, encode (keyed for reruns)
+      shard_group.py  one shard group on one actor: its units' samples → its shard part(s)
       interleave.py   sample order inside a shard (neighbours from different files)
       records.py      the files.jsonl line of one file
-      assemble.py     units → OUT: shards/, files.jsonl, stats.zarr, index.json
+      assemble.py     units, groups → OUT: shards/, files.jsonl, stats.zarr, index.json
       stats_store.py  OUT/stats.zarr (per-file scalars, ragged per-frame RMS)
       dir_commit.py   commit a directory built under a temporary name, durably
       provenance.py   code_version: which code shaped an OUT
       summary.py      the table a run prints
-      measure/        per-file measurement and decisions (decode, kernels, loudness, policy)
+      measure/        per-file measurement and decisions (decode, kernels, loudness, policy),
+                      and the stage lap timers (stage_times) its code and the actors share
       diagnose/       the report: scenarios A/B/C, what-if, plots (`python -m preprocess.diagnose`)
       synth/          the demo corpus with planted faults (`python -m preprocess.synth`)
 

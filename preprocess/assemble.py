@@ -1,12 +1,12 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts are hard-linked (copied where links are not supported) to contiguous
-`train-NNNNNN.tar` / `val-NNNNNN.tar` in unit order, so names depend only on the plan,
-never on which worker finished first. Parts stay in their unit until the run ends, so every
-step is idempotent: a rerun after a kill mid-assembly, even on a changed input, places the
-same way; shards of an earlier plan that the new index does not list are removed. index.json
-is written last (`shards.write_index`): its presence means the OUT is complete. The OUT
-layout and its fields are docs/SHARDS.md.
+Shard parts of the shard groups (`preprocess.shard_group`) are hard-linked (copied where
+links are not supported) to contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in group
+order, so names depend only on the plan, never on which worker finished first. Parts stay
+in their group until the run ends, so every step is idempotent: a rerun after a kill
+mid-assembly, even on a changed input, places the same way; shards of an earlier plan that
+the new index does not list are removed. index.json is written last (`shards.write_index`):
+its presence means the OUT is complete. The OUT layout and its fields are docs/SHARDS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from preprocess.dir_commit import commit_dir
 from preprocess.plan import WorkUnit
 from preprocess.provenance import code_version
 from preprocess.records import dumps_record
+from preprocess.shard_group import group_dir, shard_groups
 from preprocess.split import groups_of
 from preprocess.stats_store import write_stats
 from preprocess.unit import unit_dir
@@ -37,27 +38,28 @@ _SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Link unit parts to their final names; returns index entries in name order."""
+    """Link shard group parts to their final names; returns index entries in name order."""
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
     entries = []
-    for unit in units:
-        done = json.loads((unit_dir(work, unit.unit_id) / "done.json").read_text())
+    for group, group_units in shard_groups(units).items():
+        split = group_units[0].split
+        done = json.loads((group_dir(work, group) / "done.json").read_text())
         for part in done["shards"]:
-            name = f"{unit.split}-{counters[unit.split]:06d}.tar"
-            counters[unit.split] += 1
-            src = unit_dir(work, unit.unit_id) / part["name"]
+            name = f"{split}-{counters[split]:06d}.tar"
+            counters[split] += 1
+            src = group_dir(work, group) / part["name"]
             if not src.exists():
                 raise FileNotFoundError(
-                    f"unit {unit.unit_id}: shard part {src} is missing (removed during the "
-                    f"run?); delete {work / 'units'} and rerun to redo the units"
+                    f"shard group {group}: shard part {src} is missing (removed during the "
+                    f"run?); delete {work / 'groups'} and rerun to redo the groups"
                 )
             _link(src, shard_dir / name)
             entries.append(
                 {
                     "name": name,
-                    "split": unit.split,
+                    "split": split,
                     "samples": part["samples"],
                     "bytes": part["bytes"],
                     "sha256": part["sha256"],

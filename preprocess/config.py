@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocess.split import manifest_sha256, parse_split_by
-
 PRESETS = ("default", "original")
 AUDIO_ENCODINGS = ("flac", "npy")
 # Written by `to_dict` for readers of index.json (they are properties, not knobs); dropped
@@ -227,6 +225,11 @@ def _checked_extensions(key: str, value: Any, expected: str) -> tuple[str, ...]:
 
 def _checked_split(cfg: PreprocessConfig) -> str:
     """split_by's syntax, and the manifest's hash (read from the file when not given)."""
+    # Imported here, not at the top: config is the data every part reads (measure and the
+    # diagnosis included), and the split rules belong to the orchestration; a module-level
+    # import would pull preprocess.split into measure's imports (tests/test_layout.py).
+    from preprocess.split import manifest_sha256, parse_split_by
+
     try:
         rule = parse_split_by(cfg.split_by)
     except ValueError as exc:

@@ -1,13 +1,15 @@
 """The preprocessing pipeline end to end, on Ray: plan → scan/segment/shard → assemble.
 
 Ray tasks hash and probe files; a pool of Ray actors (one per worker) processes work
-units and writes shard parts directly (no single writer); the driver only plans and
-assembles. Units commit atomically, so a rerun after kill -9 skips finished ones.
+units, then writes each shard group's shard from its units (no single writer); the driver
+only plans and assembles. Units and groups commit atomically, so a rerun after kill -9
+skips finished ones.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import time
@@ -19,7 +21,9 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from preprocess.config import PreprocessConfig
+from preprocess.measure import stage_times
 from preprocess.measure.policy import Decision, reject
+from preprocess.measure.stage_times import add_times
 from preprocess.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan import (
     InputFile,
@@ -34,6 +38,7 @@ from preprocess.plan import (
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
+from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
 from preprocess.unit import process_unit, unit_is_done, unit_key
 from shards.atomic import atomic_write_text
 
@@ -52,18 +57,45 @@ class UnitWorker:
         self.work = Path(work)
         self.cfg = PreprocessConfig.from_dict(cfg)
 
+    # `stage_times.CLOCK`, never a name imported from it: Ray pickles this class by value,
+    # and an imported CLOCK would be a copy that the measured code never laps (seen: every
+    # worker stage read 0 s).
     def fingerprint(self, paths: list[str]) -> list[dict]:
-        return fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
+        stage_times.CLOCK.restart()
+        recs = fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
+        stage_times.CLOCK.lap("plan")
+        return recs
+
+    def usage(self) -> dict[str, Any]:
+        """This worker's CPU seconds so far and stage times not yet reported (benchmark)."""
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {"process_cpu_s": ru.ru_utime + ru.ru_stime, "stage_times": stage_times.CLOCK.take()}
 
     def process(
         self, unit: dict[str, Any], files: list[dict[str, Any]], scan_only: bool = False
     ) -> dict[str, Any]:
+        stage_times.CLOCK.restart()
         table = {f["path"]: InputFile(**f) for f in files}
         done = process_unit(
             WorkUnit(**unit), table, self.input_root, self.work, self.cfg, scan_only
         )
         # Peak RSS of this worker process so far: reported, never written to OUT.
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # Where and how long, for the run log and the benchmark; never written to OUT.
+        done["_stage_times"] = stage_times.CLOCK.take()
+        done["_node_id"] = ray.get_runtime_context().get_node_id()
+        done["_pid"] = os.getpid()
+        return done
+
+    def write_group(
+        self, group: int, units: list[dict[str, Any]], unit_keys: dict[int, str]
+    ) -> dict[str, Any]:
+        stage_times.CLOCK.restart()
+        work_units = [WorkUnit(**u) for u in units]
+        done = write_group(group, work_units, unit_keys, self.work, self.cfg)
+        done["_stage_times"] = stage_times.CLOCK.take()
+        done["_node_id"] = ray.get_runtime_context().get_node_id()
+        done["_pid"] = os.getpid()
         return done
 
 
@@ -174,6 +206,7 @@ def run_pipeline(
         index = _run(input_root, out, cfg, work, session.workers, scan_only, overwrite)
     if not keep_work:
         shutil.rmtree(work / "units", ignore_errors=True)
+        shutil.rmtree(work / "groups", ignore_errors=True)
     return index
 
 
@@ -185,22 +218,78 @@ def _run_units(
     cfg: PreprocessConfig,
     pool: ActorPool,
     scan_only: bool = False,
-) -> float:
-    """Run the units not yet committed on a pool of actors; returns peak worker RSS (MB)."""
+) -> dict[str, Any]:
+    """Run the units not yet committed, then write the shard groups not yet committed, on
+    a pool of actors.
+
+    A unit is reused only with its `unit_key` and, when its group is still to be written,
+    all its parts; a group only with its `group_key` (from its units' keys) and all its
+    shard parts. Returns run figures (peak worker RSS in MB, summed stage times) and
+    appends one line per unit and group (which node and process ran it, its times) to
+    `work/run-log.jsonl`.
+    """
+    figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}}
     by_path = {f.path: f for f in files}
+    keys = {u.unit_id: unit_key(u, by_path, cfg) for u in units}
+    groups = {} if scan_only else shard_groups(units)
+    groups = {
+        g: us
+        for g, us in groups.items()
+        if not group_is_done(work, g, group_key(g, us, keys, cfg.digest()))
+    }
+    to_write = {u.unit_id for us in groups.values() for u in us}
     todo = [
-        u for u in units if not unit_is_done(work, u.unit_id, unit_key(u, by_path, cfg), scan_only)
+        u
+        for u in units
+        if not unit_is_done(work, u.unit_id, keys[u.unit_id], scan_only, u.unit_id in to_write)
     ]
     total_files = sum(len(u.paths) for u in units)
     done_files = total_files - sum(len(u.paths) for u in todo)
-    if not todo:
-        return 0.0
+    if todo:
+        _process_units(todo, by_path, work, pool, scan_only, total_files, done_files, figures)
+    if groups:
+        _write_groups(groups, keys, work, pool, figures)
+    return figures
+
+
+def _write_groups(
+    groups: dict[int, list[WorkUnit]],
+    keys: dict[int, str],
+    work: Path,
+    pool: ActorPool,
+    figures: dict[str, Any],
+) -> None:
+    """Write each shard group's shard(s) from its committed units, on the actors."""
+
+    def submit(actor, group: int):
+        units = groups[group]
+        unit_keys = {u.unit_id: keys[u.unit_id] for u in units}
+        return actor.write_group.remote(group, [u.to_dict() for u in units], unit_keys)
+
+    with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
+        for done in pool.map_unordered(submit, list(groups)):
+            add_times(figures["stage_times"], done["_stage_times"])
+            entry = {"shard_group": done["shard_group"], "shards": len(done["shards"])}
+            entry.update(node_id=done["_node_id"], pid=done["_pid"])
+            log.write(json.dumps(entry) + "\n")
+
+
+def _process_units(
+    todo: list[WorkUnit],
+    by_path: dict[str, InputFile],
+    work: Path,
+    pool: ActorPool,
+    scan_only: bool,
+    total_files: int,
+    done_files: int,
+    figures: dict[str, Any],
+) -> None:
 
     def submit(actor, unit: WorkUnit):
         table = [vars(by_path[p]) for p in unit.paths]
         return actor.process.remote(unit.to_dict(), table, scan_only)
 
-    hours, peak_rss = 0.0, 0.0
+    hours = 0.0
     t0 = time.perf_counter()
     with tqdm(
         total=total_files,
@@ -211,11 +300,16 @@ def _run_units(
     ) as bar:
         for done in pool.map_unordered(submit, todo):
             hours += done["seconds"] / 3600.0
-            peak_rss = max(peak_rss, done["_peak_rss_mb"])
+            figures["peak_rss_mb"] = max(figures["peak_rss_mb"], done["_peak_rss_mb"])
+            add_times(figures["stage_times"], done["_stage_times"])
+            entry = {k: done[k] for k in ("unit_id", "files", "seconds")}
+            entry.update(node_id=done["_node_id"], pid=done["_pid"])
+            entry["cpu_s"] = round(sum(done["_stage_times"]["cpu"].values()), 4)
+            with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")
             bar.update(done["files"])
             rate = hours / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
-    return peak_rss
 
 
 def _run(
@@ -232,8 +326,15 @@ def _run(
 
     print(f"preprocess: {input_root} → {out}")
     print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
-    t0 = time.perf_counter()
-    actors = [UnitWorker.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    # One CPU each, spread: on a cluster, actors go to every node rather than filling the
+    # first (an actor holds no CPU by default, and SPREAD alone put both on one node).
+    cpus = int(ray.cluster_resources().get("CPU", workers))
+    if workers > cpus:
+        print(f"preprocess: {workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
+        workers = max(1, cpus)
+    spread = UnitWorker.options(num_cpus=1, scheduling_strategy="SPREAD")
+    actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
         pool = ActorPool(actors)
         files = _plan(input_root, cfg, work, pool)
@@ -241,11 +342,27 @@ def _run(
         check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)
         plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-        peak_rss = _run_units(units, files, input_root, work, cfg, pool, scan_only)
+        figures = _run_units(units, files, input_root, work, cfg, pool, scan_only)
+        usage = ray.get([a.usage.remote() for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
+    t_assemble, cpu_assemble = time.perf_counter(), time.process_time()
     index = assemble(out, work, cfg, units, plan_records, input_root, digest, scan_only)
+    times = figures["stage_times"]
+    for u in usage:
+        add_times(times, u["stage_times"])
+    add_times(
+        times,
+        {
+            "cpu": {"assemble": time.process_time() - cpu_assemble},
+            "wall": {"assemble": time.perf_counter() - t_assemble},
+        },
+    )
+    # Run figures for the benchmark (keys with "_" are never written to index.json).
     index["_elapsed_s"] = time.perf_counter() - t0
-    index["_worker_peak_rss_mb"] = peak_rss
+    index["_worker_peak_rss_mb"] = figures["peak_rss_mb"]
+    index["_stage_times"] = times
+    index["_worker_cpu_s"] = sum(u["process_cpu_s"] for u in usage)
+    index["_driver_cpu_s"] = time.process_time() - cpu0
     return index

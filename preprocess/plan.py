@@ -30,6 +30,11 @@ from shards.index import SPLITS
 _HASH_CHUNK = 1 << 20
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
 _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
+# Audio seconds per work unit (from headers). Units smaller than a shard keep every worker
+# busy to the end: with one unit per 32 MB shard a 0.5 h corpus was 3 units for 2 workers.
+# Several units make one shard, so shard boundaries never depend on the worker count. A
+# unit costs one actor call and one fsynced commit, a few ms against ~2 CPU-s of work.
+UNIT_SECONDS = 120.0
 
 
 @dataclass
@@ -67,12 +72,17 @@ class InputFile:
 
 @dataclass
 class WorkUnit:
-    """Files processed together by one actor; its output is committed atomically."""
+    """Files processed together by one actor; its output is committed atomically.
+
+    The units of one `shard_group` are written into that group's shard(s) once all of
+    them are done.
+    """
 
     unit_id: int
     split: str
     paths: list[str] = field(default_factory=list)
     est_seconds: float = 0.0
+    shard_group: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,23 +319,29 @@ def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
 
 
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
-    """Group decodable, non-duplicate files into units of about one shard each, per split.
+    """Group decodable, non-duplicate files into shard groups of about one shard each, per
+    split, and each group into work units of about `UNIT_SECONDS` of audio.
 
     Files are ordered by a seeded hash of their path before packing, so each shard mixes
     speakers instead of holding one directory.
     """
     target = cfg.shard_mb * 1e6 / _EST_BYTES_PER_SECOND.get(cfg.audio_encoding, 32_000)
     units: list[WorkUnit] = []
+    group = -1
     for split in SPLITS:
         todo = [f for f in files if f.split == split and needs_decoding(f)]
         todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
         current: WorkUnit | None = None
+        group_seconds = float("inf")  # the first file opens a group
         for f in todo:
-            if current is None or current.est_seconds >= target:
-                current = WorkUnit(unit_id=len(units), split=split)
+            if group_seconds >= target:
+                group, group_seconds, current = group + 1, 0.0, None
+            if current is None or current.est_seconds >= UNIT_SECONDS:
+                current = WorkUnit(unit_id=len(units), split=split, shard_group=group)
                 units.append(current)
             current.paths.append(f.path)
             current.est_seconds += f.est_seconds
+            group_seconds += f.est_seconds
     return units
 
 

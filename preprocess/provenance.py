@@ -10,7 +10,9 @@ or not.
 Left out, because they never change an output byte: the diagnosis (preprocess/diagnose/,
 whose report is regenerated from OUT at any time), the demo-corpus generator
 (preprocess/synth/, never imported by the pipeline), the CLI's text, the summary printer,
-how Ray is started, docstring-only package files, and the shard readers (shards/reader.py,
+how Ray is started, the benchmark's lap timers (preprocess/measure/stage_times.py: they
+time stages, their figures go to the driver, never into OUT), docstring-only package
+files, and the shard readers (shards/reader.py,
 shards/loader.py). Rewording a report or the training loader therefore no longer
 restamps every index.json.
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Modules at the top of preprocess/ that shape no output byte.
 _PREPROCESS_NOT_OUTPUT = frozenset({"__init__.py", "run.py", "summary.py", "ray_session.py"})
+# Modules in preprocess/measure/ that shape no output byte.
+_MEASURE_NOT_OUTPUT = frozenset({"__init__.py", "stage_times.py"})
 _SHARDS_READ_SIDE = frozenset({"reader.py", "loader.py"})
 
 
@@ -31,7 +35,9 @@ def output_sources(root: Path = REPO_ROOT) -> list[Path]:
     """The source files `code_version` hashes, in a fixed order."""
     pre, shards = root / "preprocess", root / "shards"
     files = [p for p in sorted(pre.glob("*.py")) if p.name not in _PREPROCESS_NOT_OUTPUT]
-    files += [p for p in sorted((pre / "measure").rglob("*.py")) if p.name != "__init__.py"]
+    files += [
+        p for p in sorted((pre / "measure").rglob("*.py")) if p.name not in _MEASURE_NOT_OUTPUT
+    ]
     files += [p for p in sorted(shards.glob("*.py")) if p.name not in _SHARDS_READ_SIDE]
     return files
 

@@ -1,11 +1,14 @@
-"""Process one work unit: scan, decide, segment and shard its files; commit atomically.
+"""Process one work unit: scan, decide, segment and encode its files; commit atomically.
 
-A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: shard parts, `files.jsonl`,
-`frame_rms.npy`, and last `done.json`. The directory is built as `unit-NNNNNN.partial` and
-committed by one rename (`dir_commit`). A unit without `done.json` is wiped and redone on
-rerun; one whose `done.json` holds the same `unit_key` (config, unit, and the path, size
-and sha256 of every file it read) and whose parts are all there is skipped. That is what
-makes kill -9 and rerun byte-identical, and a rerun on a changed input equal to a clean run.
+A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
+(`samples.bin` + `samples.json`, which `preprocess.shard_group` later copies into the
+shard of the unit's shard group, then deletes), `files.jsonl`, `frame_rms.npy`, and last
+`done.json`. The directory is built as `unit-NNNNNN.partial` and committed by one rename
+(`dir_commit`). A unit without `done.json` is wiped and redone on rerun; one whose
+`done.json` holds the same `unit_key` (config, unit, and the path, size and sha256 of every
+file it read) is skipped, provided its encoded samples are all there whenever its shard
+group still has to be written. That is what makes kill -9 and rerun byte-identical, and a
+rerun on a changed input equal to a clean run.
 """
 
 from __future__ import annotations
@@ -22,16 +25,15 @@ import numpy as np
 
 from preprocess.config import PreprocessConfig
 from preprocess.dir_commit import commit_dir
-from preprocess.interleave import interleave
 from preprocess.measure.policy import decide, reject
 from preprocess.measure.scan import analyze_file
 from preprocess.measure.segment import cut_segments, plan_segments, trim_range
 from preprocess.measure.spool import SampleSpool
+from preprocess.measure.stage_times import lap
 from preprocess.plan import InputFile, WorkUnit
 from preprocess.records import dumps_record, file_record
-from shards import ShardWriter, encode_sample, sample_key
+from shards import encode_sample, sample_key
 from shards.atomic import atomic_write_json
-from shards.writer import TAR_MEMBER_HEADER_BYTES
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
@@ -39,8 +41,9 @@ def unit_dir(work: Path, unit_id: int) -> Path:
 
 
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
-    """Everything a unit's output depends on: config, unit id (it seeds the interleave),
-    and each file's path, size, sha256 and split in unit order. Any change gives a new key."""
+    """Everything a unit's output depends on: config, unit id, and each file's path, size,
+    sha256 and split in unit order. Any change gives a new key. (The shard group's key is
+    built from its units' keys: `shard_group.group_key`.)"""
     payload = {
         "config_digest": cfg.digest(),
         "unit_id": unit.unit_id,
@@ -50,25 +53,40 @@ def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def unit_is_done(work: Path, unit_id: int, key: str, scan_only: bool = False) -> bool:
-    """Committed with this `unit_key`, and every shard part it lists still on disk."""
+# The unit's parts: its encoded samples, which its shard group's writer copies into the
+# group's shard(s) and then deletes.
+SPOOL_NAME = "samples.bin"
+SPOOL_INDEX_NAME = "samples.json"
+
+
+def unit_is_done(
+    work: Path, unit_id: int, key: str, scan_only: bool = False, need_parts: bool = True
+) -> bool:
+    """Committed with this `unit_key` and, if `need_parts` (its shard group is still to be
+    written), every part it lists still on disk with its size."""
     udir = unit_dir(work, unit_id)
     try:
         d = json.loads((udir / "done.json").read_text())
         if d["unit_key"] != key or d.get("scan_only", False) != scan_only:
             return False
-        return all((udir / p["name"]).stat().st_size == p["bytes"] for p in d["shards"])
+        if not need_parts:
+            return True
+        return all((udir / p["name"]).stat().st_size == p["bytes"] for p in d["parts"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
 
 
-class _EncodedSpool:
-    """Encoded samples on disk (audio bytes + json bytes) so a unit's memory stays bounded."""
+class EncodedSpool:
+    """Encoded samples on disk (audio bytes + json bytes) so a unit's memory stays bounded.
 
-    def __init__(self, path: Path):
+    Kept with the committed unit (`save`) until its shard group is written.
+    """
+
+    def __init__(self, path: Path, mode: str = "w+b"):
         self.path = path
-        self._f = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        self._f = open(path, mode)  # noqa: SIM115 - closed in close()
         self.index: list[tuple[int, int, int, str]] = []  # offset, audio len, json len, ext
+        self._saved = False
 
     def add(self, sample: dict[str, Any]) -> int:
         ext = next(k for k in sample if k.startswith("audio."))
@@ -87,9 +105,28 @@ class _EncodedSpool:
         meta = self._f.read(n_meta)
         return {"__key__": key, ext: audio, "json": meta}
 
+    def save(self, per_file: list[list[tuple[int, str]]]) -> None:
+        """Keep the spool: fsync it and write its index and per-file (sample, key) lists."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        atomic_write_json(
+            self.path.with_name(SPOOL_INDEX_NAME), {"index": self.index, "per_file": per_file}
+        )
+        self._saved = True
+
+    @classmethod
+    def open_saved(cls, path: Path) -> tuple[EncodedSpool, list[list[list]]]:
+        """A saved spool, read-only, and its per-file [[sample, key], …] lists."""
+        spool = cls(path, "rb")
+        saved = json.loads(path.with_name(SPOOL_INDEX_NAME).read_text())
+        spool.index = [tuple(entry) for entry in saved["index"]]
+        spool._saved = True
+        return spool, saved["per_file"]
+
     def close(self) -> None:
         self._f.close()
-        self.path.unlink(missing_ok=True)
+        if not self._saved:
+            self.path.unlink(missing_ok=True)
 
 
 def process_unit(
@@ -112,7 +149,7 @@ def process_unit(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    encoded = _EncodedSpool(tmp / "samples.bin")
+    encoded = EncodedSpool(tmp / SPOOL_NAME)
     records: list[dict[str, Any]] = []
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
@@ -127,7 +164,8 @@ def process_unit(
             frame_rms.append(rms)
             per_file_samples.append(samples)
             seconds_in += rec["seconds"] or 0.0
-        shards = [] if scan_only else _write_parts(tmp, unit, per_file_samples, encoded, cfg)
+        if not scan_only:
+            encoded.save(per_file_samples)
     finally:
         encoded.close()
     _write_unit_stats(tmp, records, frame_rms)
@@ -137,7 +175,9 @@ def process_unit(
         "config_digest": cfg.digest(),
         "unit_key": unit_key(unit, files, cfg),
         "scan_only": scan_only,
-        "shards": shards,
+        "shard_group": unit.shard_group,
+        # Sizes of the parts (none when scan_only), checked before the group is written.
+        "parts": [] if scan_only else _parts(tmp),
         "files": len(records),
         "seconds": seconds_in,
         "kept": sum(r["status"] == "kept" for r in records),
@@ -145,11 +185,12 @@ def process_unit(
     }
     atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
     commit_dir(tmp, udir)
+    lap("unit_io")
     return done
 
 
 def _process_file(
-    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: _EncodedSpool | None
+    f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: EncodedSpool | None
 ) -> tuple[dict[str, Any], np.ndarray, list[tuple[int, str]]]:
     """Scan, decide and segment one file. A failure of any kind becomes a reason code.
 
@@ -189,50 +230,15 @@ def _process_file(
             decision = reject("corrupt", f"processing failed: {type(exc).__name__}: {exc}")
             rec = file_record(f, decision)
             rms = np.zeros(0, np.float32)
+    lap("segment")
     return rec, rms, samples
 
 
-def _write_parts(
-    tmp: Path,
-    unit: WorkUnit,
-    per_file: list[list[tuple[int, str]]],
-    encoded: _EncodedSpool,
-    cfg: PreprocessConfig,
-) -> list[dict[str, Any]]:
-    """Write the unit's samples, interleaved across files, into one shard part.
-
-    Units are sized to about one shard; only a unit far over the target (one very long
-    file) is split into several parts of ~shard_mb each.
-    """
-    order = interleave([len(s) for s in per_file], seed=cfg.split_seed * 1_000_003 + unit.unit_id)
-    est_total = sum(
-        _tar_estimate(encoded.index[i][1] + encoded.index[i][2]) for s in per_file for i, _ in s
-    )
-    target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
-    parts: list[dict[str, Any]] = []
-    writer: ShardWriter | None = None
-    size = 0
-    for file_i, seg_i in order:
-        if writer is None:
-            writer = ShardWriter(tmp / f"part-{len(parts):03d}.tar", encoding=cfg.audio_encoding)
-            size = 0
-        index, key = per_file[file_i][seg_i]
-        sample = encoded.get(index, key)
-        writer.write_encoded(sample)
-        size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
-        if size >= target:
-            parts.append(writer.close().to_dict())
-            writer = None
-    if writer is not None:
-        parts.append(writer.close().to_dict())
-    return parts
-
-
-def _tar_estimate(member_bytes: int) -> int:
-    """A sample's size in the tar as the split estimates it: its member bytes plus one
-    member's header blocks. That undercounts (two members, each with headers and padding:
-    ~3.5 KB), but where units split into parts, and so the output bytes, depend on it."""
-    return member_bytes + TAR_MEMBER_HEADER_BYTES
+def _parts(udir: Path) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "bytes": (udir / name).stat().st_size}
+        for name in (SPOOL_NAME, SPOOL_INDEX_NAME)
+    ]
 
 
 def _write_unit_stats(tmp: Path, records: list[dict], frame_rms: list[np.ndarray]) -> None:

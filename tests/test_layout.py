@@ -95,6 +95,7 @@ def source_copy(tmp_path) -> Path:
         "preprocess/run.py",
         "preprocess/summary.py",
         "preprocess/__init__.py",
+        "preprocess/measure/stage_times.py",
         "shards/loader.py",
     ],
 )
@@ -111,6 +112,7 @@ def test_code_version_ignores_code_that_shapes_no_output_byte(source_copy, edite
         "preprocess/measure/policy.py",
         "preprocess/measure/kernels.py",
         "preprocess/unit.py",
+        "preprocess/shard_group.py",
         "preprocess/config.py",
         "shards/writer.py",
         "shards/format.py",

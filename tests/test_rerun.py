@@ -152,5 +152,55 @@ def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
     rewritten = {**files, "b.wav": replace(files["b.wav"], sha256="0" * 64)}
     assert unit_key(unit, rewritten, cfg) != key
     assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
-    (unit_dir(work, 0) / done["shards"][0]["name"]).unlink()
+    (unit_dir(work, 0) / done["parts"][0]["name"]).unlink()
     assert not unit_is_done(work, 0, key)
+    # Once its shard group is written the unit's parts are gone by design: the unit is
+    # still reused for assembly, as long as its group need not be written again.
+    assert unit_is_done(work, 0, key, need_parts=False)
+    assert not unit_is_done(work, 0, unit_key(unit, rewritten, cfg), need_parts=False)
+
+
+def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_its_key(
+    tmp_path,
+):
+    from dataclasses import replace
+
+    import pytest
+
+    from preprocess.config import PreprocessConfig
+    from preprocess.plan import InputFile, WorkUnit, fingerprint
+    from preprocess.shard_group import (
+        StaleUnitError,
+        group_dir,
+        group_is_done,
+        group_key,
+        write_group,
+    )
+    from preprocess.unit import process_unit, unit_dir, unit_key
+
+    root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2, "c.wav": 3})
+    files = {
+        r["path"]: replace(InputFile(**r), split="train")
+        for r in fingerprint(root, ["a.wav", "b.wav", "c.wav"])
+    }
+    cfg, work = PreprocessConfig(), tmp_path / "w"
+    units = [WorkUnit(0, "train", ["a.wav", "b.wav"]), WorkUnit(1, "train", ["c.wav"])]
+    for unit in units:
+        process_unit(unit, files, root, work, cfg)
+    keys = {u.unit_id: unit_key(u, files, cfg) for u in units}
+    gkey = group_key(0, units, keys, cfg.digest())
+    assert not group_is_done(work, 0, gkey)
+    # A unit committed for other bytes (the plan's key differs): nothing is written.
+    rewritten = {**files, "c.wav": replace(files["c.wav"], sha256="0" * 64)}
+    stale_keys = {**keys, 1: unit_key(units[1], rewritten, cfg)}
+    with pytest.raises(StaleUnitError, match="unit 1"):
+        write_group(0, units, stale_keys, work, cfg)
+    assert not group_dir(work, 0).exists()
+    assert group_key(0, units, stale_keys, cfg.digest()) != gkey
+    done = write_group(0, units, keys, work, cfg)
+    assert done["group_key"] == gkey and group_is_done(work, 0, gkey)
+    assert not (unit_dir(work, 0) / "samples.bin").exists()  # copied into the shard
+    assert not group_is_done(work, 0, group_key(0, units, stale_keys, cfg.digest()))
+    assert not group_is_done(work, 0, group_key(1, units, keys, cfg.digest()))
+    (group_dir(work, 0) / done["shards"][0]["name"]).unlink()
+    assert not group_is_done(work, 0, gkey)

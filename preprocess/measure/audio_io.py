@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from preprocess.measure.stage_times import lap
+
 # Extensions we treat as audio even when libsndfile is too old to list them.
 _BASE_AUDIO_EXTENSIONS = {
     ".wav",
@@ -162,6 +164,7 @@ def stream_mono_16k(
                 raise DecodeError(
                     f"decode failed after {result.frames_read} frames: {_decoder_message(exc)}"
                 ) from exc
+            lap("decode")
             if block.shape[0] == 0:
                 break
             result.frames_read += block.shape[0]
@@ -171,12 +174,14 @@ def stream_mono_16k(
             mono = downmix(block)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=False)
+            lap("resample")
             if mono.size:
                 yield mono
             if block.shape[0] < src_block:
                 break
         if resampler is not None:
             tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            lap("resample")
             if tail.size:
                 yield tail
         yield result

@@ -19,6 +19,7 @@ from preprocess.measure.audio_io import AudioHeader, DecodeError, DecodeResult, 
 from preprocess.measure.loudness import LoudnessMeter, gated_loudness
 from preprocess.measure.quality import DnsmosScores, dnsmos_file, speech_snr_db
 from preprocess.measure.spool import SampleSpool
+from preprocess.measure.stage_times import lap
 
 _QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
 
@@ -132,6 +133,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         a.clipped_samples += int(
             kernels.count_clipped(block, cfg.clip_level, cfg.clip_min_run, run_len)
         )
+        lap("analysis")
         return True
 
     try:
@@ -146,9 +148,13 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
             lo, hi = min(lo, float(mn)), max(hi, float(mx))
             a.samples_16k += item.size
             frames.add(item)
+            lap("analysis")
             vad_frames.add(highpass.process(item))
+            lap("speech")
             meter.add(item)
+            lap("loudness")
             spool.append(item)
+            lap("analysis")
     except DecodeError as exc:
         a.error = str(exc)
         return a
@@ -165,10 +171,13 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         frame_seconds=cfg.frame_samples / cfg.sample_rate,
         window_seconds=cfg.vad_window_seconds,
     )
+    lap("speech")
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
+    lap("loudness")
     a.snr_db = speech_snr_db(frame_db, a.active)
     if cfg.quality == "dnsmos" and a.active.any():
         a.dnsmos = dnsmos_file(spool, a.active, cfg.frame_samples, cfg.dnsmos_max_windows)
+    lap("quality")
     return a
 
 

@@ -1,0 +1,185 @@
+"""Write one shard group: the encoded samples of its work units → interleaved shard part(s).
+
+Work units are smaller than shards so that every worker stays busy to the end of a run;
+a shard group is the set of units whose samples make one shard (`plan.make_units`), so
+shard boundaries and bytes depend only on the plan, never on the worker count. A group is
+written by an actor once all of its units are committed: samples are copied from the
+units' spools (no re-encoding, memory bounded by one sample) in a seeded interleave over
+all of the group's files. Output lives in `OUT/.work/groups/group-NNNNNN/` and commits
+like a unit (`.partial` dir → `dir_commit`, `done.json` last).
+
+Reruns: a group's `group_key` is built from the `unit_key` of each of its units (with the
+group id, which seeds the interleave, and the config). A committed group is reused only if
+its key matches and every shard part it lists is on disk with its size; otherwise it is
+written again, and only from units whose committed `done.json` holds the key the current
+plan expects (`write_group` refuses stale units rather than copy their samples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from preprocess.config import PreprocessConfig
+from preprocess.dir_commit import commit_dir
+from preprocess.interleave import interleave
+from preprocess.measure.stage_times import lap
+from preprocess.plan import WorkUnit
+from preprocess.unit import SPOOL_INDEX_NAME, SPOOL_NAME, EncodedSpool, unit_dir
+from shards import ShardWriter
+from shards.atomic import atomic_write_json
+from shards.writer import TAR_MEMBER_HEADER_BYTES
+
+
+def group_dir(work: Path, group: int) -> Path:
+    return work / "groups" / f"group-{group:06d}"
+
+
+def group_key(group: int, units: list[WorkUnit], unit_keys: dict[int, str], digest: str) -> str:
+    """Everything a group's shard bytes depend on: config, group id (it seeds the
+    interleave), and each of its units (id, split, `unit_key`) in plan order."""
+    payload = {
+        "config_digest": digest,
+        "shard_group": group,
+        "units": [[u.unit_id, u.split, unit_keys[u.unit_id]] for u in units],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def group_is_done(work: Path, group: int, key: str) -> bool:
+    """Committed with this `group_key`, and every shard part it lists still on disk."""
+    gdir = group_dir(work, group)
+    try:
+        d = json.loads((gdir / "done.json").read_text())
+        if d["group_key"] != key:
+            return False
+        return all((gdir / p["name"]).stat().st_size == p["bytes"] for p in d["shards"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def shard_groups(units: list[WorkUnit]) -> dict[int, list[WorkUnit]]:
+    """Units by shard group, groups and units in plan order."""
+    groups: dict[int, list[WorkUnit]] = {}
+    for unit in units:
+        groups.setdefault(unit.shard_group, []).append(unit)
+    return dict(sorted(groups.items()))
+
+
+class StaleUnitError(RuntimeError):
+    """A unit of the group is not committed with the key the current plan expects."""
+
+
+def write_group(
+    group: int,
+    units: list[WorkUnit],
+    unit_keys: dict[int, str],
+    work: Path,
+    cfg: PreprocessConfig,
+) -> dict[str, Any]:
+    """Write group `group`'s shard part(s) from its committed units; returns its done.json.
+
+    `unit_keys` are the keys the current plan gives the units: each unit's committed
+    `done.json` must hold its key (and its parts be whole), or nothing is written. Only a
+    group far over the shard target (one very long file) is split into several parts of
+    ~shard_mb each.
+    """
+    for unit in units:
+        _check_unit(work, unit, unit_keys[unit.unit_id])
+    gdir = group_dir(work, group)
+    if gdir.exists():
+        shutil.rmtree(gdir)
+    tmp = gdir.with_name(gdir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    spools: list[EncodedSpool] = []
+    per_file: list[tuple[int, list[list]]] = []  # (spool, [[sample, key], …]) per file
+    try:
+        for unit in units:
+            spool, files = EncodedSpool.open_saved(unit_dir(work, unit.unit_id) / SPOOL_NAME)
+            spools.append(spool)
+            per_file += [(len(spools) - 1, samples) for samples in files]
+        parts = _write_parts(tmp, group, spools, per_file, cfg)
+    finally:
+        for spool in spools:
+            spool.close()
+    done = {
+        "shard_group": group,
+        "split": units[0].split,
+        "config_digest": cfg.digest(),
+        "group_key": group_key(group, units, unit_keys, cfg.digest()),
+        "units": [u.unit_id for u in units],
+        "shards": parts,
+    }
+    atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
+    commit_dir(tmp, gdir)
+    # The spools are now copied into the group's committed shards: free their disk space.
+    # (A rerun that must write this group again redoes these units: `unit_is_done` with
+    # `need_parts`.)
+    for unit in units:
+        for name in (SPOOL_NAME, SPOOL_INDEX_NAME):
+            (unit_dir(work, unit.unit_id) / name).unlink(missing_ok=True)
+    lap("tar")
+    return done
+
+
+def _check_unit(work: Path, unit: WorkUnit, key: str) -> None:
+    udir = unit_dir(work, unit.unit_id)
+    try:
+        d = json.loads((udir / "done.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StaleUnitError(f"unit {unit.unit_id} is not committed: {exc}") from exc
+    if d.get("unit_key") != key or d.get("scan_only", False):
+        raise StaleUnitError(
+            f"unit {unit.unit_id} was committed for other inputs or config (unit_key "
+            f"{str(d.get('unit_key'))[:12]}, expected {key[:12]}); not writing its group"
+        )
+    for part in d.get("parts", []):
+        path = udir / part["name"]
+        if not path.exists() or path.stat().st_size != part["bytes"]:
+            raise StaleUnitError(f"unit {unit.unit_id}: part {path} is missing or truncated")
+
+
+def _write_parts(
+    tmp: Path,
+    group: int,
+    spools: list[EncodedSpool],
+    per_file: list[tuple[int, list[list]]],
+    cfg: PreprocessConfig,
+) -> list[dict[str, Any]]:
+    order = interleave([len(s) for _, s in per_file], seed=cfg.split_seed * 1_000_003 + group)
+    est_total = sum(
+        _tar_estimate(spools[sp].index[i][1] + spools[sp].index[i][2])
+        for sp, samples in per_file
+        for i, _ in samples
+    )
+    target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
+    parts: list[dict[str, Any]] = []
+    writer: ShardWriter | None = None
+    size = 0
+    for file_i, seg_i in order:
+        if writer is None:
+            writer = ShardWriter(tmp / f"part-{len(parts):03d}.tar", encoding=cfg.audio_encoding)
+            size = 0
+        spool_i, samples = per_file[file_i]
+        index, key = samples[seg_i]
+        sample = spools[spool_i].get(index, key)
+        writer.write_encoded(sample)
+        size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
+        if size >= target:
+            parts.append(writer.close().to_dict())
+            writer = None
+    if writer is not None:
+        parts.append(writer.close().to_dict())
+    return parts
+
+
+def _tar_estimate(member_bytes: int) -> int:
+    """A sample's size in the tar as the split estimates it: its member bytes plus one
+    member's header blocks. That undercounts (two members, each with headers and padding:
+    ~3.5 KB), but where groups split into parts, and so the output bytes, depend on it."""
+    return member_bytes + TAR_MEMBER_HEADER_BYTES
