@@ -168,7 +168,7 @@ def test_new_reasons_are_appended_after_the_old_ones():
 
 
 def test_dnsmos_threshold_without_dnsmos_scores_is_refused():
-    with pytest.raises(ValueError, match="min_dnsmos_ovrl.*quality is 'dnsmos'"):
+    with pytest.raises(ValueError, match="min_dnsmos_ovrl.*quality='dnsmos'"):
         load_config(None, min_dnsmos_ovrl=3.0)
     with pytest.raises(ValueError, match="config key quality = 'mos': expected one of"):
         load_config(None, quality="mos")
