@@ -34,8 +34,9 @@ RUN_OUTPUTS = ("shards", "stats.zarr", "stats.zarr.tmp", "report", ".work", "fil
 RUN_OUTPUT_GLOBS = ("index.json", "index.json.tmp*", "files.jsonl.tmp*")
 
 
-class OutputConflict(RuntimeError):
-    """OUT holds something this run must not write into; the message says what to pass."""
+class OutputConflict(ValueError):
+    """OUT holds something this run must not write into; the message says what to pass.
+    A ValueError: a bad --output argument, reported as one line by every CLI."""
 
 
 def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: bool) -> None:
