@@ -173,7 +173,7 @@ t0 = time.perf_counter()
 cfg = load_config(shard_mb={shard_mb})
 i = run_pipeline({corpus!r}, {out!r}, cfg, workers={workers})
 t_report, c_report = time.perf_counter(), time.process_time()
-from preprocess.diagnose import report_for_output
+from preprocess.diagnose.report import report_for_output
 report_for_output(__import__("pathlib").Path({out!r}), segment_seconds=cfg.segment_seconds)
 times = i["_stage_times"]
 times["cpu"]["report"] = time.process_time() - c_report
