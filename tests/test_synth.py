@@ -371,3 +371,16 @@ def wav_declared_frames(data: bytes) -> int:
             return size // block_align
         pos += 8 + size + (size & 1)
     raise AssertionError("no data chunk")
+
+
+def test_header_only_files_never_collide_into_unplanned_duplicates():
+    """Seed 1 at 70 minutes once planned two header-only WAVs with the same subtype and
+    rate: byte-identical files the truth did not plan, so synthesis failed its own check.
+    Every header-only file of any corpus now has its own header."""
+    from preprocess.synth.classes import render
+    from preprocess.synth.plan import plan_corpus
+
+    for minutes, seed in ((70.0, 1), (60.0, 1), (120.0, 3)):
+        specs = [s for s in plan_corpus(minutes, seed) if s.cls == "header_only"]
+        blobs = [render(s, np.random.default_rng(0), "procedural") for s in specs]
+        assert len(set(blobs)) == len(blobs), (minutes, seed)

@@ -244,11 +244,22 @@ def _bytes_garbage(spec: FileSpec, rng: np.random.Generator, engine: str) -> byt
     return b"\x00\x7fGARBAGE" + rng.bytes(size)  # never a RIFF/fLaC/OggS magic
 
 
+HEADER_ONLY_SHAPES = [
+    (subtype, rate)
+    for rate in (16000, 44100, 48000, 22050, 8000, 32000, 11025, 24000)
+    for subtype in ("PCM_16", "PCM_24", "FLOAT")
+]
+
+
 def _plan_header_only(rng: np.random.Generator, s: FileSpec, k: int) -> FileSpec:
-    """A valid WAV header and zero frames (an interrupted recorder)."""
+    """A valid WAV header and zero frames (an interrupted recorder). A header holds only
+    subtype, rate and channels, so the k-th such file gets its own (subtype, rate) pair:
+    two identical headers would be byte duplicates, which the truth does not plan."""
     s.format = "WAV"
-    s.subtype = pick(rng, ("PCM_16", "PCM_24", "FLOAT"))
+    pick(rng, ("PCM_16", "PCM_24", "FLOAT"))  # keeps the draws of later files unchanged
     draw_audio_shape(rng, s)
+    s.subtype, s.sample_rate = HEADER_ONLY_SHAPES[k % len(HEADER_ONLY_SHAPES)]
+    s.channels = 1 + k // len(HEADER_ONLY_SHAPES)
     s.seconds = s.speech_seconds = 0.0
     return s
 
