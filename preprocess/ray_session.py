@@ -2,9 +2,10 @@
 
 `ray_session` is the one owner of start, join and shutdown. A local Ray it starts
 advertises 127.0.0.1, runs no dashboard unless asked, hands the thread caps to every worker
-and, on exit, is shut down and its temp dir (sessions, logs, sockets) removed, so a run
-leaves no process and nothing in /tmp. A joined cluster (`--address`) is left running: it
-belongs to whoever started it.
+(inherited for a local Ray, through the job's runtime_env on a cluster) and, on exit, is
+shut down and its temp dir (sessions, logs, sockets) removed, so a run leaves no process
+and nothing in /tmp. A joined cluster (`--address`) is left running: it belongs to whoever
+started it.
 
 Ray 2.60's gRPC servers (GCS, raylet, workers) bind the wildcard address whatever the node
 IP (`GrpcServer::Run` hard-codes 0.0.0.0), so a local Ray is reachable from the network;
@@ -74,13 +75,11 @@ def ray_session(
     if ray.is_initialized():
         yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
         return
-    common = {
-        "include_dashboard": dashboard,
-        "log_to_driver": True,
-        "runtime_env": {"env_vars": dict(WORKER_ENV)},
-    }
+    common = {"include_dashboard": dashboard, "log_to_driver": True}
     if address:
-        ray.init(address=address, **common)
+        # A cluster's workers were forked by raylets started elsewhere: the caps travel in
+        # the job's runtime_env (its agent adds a few seconds to the first actor start).
+        ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
         try:
             yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
         finally:
@@ -89,17 +88,36 @@ def ray_session(
     workers = workers or available_cpus()
     temp = Path(tempfile.mkdtemp(prefix="tcray-", dir=_short_temp_root()))
     try:
-        ray.init(
-            num_cpus=workers,
-            _temp_dir=str(temp),
-            _node_ip_address="127.0.0.1",
-            dashboard_host="127.0.0.1",
-            **common,
-        )
+        # A local Ray's workers inherit the raylet's environment, which is this process's
+        # at ray.init: setting the caps here costs nothing, where a runtime_env made every
+        # actor wait ~5 s for Ray's runtime-env agent (measured, 2 cores).
+        with environment(WORKER_ENV):
+            ray.init(
+                num_cpus=workers,
+                _temp_dir=str(temp),
+                _node_ip_address="127.0.0.1",
+                dashboard_host="127.0.0.1",
+                **common,
+            )
         yield RaySession(workers, local=True, temp_dir=temp)
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` set inside the block, restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _short_temp_root() -> str | None:
