@@ -312,6 +312,17 @@ def _process_units(
             bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
 
 
+def config_line(cfg: PreprocessConfig) -> str:
+    """The settings a person checks first, on one short line; index.json keeps them all."""
+    norm = f"{cfg.target_lufs:g} LUFS" if cfg.normalize else "off"
+    return (
+        f"config: preset {cfg.preset}, {cfg.segment_seconds:g} s segments at "
+        f"{cfg.sample_rate} Hz, normalize {norm}, val {100 * cfg.val_fraction:g} % by "
+        f"{cfg.split_by} (≥ {cfg.min_val_seconds:g} s), {cfg.shard_mb:g} MB shards "
+        "(all settings: index.json)"
+    )
+
+
 def _run(
     input_root: Path,
     out: Path,
@@ -325,7 +336,7 @@ def _run(
     from preprocess.assemble import assemble
 
     print(f"preprocess: {input_root} → {out}")
-    print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+    print(config_line(cfg))
     t0, cpu0 = time.perf_counter(), time.process_time()
     # One CPU each, spread: on a cluster, actors go to every node rather than filling the
     # first (an actor holds no CPU by default, and SPREAD alone put both on one node).

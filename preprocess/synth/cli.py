@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "libsndfile": sf.__libsndfile_version__,
         "numpy": np.__version__,
     }
-    print("synth config:", json.dumps(meta, ensure_ascii=False), flush=True)
+    version = f" ({meta['espeak_version'].split(':')[0].strip()})" if engine == "espeak" else ""
+    print(f"synth: {args.minutes:g} min, seed {args.seed}, speech by {engine}{version}", flush=True)
     prepare_output(out, args.overwrite)
     config_path(out).write_text(
         json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
