@@ -136,17 +136,18 @@ def report_skipped(command: str, tally: loader.ErrorTally) -> dict[str, int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from telucodec.evaluate import evaluate
+    from telucodec.evaluate import evaluate, perceptual_subset
 
     model = load_codec(args.checkpoint)
+    index = Index.load(args.data_dir)
+    paths = split_paths(args.data_dir, args.split)
+    listed = index.samples(args.split)
+    if args.max_items:
+        listed = min(listed, args.max_items)
     tally = loader.ErrorTally()
-    batches = loader.val_batches(
-        split_paths(args.data_dir, args.split),
-        args.batch_size,
-        max_items=args.max_items,
-        tally=tally,
-    )
-    figures = evaluate(model, batches, args.kbps).figures()
+    batches = loader.val_batches(paths, args.batch_size, max_items=args.max_items, tally=tally)
+    subset = perceptual_subset(listed, args.perceptual_items)
+    figures = evaluate(model, batches, args.kbps, perceptual_items=subset).figures()
     report = {
         "checkpoint": str(args.checkpoint),
         "data_dir": str(args.data_dir),
@@ -154,12 +155,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **report_skipped("eval", tally),
         "bitrates": figures,
     }
-    text = json.dumps(report, indent=1)
-    print(text)
+    print_eval_table(figures)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
+
+
+def print_eval_table(figures: dict[str, dict]) -> None:
+    """One short row per bitrate: items, masked SNR ± 95 % half width, SI-SDR, mel, the
+    unmasked SNR beside it, and PESQ-WB / STOI of the perceptual subset when scored."""
+    print(
+        f"{'kbps':>5}{'items':>7}{'masked SNR dB':>17}{'SI-SDR':>8}{'mel':>7}"
+        f"{'unmasked':>10}{'PESQ-WB':>9}{'STOI':>7}"
+    )
+
+    def cell(value: float | None, width: int, digits: int = 2) -> str:
+        return f"{'—':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    for kbps, fig in figures.items():
+        half = fig["masked_snr_db_ci95"]
+        snr = "—" if fig["masked_snr_db"] is None else f"{fig['masked_snr_db']:.2f}"
+        snr += "" if half is None else f" ± {half:.2f}"
+        print(
+            f"{kbps:>5}{fig['items']:>7}{snr:>17}{cell(fig['masked_si_sdr_db'], 8)}"
+            f"{cell(fig['masked_mel_distance'], 7, 3)}{cell(fig['unmasked_snr_db'], 10)}"
+            f"{cell(fig.get('pesq_wb'), 9)}{cell(fig.get('stoi'), 7, 3)}"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -245,7 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="metrics per bitrate on a preprocess output")
     add_dataset_flags(v)
     v.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
-    v.add_argument("--out", help="also write the JSON report to this file")
+    v.add_argument("--out", help="write the JSON report (every figure) to this file")
+    v.add_argument(
+        "--perceptual-items",
+        "--perceptual_items",
+        dest="perceptual_items",
+        type=int,
+        default=16,
+        help="items (spread over the split) also scored with PESQ-WB and STOI (0: off)",
+    )
     v.set_defaults(func=cmd_eval)
     c = sub.add_parser("compare", help="our codec vs Opus at the same bitrates")
     add_dataset_flags(c)

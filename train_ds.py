@@ -54,7 +54,7 @@ from shards.atomic import atomic_write_bytes, atomic_write_json
 from telucodec.checkpoint import save_codec
 from telucodec.configs import DEFAULT_KBPS, CodecConfig, get_config, kbps_values
 from telucodec.discriminator import MultiScaleSTFTDiscriminator
-from telucodec.evaluate import debug_block, evaluate
+from telucodec.evaluate import debug_block, evaluate, perceptual_subset
 from telucodec.losses import CodecLoss, discriminator_loss
 from telucodec.model import Codec
 
@@ -114,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("shuffle_buffer", type=int, default=1000, help="samples per worker")
     flag("val_batch_size", type=int, default=None, help="default: --batch-size")
     flag("max_val_items", type=int, default=0, help="first N val items only (0: all)")
+    flag(
+        "perceptual_items",
+        type=int,
+        default=16,
+        help="val items (a fixed subset spread over the set) also scored with PESQ-WB and "
+        "STOI at each validation (0: off)",
+    )
     flag("log_every", type=int, default=10, help="steps between logged losses")
     flag("audio_examples", type=int, default=2, help="val items sent to TensorBoard")
     flag("use_discriminator", action="store_true", help="add the STFT discriminator")
@@ -154,6 +161,7 @@ FLAG_RANGES = (
     ("shuffle_buffer", 1, None),
     ("val_batch_size", 1, 65536),
     ("max_val_items", 0, None),
+    ("perceptual_items", 0, None),
     ("log_every", 1, None),
     ("audio_examples", 0, 100),
     ("max_nonfinite_steps", 1, None),
@@ -415,7 +423,7 @@ def build_engines(run: Run, ds_config: dict[str, Any]) -> Engines:
 
 
 def write_run_config(run: Run, data: Data, engines: Engines) -> None:
-    """Print the resolved configuration and store it with the outputs (rank 0)."""
+    """Store the resolved configuration with the outputs and summarize it (rank 0)."""
     if run.rank != 0:
         return
     run_config = {
@@ -439,8 +447,28 @@ def write_run_config(run: Run, data: Data, engines: Engines) -> None:
         "kbps": run.kbps,
         "n_quantizers": run.n_quantizers,
     }
-    print(json.dumps(run_config, indent=2, default=str), flush=True)
     write_json(run.exp_dir / "run_config.json", run_config)
+    for line in run_summary(run_config):
+        print(line, flush=True)
+    print(f"full configuration: {run.exp_dir / 'run_config.json'}", flush=True)
+
+
+def run_summary(c: dict[str, Any]) -> list[str]:
+    """The resolved run in three short lines (run_config.json has every setting)."""
+    ds, d = c["deepspeed"], c["data"]
+    precision = "bf16" if ds["bf16"]["enabled"] else "fp32"
+    lr = ds.get("optimizer", {}).get("params", {}).get("lr")
+    per_step = d["micro_batch"] * ds["gradient_accumulation_steps"] * c["world_size"]
+    return [
+        f"codec {c['model']['name']}: {c['parameters'] / 1e6:.2f} M parameters, {precision}, "
+        f"{c['world_size']} rank(s) on {c['device']}, ZeRO "
+        f"{ds.get('zero_optimization', {}).get('stage', 0)}",
+        f"data: {d['train_samples']} train segments in {d['train_shards']} shards, "
+        f"{d['val_samples']} val in {d['val_shards']}",
+        f"schedule: {c['total_steps']} steps of {per_step} segments "
+        f"({d['micro_batch']} per rank x {ds['gradient_accumulation_steps']} accumulated), "
+        f"LR {lr}, validating at {' '.join(f'{k:g}' for k in c['kbps'])} kbps",
+    ]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -785,12 +813,16 @@ def report_epoch(run: Run, state: TrainState, epoch: int, errors: loader.EpochEr
     errors.clear()
 
 
+def listed_val_items(data: Data, args: argparse.Namespace) -> int:
+    """Val items index.json lists, capped at --max-val-items."""
+    listed = data.index.samples("val")
+    return min(listed, args.max_val_items) if args.max_val_items else listed
+
+
 def val_coverage(data: Data, args: argparse.Namespace, figures: dict[str, Any]) -> str:
     """How many val items were scored of those index.json lists (capped at --max-val-items),
     appended to the final line: `; scored 35 of 55 listed val items (20 unreadable)`."""
-    listed = data.index.samples("val")
-    if args.max_val_items:
-        listed = min(listed, args.max_val_items)
+    listed = listed_val_items(data, args)
     scored = figures["items"]
     missing = f" ({listed - scored} unreadable)" if scored < listed else ""
     return f"; scored {scored} of {listed} listed val items{missing}"
@@ -824,6 +856,7 @@ def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> d
         args.max_val_items,
         tally,
     )
+    listed = listed_val_items(data, args)
     result = evaluate(
         engines.generator.module,
         batches,
@@ -832,6 +865,7 @@ def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> d
         engines.dtype,
         n_worst=5 if args.debug_validation else 0,
         n_examples=args.audio_examples if run.rank == 0 else 0,
+        perceptual_items=perceptual_subset(listed, args.perceptual_items),
     )
     result.load_vector(all_reduce_sum(torch.from_numpy(result.vector())).numpy())
     errors = all_reduce_sum(
@@ -864,7 +898,7 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
             f"{_ci(fig, 'masked_snr_db')} (global {_f(fig['masked_global_snr_db'])}), SI-SDR "
             f"{_f(fig['masked_si_sdr_db'])} dB {_ci(fig, 'masked_si_sdr_db')}, "
             f"mel {_f(fig['masked_mel_distance'], 3)}, "
-            f"unmasked SNR {_f(fig['unmasked_snr_db'])} dB "
+            f"unmasked SNR {_f(fig['unmasked_snr_db'])} dB{perceptual_text(fig)} "
             f"[{fig['items']} items, {fig['gated_items']} gated]",
             flush=True,
         )
@@ -884,6 +918,15 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
             tb.add_audio(f"audio/{ex.key}/{kbps:g}kbps", est.clamp(-1, 1)[None], step, sr)
     tb.flush()
     plot_curves(state.history, run.exp_dir / "curves.png")
+
+
+def perceptual_text(figures: dict[str, Any]) -> str:
+    """The log line's perceptual tail, e.g. `, PESQ-WB 1.52, STOI 0.812 (n = 16)`; "" when
+    the figures carry no PESQ (--perceptual-items 0)."""
+    if "pesq_wb" not in figures:
+        return ""
+    n = figures.get("pesq_wb_items", 0)
+    return f", PESQ-WB {_f(figures['pesq_wb'])}, STOI {_f(figures['stoi'], 3)} (n = {n})"
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -952,7 +995,8 @@ def succeeded(figures: dict[str, Any]) -> bool:
 
 def headline(kbps: str, figures: dict[str, Any]) -> str:
     """The final line: the masked SNR with its 95 % interval, the global and unmasked SNR,
-    and the verdict of `verdict` with the number of items n it rests on."""
+    PESQ-WB and STOI of the perceptual subset (when scored), and the verdict of `verdict`
+    with the number of items n it rests on."""
     n = figures.get("masked_snr_db_items", 0)
     lo, hi = figures.get("masked_snr_db_ci95_lo"), figures.get("masked_snr_db_ci95_hi")
     decision = verdict(figures)
@@ -967,12 +1011,32 @@ def headline(kbps: str, figures: dict[str, Any]) -> str:
             f"UNDECIDED: 95 % interval [{lo:.1f}, {hi:.1f}] dB spans 0 (n = {n}): "
             "validation set too small or too noisy to decide"
         )
+    perceptual = ""
+    if "pesq_wb" in figures:
+        perceptual = f"; PESQ-WB {_f(figures['pesq_wb'])}, STOI {_f(figures['stoi'], 3)}"
     return (
         f"val masked SNR {kbps} kbps: {_f(figures['masked_snr_db'], 1)} dB "
         f"{_ci(figures, 'masked_snr_db', 1)}; global "
         f"{_f(figures['masked_global_snr_db'], 1)} dB; unmasked "
-        f"{_f(figures['unmasked_snr_db'], 1)} dB — {why}"
+        f"{_f(figures['unmasked_snr_db'], 1)} dB{perceptual} — {why}"
     )
+
+
+def plot_perceptual(ax, val: list[dict], series) -> None:
+    """PESQ-WB (left axis) and STOI (right axis) of the perceptual subset per bitrate."""
+    ax_stoi = ax.twinx()
+    for kbps in sorted({k for r in val for k in r["kbps"]}, key=float):
+        steps, pesq = series(val, kbps, "pesq_wb")
+        if not any(math.isfinite(v) for v in pesq):
+            continue
+        (line,) = ax.plot(steps, pesq, "o-", label=f"PESQ-WB {kbps} kbps")
+        ax_stoi.plot(*series(val, kbps, "stoi"), "^--", color=line.get_color(), alpha=0.7)
+    ax.set(title="perceptual subset (STOI dashed, right)", xlabel="step", ylabel="PESQ-WB")
+    ax_stoi.set_ylabel("STOI")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not scored (--perceptual-items 0)", ha="center", transform=ax.transAxes)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -980,8 +1044,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def plot_curves(history: dict[str, list], path: Path) -> None:
-    """Training loss and validation SNR (masked per bitrate with its 95 % interval as a
-    shaded band; global and unmasked at the top bitrate) against step, one PNG."""
+    """Training loss, validation SNR (masked per bitrate with its 95 % interval as a
+    shaded band; global and unmasked at the top bitrate) and PESQ-WB / STOI of the
+    perceptual subset against step, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -992,7 +1057,7 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
         values = [r["kbps"][kbps].get(name) for r in rows]  # .get: histories from before a figure
         return [r["step"] for r in rows], [math.nan if v is None else v for v in values]
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_val, ax_ear) = plt.subplots(1, 3, figsize=(17, 4.5))
     train = history["train"]
     if train:
         steps = [r["step"] for r in train]
@@ -1027,6 +1092,7 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
     ax_val.axhline(0.0, color="grey", lw=0.8)
     ax_val.set(title="validation", xlabel="step", ylabel="dB")
     ax_val.legend(fontsize=8)
+    plot_perceptual(ax_ear, val, series)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)

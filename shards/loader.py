@@ -169,7 +169,8 @@ def random_crops(
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Samples → `{"audio": Tensor[B x T] float32, "mask": Tensor[B x T] bool, "key": [B]}`.
+    """Samples → `{"audio": Tensor[B x T] float32, "mask": Tensor[B x T] bool, "key": [B]}`
+    (and `"item": [B]`, the ordinals val_batches numbers items by, when samples carry them).
     Shorter items are zero-padded at the end with mask False."""
     length = max(s["audio"].shape[0] for s in samples)
     audio = np.zeros((len(samples), length), dtype=np.float32)
@@ -177,11 +178,14 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for i, s in enumerate(samples):
         audio[i, : s["audio"].shape[0]] = s["audio"]
         mask[i, : s["mask"].shape[0]] = s["mask"]
-    return {
+    batch = {
         "audio": torch.from_numpy(audio),
         "mask": torch.from_numpy(mask),
         "key": [s["key"] for s in samples],
     }
+    if all("item" in s for s in samples):
+        batch["item"] = [s["item"] for s in samples]
+    return batch
 
 
 def count_in_slot(lo: int, hi: int, slot: int, num_slots: int) -> int:
@@ -346,7 +350,8 @@ def val_batches(
     in batch i // batch_size and batch j belongs to rank j % world. So the union over ranks
     is every item exactly once, in the same batches for any world size; nothing is padded
     or repeated. A corrupt item or shard is skipped and counted in `tally`. `max_items` > 0
-    keeps only the first items.
+    keeps only the first items. Each batch carries its items' ordinals as `"item"`, so a
+    fixed subset (evaluate's perceptual items) is the same for any world size.
     """
     tally = tally if tally is not None else ErrorTally()
     index = 0
@@ -372,7 +377,7 @@ def val_batches(
                 samples = []
             current = batch_index
             try:
-                samples.append(decode_sample(members, shard=shard))
+                samples.append({**decode_sample(members, shard=shard), "item": index - 1})
             except ShardFormatError as exc:
                 tally.record("sample", exc, shard)
         if max_items and index >= max_items:

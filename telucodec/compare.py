@@ -8,7 +8,6 @@ distance, global SNR) plus wideband PESQ (ITU-T P.862.2, `pesq`) and STOI (Taal 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,10 +15,11 @@ import numpy as np
 import torch
 
 from telucodec.evaluate import MetricSums
+from telucodec.metrics import PERCEPTUAL, perceptual_scores
 from telucodec.model import Codec
 
 MAX_LAG = 2000  # samples (125 ms at 16 kHz): far beyond Opus's 6.5 ms algorithmic delay
-EXTRA = ("pesq_wb", "stoi")  # per-item figures compare adds to the evaluation schema
+EXTRA = PERCEPTUAL  # per-item figures compare adds to the evaluation schema
 
 
 def align(ref: np.ndarray, est: np.ndarray, max_lag: int = MAX_LAG) -> tuple[np.ndarray, int]:
@@ -36,31 +36,12 @@ def align(ref: np.ndarray, est: np.ndarray, max_lag: int = MAX_LAG) -> tuple[np.
     return out, lag
 
 
-def _pesq_stoi(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> tuple[float, float]:
-    from pesq import pesq
-    from pystoi import stoi
-
-    try:
-        p = float(pesq(sample_rate, ref, est, "wb"))
-    except Exception:  # too short or silent for PESQ: counted as missing
-        p = float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pystoi warns and returns 1e-5 on too few frames
-        try:
-            s = float(stoi(ref, est, sample_rate, extended=False))
-        except Exception:
-            s = float("nan")
-    if s <= 1e-5:
-        s = float("nan")  # too little speech to measure: counted as missing, not as 0
-    return p, s
-
-
 def score_item(sums: MetricSums, ref: np.ndarray, est: np.ndarray, sample_rate: int) -> None:
     """Add one item to `sums` (a MetricSums with EXTRA): ref/est float32[T] of real audio
     only, already aligned, so every sample is valid and masked = unmasked figures."""
     r, e = ref[None], est[None]
     sums.add(r, e, np.ones(r.shape, bool), sample_rate=sample_rate)
-    p, s = _pesq_stoi(ref, est, sample_rate)
+    p, s = perceptual_scores(ref, est, sample_rate)
     sums.add_values("pesq_wb", [p])
     sums.add_values("stoi", [s])
 

@@ -13,7 +13,7 @@ Pure model + metrics on tensors and arrays; it never reads a corpus.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,6 +246,17 @@ class Evaluation:
         }
 
 
+def perceptual_subset(listed: int, n: int) -> frozenset[int]:
+    """The ordinals of n val items spread evenly over the `listed` ones (item ⌊j·listed/n⌋
+    for j < n): a fixed subset, the same at every validation and for any world size, that
+    reaches past the first shard's few source files. All items when n ≥ listed; none for
+    n ≤ 0."""
+    if n <= 0 or listed <= 0:
+        return frozenset()
+    n = min(n, listed)
+    return frozenset(j * listed // n for j in range(n))
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -255,6 +266,7 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     n_worst: int = 0,
     n_examples: int = 0,
+    perceptual_items: Collection[int] = (),
 ) -> Evaluation:
     """Run `model` (a Codec: `.cfg`, `forward(Tensor[B x 1 x T], n_quantizers)`) over
     `batches` at every bitrate and tally the figures.
@@ -263,21 +275,31 @@ def evaluate(
     as the shards loader yields. The model runs in eval() mode, so the EMA codebooks stay
     put and no collective runs inside forward (ranks may have different batch counts).
     `n_worst` keeps the items with the lowest masked SNR at the highest bitrate (gated ones
-    first), `n_examples` the first items with their decoded audio."""
+    first), `n_examples` the first items with their decoded audio.
+
+    `perceptual_items` (ordinals from the batches' `"item"`, e.g. `perceptual_subset`) are
+    also scored with PESQ-WB and STOI on their valid samples (padding cut off); the tallies
+    then carry `pesq_wb` and `stoi`. At ~85 ms per item and bitrate on one core, a fixed
+    subset keeps this to seconds, shared over ranks like the items themselves."""
     was_training = model.training
     model.eval()
     kbps = sorted(kbps)
     nqs = [model.cfg.n_quantizers_for_kbps(k) for k in kbps]
-    result = Evaluation(list(kbps), nqs, [MetricSums() for _ in kbps])
+    extra = metrics.PERCEPTUAL if perceptual_items else ()
+    result = Evaluation(list(kbps), nqs, [MetricSums(extra) for _ in kbps])
+    sr = model.cfg.sample_rate
     for batch in batches:
         ref = torch.as_tensor(batch["audio"])[:, None]
         mask = torch.as_tensor(batch["mask"])
         keys = batch.get("key") or [str(i) for i in range(ref.shape[0])]
+        chosen = [j for j, i in enumerate(batch.get("item", ())) if i in perceptual_items]
         x, ests = ref.to(device, dtype), {}
         for k, nq, sums in zip(kbps, nqs, result.sums, strict=True):
             est = model(x, n_quantizers=nq).audio.float().cpu()
-            snr = sums.add(ref, est, mask, sample_rate=model.cfg.sample_rate)
+            snr = sums.add(ref, est, mask, sample_rate=sr)
             ests[k] = est
+            if extra:
+                add_perceptual(sums, ref, est, mask, chosen, sr)
         if n_worst:  # `snr` is the highest bitrate's
             for j, key in enumerate(keys):
                 value = float(snr[j]) if np.isfinite(snr[j]) else -math.inf
@@ -289,6 +311,28 @@ def evaluate(
             result.examples.append(Example(key, ref[j, 0], {k: v[j, 0] for k, v in ests.items()}))
     model.train(was_training)
     return result
+
+
+def add_perceptual(
+    sums: MetricSums,
+    ref: torch.Tensor,
+    est: torch.Tensor,
+    mask: torch.Tensor,
+    rows: Sequence[int],
+    sample_rate: int,
+) -> None:
+    """PESQ-WB and STOI of batch rows `rows` into `sums`; ref, est float Tensor[B x 1 x T],
+    mask bool Tensor[B x T]. Each item is scored on its valid samples only."""
+    pesq, stoi = [], []
+    for j in rows:
+        valid = mask[j].numpy()
+        p, s = metrics.perceptual_scores(
+            ref[j, 0].numpy()[valid], est[j, 0].numpy()[valid], sample_rate
+        )
+        pesq.append(p)
+        stoi.append(s)
+    sums.add_values("pesq_wb", pesq)
+    sums.add_values("stoi", stoi)
 
 
 def debug_block(item: ScoredItem) -> str:

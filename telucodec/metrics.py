@@ -13,6 +13,8 @@ Inputs may be numpy arrays or torch tensors, shaped [B x T] or [B x 1 x T]; mask
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -133,3 +135,42 @@ def masked_mel_distance(ref, est, mask, sample_rate: int = 16000) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             total += np.where(den > 0, num / np.maximum(den, 1), np.nan)
     return total / len(MEL_RESOLUTIONS)
+
+
+# Perceptual per-item figures: wideband PESQ (ITU-T P.862.2) and STOI (Taal et al. 2011).
+PERCEPTUAL = ("pesq_wb", "stoi")
+PESQ_RATE = 16000  # P.862.2 is defined at 16 kHz only
+MIN_PERCEPTUAL_SECONDS = 0.25  # below this neither measure has enough frames
+
+
+def perceptual_scores(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """(PESQ-WB, STOI) of one item, ref/est float[T] holding real audio only (padding cut
+    off, est aligned to ref). NaN where a measure cannot score it (too short, silent, no
+    utterance found): counted as missing by MetricSums, never as a bad score. Audio at
+    another rate is resampled to 16 kHz for PESQ (soxr HQ); STOI resamples internally."""
+    from pesq import pesq
+    from pystoi import stoi
+
+    ref = np.asarray(ref, dtype=np.float32)
+    est = np.asarray(est, dtype=np.float32)
+    if ref.size < MIN_PERCEPTUAL_SECONDS * sample_rate or not np.isfinite(est).all():
+        return float("nan"), float("nan")
+    r16, e16 = ref, est
+    if sample_rate != PESQ_RATE:
+        import soxr
+
+        r16 = soxr.resample(ref, sample_rate, PESQ_RATE, quality="HQ")
+        e16 = soxr.resample(est, sample_rate, PESQ_RATE, quality="HQ")
+    try:
+        p = float(pesq(PESQ_RATE, r16, e16, "wb"))
+    except Exception:  # pesq raises for "no utterance detected" and too-short input
+        p = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pystoi warns and returns 1e-5 on too few frames
+        try:
+            s = float(stoi(ref, est, sample_rate, extended=False))
+        except Exception:
+            s = float("nan")
+    if s <= 1e-5:
+        s = float("nan")
+    return p, s

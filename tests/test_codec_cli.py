@@ -23,6 +23,7 @@ from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, model_identity, save_codec
 from telucodec.evaluate import MetricSums, evaluate
+from telucodec.metrics import PERCEPTUAL
 from tests.test_codec_model import speechlike, trained_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,14 +271,23 @@ def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, p
             report_path,
         )
     )
-    report = json.loads(proc.stdout)
-    assert json.loads(report_path.read_text()) == report
+    # The terminal gets a short table (a row per bitrate), the file every figure.
+    rows = proc.stdout.splitlines()
+    assert rows[0].split()[:3] == ["kbps", "items", "masked"] and "PESQ-WB" in rows[0]
+    assert [r.split()[:2] for r in rows[1:4]] == [["1.5", "5"], ["3", "5"], ["6", "5"]]
+    assert not proc.stdout.lstrip().startswith("{")
+    report = json.loads(report_path.read_text())
     assert report["split"] == "val" and set(report["bitrates"]) == {"1.5", "3", "6"}
     assert report["bad_samples"] == report["bad_shards"] == 0
     for kbps, nq in (("1.5", 3), ("3", 6), ("6", 12)):
         figures = report["bitrates"][kbps]
         assert figures["n_quantizers"] == nq and figures["items"] == 5
-        assert set(figures) == set(MetricSums().summary()) | {"n_quantizers"}
+        # By default every item of this 5-item split is in the perceptual subset; item 4
+        # (0.19 s of audio) is too short for either measure, item 2 (0.375 s) for STOI's
+        # 384 ms analysis: counted as missing, not as low scores.
+        assert set(figures) == set(MetricSums(PERCEPTUAL).summary()) | {"n_quantizers"}
+        assert (figures["pesq_wb_items"], figures["stoi_items"]) == (4, 3)
+        assert 1.0 <= figures["pesq_wb"] <= 4.65 and 0.0 < figures["stoi"] <= 1.0
         for value in figures.values():
             assert isinstance(value, (int, float)) and np.isfinite(value)
         assert figures["gated_items"] == figures["unmasked_gated_items"] == 0
@@ -297,18 +307,23 @@ def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, p
             "audio": torch.from_numpy(np.stack([s["audio"] for s in samples[i : i + 2]])),
             "mask": torch.from_numpy(np.stack([s["mask"] for s in samples[i : i + 2]])),
             "key": [s["key"] for s in samples[i : i + 2]],
+            "item": list(range(i, min(i + 2, len(samples)))),
         }
         for i in range(0, len(samples), 2)
     ]
-    direct = evaluate(load_codec(checkpoint), batches, [1.5, 3.0, 6.0]).figures()
+    model = load_codec(checkpoint)
+    direct = evaluate(model, batches, [1.5, 3.0, 6.0], perceptual_items=range(5)).figures()
     assert direct == report["bitrates"]
 
 
 def test_eval_reads_only_the_shards_index_json_lists(work, checkpoint, preprocess_out):
     """A stale val-000099.tar in shards/ (3 items) is not in index.json, so not evaluated."""
     assert (preprocess_out / "shards" / "val-000099.tar").is_file()
-    proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", preprocess_out, "--kbps", 6)
-    assert json.loads(ok(proc).stdout)["bitrates"]["6"]["items"] == 5
+    out = work / "eval-listed.json"
+    args = ("--data-dir", preprocess_out, "--kbps", 6, "--out", out, "--perceptual-items", 0)
+    ok(telucodec("eval", "--checkpoint", checkpoint, *args))
+    figures = json.loads(out.read_text())["bitrates"]["6"]
+    assert figures["items"] == 5 and "pesq_wb" not in figures
 
 
 def test_eval_and_compare_accept_the_older_spellings_data_and_comma_kbps():

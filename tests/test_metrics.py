@@ -379,3 +379,49 @@ def test_exact_reconstruction_is_capped_not_infinite():
     assert metrics.global_snr_db(1.0, 0.0) == metrics.MAX_DB
     sdr, _ = metrics.masked_si_sdr_db(ref, np.zeros_like(ref), mask)  # no target energy
     assert np.all(sdr == -metrics.MAX_DB)
+
+
+# ------------------------------------------------------------------------- perceptual subset
+
+
+def test_perceptual_subset_is_fixed_spread_over_the_set_and_capped():
+    from telucodec.evaluate import perceptual_subset
+
+    subset = perceptual_subset(100, 16)
+    assert len(subset) == 16 and min(subset) == 0 and max(subset) >= 90
+    assert subset == perceptual_subset(100, 16)  # the same items at every validation
+    gaps = np.diff(sorted(subset))
+    assert gaps.min() >= 6 and gaps.max() <= 7  # even spacing, not the first shard only
+    assert perceptual_subset(5, 16) == frozenset(range(5))
+    assert perceptual_subset(100, 0) == perceptual_subset(0, 16) == frozenset()
+
+
+def test_perceptual_figures_score_only_the_chosen_items_on_their_valid_samples():
+    """PESQ-WB / STOI of a padded item equal those of its real samples alone: padding (zeros
+    in ref, decoder output in est) is cut off before scoring; items outside the subset and
+    items too short to score add no value."""
+    from telucodec.evaluate import add_perceptual
+
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    voiced = (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32
+    )
+    ref = np.stack([voiced, voiced, voiced])
+    est = ref + 0.005 * rng.standard_normal(ref.shape).astype(np.float32)
+    mask = np.ones(ref.shape, bool)
+    mask[1, 20000:] = False  # item 1: 1.25 s of audio, then padding
+    ref[1, 20000:] = 0.0
+    est[1, 20000:] = rng.standard_normal(12000).astype(np.float32)  # noise in the padding
+    mask[2, 2000:] = False  # item 2: 0.125 s, too short for either measure
+    sums = MetricSums(metrics.PERCEPTUAL)
+    tensors = [torch.from_numpy(a) for a in (ref[:, None], est[:, None], mask)]
+    add_perceptual(sums, *tensors, rows=[1, 2], sample_rate=16000)
+    expected = metrics.perceptual_scores(ref[1, :20000], est[1, :20000], 16000)
+    summary = sums.summary()
+    assert summary["pesq_wb_items"] == summary["stoi_items"] == 1  # item 2 counted missing
+    assert (summary["pesq_wb"], summary["stoi"]) == pytest.approx(expected)
+    assert 1.0 <= expected[0] <= 4.65 and 0.0 < expected[1] <= 1.0
+    # Scored with its padding, the same item gets another PESQ: the cut is what the equality
+    # above checks (STOI alone would not tell: it drops frames silent in the reference).
+    assert metrics.perceptual_scores(ref[1], est[1], 16000)[0] != pytest.approx(expected[0])

@@ -408,6 +408,14 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     assert "skipped" in proc.stdout and "corrupt samples" in proc.stdout
     assert "=== VALIDATION SNR DEBUG ===" in proc.stdout and "Signal power" in proc.stdout
     assert "val masked SNR 6 kbps:" in proc.stdout and "unmasked" in proc.stdout.splitlines()[-1]
+    # PESQ-WB and STOI of the default perceptual subset (all 9 val items here, padding cut
+    # off) at every validation: in metrics.json, the per-validation lines and the final line.
+    for record in m["history"]["val"]:
+        for figures in record["kbps"].values():
+            assert figures["pesq_wb_items"] == figures["stoi_items"] == 9
+            assert 1.0 <= figures["pesq_wb"] <= 4.65 and 0.0 < figures["stoi"] <= 1.0
+    assert "PESQ-WB" in proc.stdout.splitlines()[-1] and "STOI" in proc.stdout.splitlines()[-1]
+    assert proc.stdout.count("STOI") >= 2 * 3 + 1  # 2 validations x 3 bitrates + final line
     assert (exp / "checkpoints" / "latest").read_text().strip() == "step00000006"
     assert (exp / "curves.png").stat().st_size > 1000
     assert not list(exp.glob("*.tmp*")), "an atomic write left its temporary behind"
@@ -448,12 +456,13 @@ def test_metrics_eval_and_compare_reports_share_one_schema(single_run):
     eval_report = json.loads((root / "eval.json").read_text())
     compare_report = json.loads((root / "cmp" / "compare.json").read_text())
 
-    schema = set(MetricSums().summary()) | {"n_quantizers"}
+    # Training's validation and eval both score the default perceptual subset (PESQ-WB and
+    # STOI), so all three reports carry the same figures.
+    schema = set(MetricSums(EXTRA).summary()) | {"n_quantizers"}
     for kbps in ("1.5", "3", "6"):
         assert set(final[kbps]) == set(eval_report["bitrates"][kbps]) == schema
-    assert set(compare_report["codecs"]["telucodec"]["6"]) == schema | set(
-        MetricSums(EXTRA).summary()
-    )
+        assert final[kbps]["pesq_wb_items"] >= 1
+    assert set(compare_report["codecs"]["telucodec"]["6"]) == schema
     for kbps, figures in final.items():
         for name, value in figures.items():
             got = eval_report["bitrates"][kbps][name]
