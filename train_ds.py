@@ -3,19 +3,23 @@
     deepspeed train_ds.py --deepspeed-config ds_config.json --data-dir OUT \\
         --checkpoint-dir CKPT --experiment-name NAME --model-config small
     python train_ds.py --data-dir OUT ...                 # one process, no launcher
+    python train_ds.py --data-dir OUT --init-from CKPT/OLD/final ...   # fine-tune an export
     torchrun --nproc_per_node 2 train_ds.py --data-dir OUT ...
     sbatch cluster/train.sbatch OUT CKPT NAME             # SLURM, one task per node
 
 The original train_codec.py spellings (`--data_dir`, `--batch_size`, …) still work.
+`--init-from` starts from an exported codec's weights (fresh optimizer and schedule, step 0)
+and refuses one whose architecture differs from `--model-config`; `--resume` wins over it.
 
 `main` (at the bottom) is the procedure, one named step per stage, and the file reads in the
-same order: arguments → process group → run, data, engines → resume → the loop (train step,
-logged losses, epoch data-error report, validation, checkpoint) → final validation →
-exported generator, metrics.json, curves.png. Each step takes what it needs as arguments;
-what several share sits in four small dataclasses: `Run` (flags, rank, codec, output dirs),
-`Data` (index, training stream, schedule length), `Engines` and `TrainState` (what a
-checkpoint restores besides weights). Validation scoring is `telucodec.evaluate`, shared with
-`python -m telucodec eval`; shard lists come from `shards.Index`.
+same order: arguments (and the --init-from export, checked) → process group → run, data,
+engines → resume → the loop (train step, logged losses, epoch data-error report, validation,
+checkpoint) → final validation → exported generator, metrics.json, curves.png. Each step
+takes what it needs as arguments; what several share sits in four small dataclasses: `Run`
+(flags, rank, codec, output dirs, the --init-from source), `Data` (index, training stream,
+schedule length), `Engines` and `TrainState` (what a checkpoint restores besides weights).
+Validation scoring is `telucodec.evaluate`, shared with `python -m telucodec eval`; shard
+lists come from `shards.Index`.
 
 Everything a run produces lives in CKPT/NAME/: run_config.json (args + DeepSpeed config +
 codec config), checkpoints/ (DeepSpeed, with data position and RNG state), final/ (the
@@ -42,7 +46,7 @@ import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -51,8 +55,21 @@ from tqdm import tqdm
 
 from shards import Index, loader
 from shards.atomic import atomic_write_bytes, atomic_write_json
-from telucodec.checkpoint import save_codec
-from telucodec.configs import DEFAULT_KBPS, CodecConfig, get_config, kbps_values
+from telucodec.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    load_weights,
+    model_identity,
+    read_checkpoint_config,
+    save_codec,
+)
+from telucodec.configs import (
+    DEFAULT_KBPS,
+    CodecConfig,
+    architecture_differences,
+    get_config,
+    kbps_values,
+)
 from telucodec.discriminator import MultiScaleSTFTDiscriminator
 from telucodec.evaluate import debug_block, evaluate, perceptual_subset
 from telucodec.losses import CodecLoss, discriminator_loss
@@ -100,6 +117,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="continue CHECKPOINT_DIR/NAME from its latest checkpoint (fresh start "
         "when there is none yet, so a requeued job can always pass it)",
+    )
+    flag(
+        "init_from",
+        default=None,
+        metavar="DIR",
+        help="fine-tune: start from an exported codec (CKPT/NAME/final) with its weights "
+        "only, a fresh optimizer and schedule, at step 0; its architecture must match "
+        "--model-config; a checkpoint that --resume finds wins over it",
     )
     flag(
         "kbps",
@@ -182,6 +207,60 @@ def check_ranges(args: argparse.Namespace) -> None:
             raise SystemExit(2)
 
 
+def fail(message: str) -> NoReturn:
+    """A refused input: one line on stderr, exit 2, no traceback."""
+    print(f"train_ds.py: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def experiment_dir(args: argparse.Namespace) -> Path:
+    """CKPT/NAME: everything a run writes."""
+    return Path(args.checkpoint_dir) / args.experiment_name
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """The exported codec a fine-tuning run starts from (--init-from), checked."""
+
+    directory: Path
+    extra: dict[str, Any]  # what the run that exported it recorded: step, experiment, …
+
+    def describe(self) -> str:
+        """`DIR (step S of experiment E)`, for the log line and run_config.json."""
+        step, name = self.extra.get("step", "?"), self.extra.get("experiment", "?")
+        return f"{self.directory} (step {step} of experiment {name})"
+
+
+def init_source(args: argparse.Namespace) -> InitSource | None:
+    """--init-from, checked before any process group starts: None when it is not given or a
+    checkpoint to --resume exists (resume wins, so a requeued job can always pass both; the
+    directory is then not even read). A missing or damaged directory, or one whose codec
+    differs from --model-config in a field that shapes the weights or the meaning of the
+    codes (configs.ARCHITECTURE_FIELDS), is one line naming it, exit 2. Loss weights,
+    quantizer dropout and the critic may differ: that is what fine-tuning changes."""
+    if args.init_from is None:
+        return None
+    if args.resume and (experiment_dir(args) / "checkpoints" / "latest").is_file():
+        return None
+    directory = Path(args.init_from)
+    flag = f"--init-from {directory}"
+    if not directory.is_dir():
+        fail(f"{flag}: not a directory; expected an exported codec such as CKPT/NAME/final")
+    try:
+        source, extra = read_checkpoint_config(directory)
+    except CheckpointError as exc:
+        fail(f"{flag}: {exc}")
+    if not (directory / WEIGHTS).is_file():
+        fail(f"{flag}: {directory / WEIGHTS}: missing")
+    differences = architecture_differences(source, get_config(args.model_config))
+    if differences:
+        fail(
+            f"{flag}: its codec config differs from --model-config {args.model_config}: "
+            + ", ".join(differences)
+        )
+    return InitSource(directory, extra if isinstance(extra, dict) else {})
+
+
 # -------------------------------------------------------------------------- process group
 
 
@@ -253,6 +332,7 @@ class Run:
     n_quantizers: list[int]
     exp_dir: Path  # CKPT/NAME
     started: float  # time.time() at start, for --max-seconds
+    init: InitSource | None = None  # --init-from, when it applies
 
     @property
     def ckpt_dir(self) -> Path:
@@ -263,17 +343,23 @@ class Run:
         return self.exp_dir / "tb"
 
 
-def make_run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Run:
+def make_run(
+    args: argparse.Namespace,
+    rank: int,
+    world: int,
+    device: torch.device,
+    init: InitSource | None = None,
+) -> Run:
     """Codec config and bitrates (checked against it), and CKPT/NAME made on rank 0."""
     cfg = get_config(args.model_config)
     if args.use_discriminator:
         cfg = cfg.replace(use_discriminator=True)
     kbps = args.kbps or [k for k in DEFAULT_KBPS if k <= cfg.max_kbps]
-    exp_dir = Path(args.checkpoint_dir) / args.experiment_name
+    exp_dir = experiment_dir(args)
     if rank == 0:
         exp_dir.mkdir(parents=True, exist_ok=True)
     nqs = [cfg.n_quantizers_for_kbps(k) for k in kbps]
-    return Run(args, rank, world, device, cfg, kbps, nqs, exp_dir, time.time())
+    return Run(args, rank, world, device, cfg, kbps, nqs, exp_dir, time.time(), init)
 
 
 def resolve_ds_config(
@@ -393,12 +479,21 @@ class Engines:
 
 def build_engines(run: Run, ds_config: dict[str, Any]) -> Engines:
     """Codec (+ critic) wrapped in DeepSpeed engines; the same seed on every rank gives the
-    same initial weights, then each rank reseeds for its own quantizer-dropout draws."""
+    same initial weights, then each rank reseeds for its own quantizer-dropout draws. With
+    --init-from, every rank loads the exported weights (safetensors, strict: no pickle) into
+    the codec before DeepSpeed sees it, so the optimizer and schedule start fresh around
+    them; the critic, never exported, starts from the seed."""
     import deepspeed
 
     args = run.args
     torch.manual_seed(args.seed)
     model = Codec(run.cfg)
+    if run.init is not None:
+        try:
+            load_weights(run.init.directory, model)
+        except CheckpointError as exc:
+            fail(f"--init-from {run.init.directory}: {exc}")
+        print0(f"initialized from {run.init.describe()}")
     if run.rank != 0:
         ds_config["tensorboard"]["enabled"] = False
     engine, _, _, _ = deepspeed.initialize(
@@ -446,6 +541,16 @@ def write_run_config(run: Run, data: Data, engines: Engines) -> None:
         "total_steps": data.total_steps,
         "kbps": run.kbps,
         "n_quantizers": run.n_quantizers,
+        # The weights a fine-tuning run started from: the path may be overwritten later,
+        # the identity (sha256 of config and weights, as .tcq streams carry) cannot.
+        "init_from": None
+        if run.init is None
+        else {
+            "directory": str(run.init.directory),
+            "model_id": model_identity(run.init.directory).hex(),
+            "step": run.init.extra.get("step"),
+            "experiment": run.init.extra.get("experiment"),
+        },
     }
     write_json(run.exp_dir / "run_config.json", run_config)
     for line in run_summary(run_config):
@@ -1105,14 +1210,17 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    init = init_source(args)
     rank, world, device = init_distributed(args.verbose)
-    run = make_run(args, rank, world, device)
+    run = make_run(args, rank, world, device, init)
     ds_config = resolve_ds_config(args.deepspeed_config, args, device.type == "cuda", run.tb_dir)
     data = load_data(run, ds_config)
     set_schedule_length(ds_config, data.total_steps)
     engines = build_engines(run, ds_config)
     write_run_config(run, data, engines)
     state = resume(run, engines) if args.resume else TrainState()
+    if args.init_from is not None and init is None:
+        print0(f"--init-from {args.init_from} ignored: the run resumes from step {state.step}")
     tb = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter

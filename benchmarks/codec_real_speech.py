@@ -38,14 +38,12 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from preprocess.measure.loudness import LoudnessMeter, gated_loudness  # noqa: E402
+from preprocess.measure.loudness import normalize_loudness  # noqa: E402
 from telucodec.checkpoint import load_codec  # noqa: E402
 from telucodec.compare import compare  # noqa: E402
 from telucodec.opus import missing_opus, opus_round_trip  # noqa: E402
 
 SAMPLE_RATE = 16000
-TARGET_LUFS = -23.0  # preprocess' default target (PipelineConfig.target_lufs)
-PEAK_LIMIT = 10 ** (-1.0 / 20)  # -1 dBFS, preprocess' peak limit
 ALSA_DIR = Path("/usr/share/sounds/alsa")
 PYSPTK = (
     "pysptk==1.0.1",
@@ -99,15 +97,11 @@ def _load_16k(path: Path) -> np.ndarray:
 
 
 def normalize(audio: np.ndarray) -> np.ndarray:
-    """float32[T] -> the same scaled to TARGET_LUFS, then down to a -1 dBFS peak if louder."""
-    meter = LoudnessMeter(SAMPLE_RATE)
-    meter.add(audio)
-    lufs = gated_loudness(meter.quarter_powers())
-    if not np.isfinite(lufs):
-        return audio
-    out = audio * np.float32(10 ** ((TARGET_LUFS - lufs) / 20))
-    peak = float(np.abs(out).max())
-    return out * np.float32(PEAK_LIMIT / peak) if peak > PEAK_LIMIT else out
+    """float32[T] -> at -23 LUFS under a -1 dBFS peak, as preprocess leaves the training
+    corpus (`normalize_loudness`, shared with `python -m telucodec compare --audio`);
+    unchanged when it has no measurable loudness."""
+    out = normalize_loudness(audio, SAMPLE_RATE)
+    return audio if out is None else out
 
 
 def real_speech_items(cache: Path) -> list[tuple[str, np.ndarray]]:

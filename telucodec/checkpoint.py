@@ -118,6 +118,18 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[CodecConfig, d
 def load_codec(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Codec:
     """Rebuild the Codec from config.json and load model.safetensors strictly; eval() mode."""
     cfg, _ = read_checkpoint_config(directory)
+    model = Codec(cfg)
+    load_weights(directory, model, map_location)
+    model.identity = model_identity(directory)
+    return model.to(map_location).eval()
+
+
+def load_weights(
+    directory: str | os.PathLike, model: Codec, map_location: str | torch.device = "cpu"
+) -> None:
+    """Load directory/model.safetensors strictly into an existing `model` (every tensor
+    present, none extra, same shapes): how a fine-tuning run starts from an exported codec
+    whose config the caller has already compared with its own (configs.ARCHITECTURE_FIELDS)."""
     path = Path(directory) / WEIGHTS
     if not path.exists():
         raise CheckpointError(f"{path}: missing")
@@ -126,13 +138,13 @@ def load_codec(directory: str | os.PathLike, map_location: str | torch.device = 
         state = load_file(str(path), device=device)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
-    model = Codec(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match config {cfg.name!r}: {exc}") from exc
-    model.identity = model_identity(directory)
-    return model.to(map_location).eval()
+        detail = " ".join(str(exc).split())  # torch's message spans lines; errors are one
+        raise CheckpointError(
+            f"{path}: weights do not match config {model.cfg.name!r}: {detail}"
+        ) from exc
 
 
 def model_identity(directory: str | os.PathLike) -> bytes:

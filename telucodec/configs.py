@@ -166,6 +166,63 @@ class CodecConfig:
         return dataclasses.replace(self, **changes)
 
 
+# The fields that fix parameter shapes or what a code means (signal path, rates, quantizer
+# layout, emphasis): a run that starts from another's weights (train_ds.py --init-from) must
+# match its source on every one. The others are the recipe (loss weights and resolutions,
+# EMA decay, k-means, dead-code revival, quantizer dropout, the critic, the name) and may
+# change between a run and its fine-tuning; the critic is built fresh either way. Every
+# field is in exactly one of the two lists (tests/test_train.py), so a new field must be
+# classified when it is added.
+ARCHITECTURE_FIELDS = (
+    "arch",
+    "sample_rate",
+    "hop_length",
+    "latent_dim",
+    "emphasis",
+    "frame_channels",
+    "frame_residual_layers",
+    "frame_residual_kernel",
+    "encoder_dim",
+    "encoder_rates",
+    "decoder_dim",
+    "decoder_rates",
+    "dilations",
+    "activation",
+    "n_codebooks",
+    "codebook_size",
+    "codebook_dim",
+)
+RECIPE_FIELDS = (
+    "name",
+    "ema_decay",
+    "kmeans_iters",
+    "dead_code_ratio",
+    "quantizer_dropout",
+    "l1_weight",
+    "l1_pre_emphasis",
+    "stft_weight",
+    "mel_weight",
+    "commitment_weight",
+    "codebook_weight",
+    "spectral_resolutions",
+    "use_discriminator",
+    "disc_n_ffts",
+    "disc_channels",
+    "adv_weight",
+    "feature_weight",
+)
+
+
+def architecture_differences(source: CodecConfig, target: CodecConfig) -> list[str]:
+    """ARCHITECTURE_FIELDS on which two configs differ, as "name source vs target" (e.g.
+    "n_codebooks 8 vs 12"); empty when weights of one fit the other and mean the same."""
+    return [
+        f"{name} {getattr(source, name)} vs {getattr(target, name)}"
+        for name in ARCHITECTURE_FIELDS
+        if getattr(source, name) != getattr(target, name)
+    ]
+
+
 CONFIGS: dict[str, CodecConfig] = {
     "tiny": CodecConfig(
         name="tiny",

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import shards
@@ -114,3 +115,134 @@ def test_compare_cli_writes_json_and_png(tmp_path, with_opus):
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
     if not with_opus:
         assert "opus-tools" in proc.stderr
+
+
+# ------------------------------------------------------------ a folder of recordings: --audio
+
+
+def _telucodec_compare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "telucodec", "compare", *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_audio_folder_is_scored_per_file_and_unusable_files_are_skipped_by_reason(tmp_path):
+    """Real recordings in any format and rate: the two usable files are scored (chunked),
+    the corrupt, too short and silent ones skipped and counted by reason, the .txt ignored."""
+    torch.manual_seed(0)
+    ckpt = save_codec(tmp_path / "ckpt", Codec(get_config("tiny")).eval())
+    rec = tmp_path / "recordings"
+    (rec / "b").mkdir(parents=True)
+    at_48k = np.interp(np.arange(120000) / 3, np.arange(40000), _speech(2.5, 0))
+    sf.write(rec / "a.wav", np.stack([at_48k, 0.5 * at_48k], 1), 48000)  # 2.5 s stereo
+    at_22k = np.interp(np.arange(33075) * 16000 / 22050, np.arange(24000), _speech(1.5, 1))
+    sf.write(rec / "b" / "c.flac", at_22k, 22050)  # 1.5 s, in a subfolder
+    (rec / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt this is no audio")
+    sf.write(rec / "blip.wav", _speech(0.1, 2), 16000)
+    sf.write(rec / "b" / "silence.wav", np.zeros(16000, np.float32), 16000)
+    (rec / "notes.txt").write_text("not audio, not counted")
+    with_opus = missing_opus() is None
+    env = {} if with_opus else {"PATH": "/nonexistent"}
+    common = ["--checkpoint", str(ckpt), "--audio", str(rec), "--kbps", "6"]
+    proc = _telucodec_compare(
+        *common, "--chunk-seconds", "1", "--out", str(tmp_path / "cmp"), env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 3 of 5 files: 1 silent, 1 too short, 1 unreadable" in proc.stderr
+    assert "scored 2 of 5 audio files at -23 LUFS, as 3 items" in proc.stdout
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert (report["files"], report["files_scored"], report["skipped_files"]) == (5, 2, 3)
+    assert report["skipped"] == {
+        "silent": ["b/silence.wav"],
+        "too_short": ["blip.wav"],
+        "unreadable": ["corrupt.wav"],
+    }
+    # Sorted by relative path; 2.5 s at 1 s chunks: 1 s + 1.5 s (the 0.5 s tail joins in).
+    assert [(f["path"], f["items"]) for f in report["scored"]] == [("a.wav", 2), ("b/c.flac", 1)]
+    assert report["items_scored"] == 3 and report["normalized_to_lufs"] == -23.0
+    assert report["codecs"]["telucodec"]["6"]["items"] == 3
+    assert ("opus" in report["codecs"]) == with_opus
+    if with_opus:
+        assert report["codecs"]["opus"]["6"]["items"] == 3
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
+
+
+def test_chunks_are_consecutive_and_a_short_last_piece_joins_the_one_before():
+    from codec_cli import chunk_bounds
+
+    assert chunk_bounds(25_000, 1000, 10) == [(0, 10_000), (10_000, 20_000), (20_000, 25_000)]
+    assert chunk_bounds(20_500, 1000, 10) == [(0, 10_000), (10_000, 20_500)]  # 0.5 s tail
+    assert chunk_bounds(700, 1000, 10) == [(0, 700)]  # one short file stays one item
+    assert chunk_bounds(10_000, 1000, 10) == [(0, 10_000)]
+
+
+def test_recordings_are_listed_recursively_in_path_order_and_other_files_left_out(tmp_path):
+    from codec_cli import list_recordings
+
+    for name in ("z.wav", "a/b.FLAC", "a/notes.txt", "m.m4a", "a/c/d.ogg", "readme"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_recordings(tmp_path)]
+    # .m4a is audio libsndfile cannot decode: listed, so it is counted as skipped.
+    assert found == ["a/b.FLAC", "a/c/d.ogg", "m.m4a", "z.wav"]
+
+
+def test_a_recording_is_brought_to_the_corpus_level_or_skipped_with_a_reason(tmp_path):
+    from codec_cli import SkipFile, load_recording
+    from preprocess.measure.loudness import integrated_loudness
+
+    quiet = 0.05 * _speech(2.0, 3)
+    sf.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
+    audio, lufs = load_recording(tmp_path / "quiet.wav", 16000, normalize=True)
+    assert lufs < -40 and integrated_loudness(audio, 16000) == pytest.approx(-23.0, abs=0.05)
+    as_is, _ = load_recording(tmp_path / "quiet.wav", 16000, normalize=False)
+    assert np.array_equal(as_is, quiet)
+    # 0.3 s has no 400 ms gating block: too short to normalize, scored as is without.
+    sf.write(tmp_path / "short.wav", _speech(0.3, 4), 16000, subtype="FLOAT")
+    with pytest.raises(SkipFile, match="too_short"):
+        load_recording(tmp_path / "short.wav", 16000, normalize=True)
+    assert load_recording(tmp_path / "short.wav", 16000, normalize=False)[1] is None
+    bad = {
+        "empty": np.zeros(0, np.float32),
+        "nonfinite": np.full(8000, np.nan, np.float32),
+        "silent": np.zeros(8000, np.float32),
+    }
+    for reason, samples in bad.items():
+        sf.write(tmp_path / f"{reason}.wav", samples, 16000, subtype="FLOAT")
+        with pytest.raises(SkipFile, match=reason):
+            load_recording(tmp_path / f"{reason}.wav", 16000, normalize=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "one of the arguments --data-dir/--data/--data_dir --audio is required"),
+        (["--audio", "A", "--data-dir", "B"], "not allowed with argument"),
+        (["--data-dir", "B", "--no-normalize"], "apply to --audio only"),
+        (["--audio", "A", "--max-items", "2"], "apply to --data-dir only"),
+        (["--audio", "A", "--chunk-seconds", "0.5"], "--chunk-seconds must be >= 1"),
+    ],
+)
+def test_compare_takes_exactly_one_source_and_refuses_the_others_flags(argv, expected, capsys):
+    from codec_cli import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["compare", "--checkpoint", "C", *argv])
+    assert exc.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_folder_without_audio_is_one_line_exit_2_before_the_model_loads(tmp_path, capsys):
+    from codec_cli import main
+
+    (tmp_path / "notes.txt").write_text("no audio here")
+    missing_checkpoint = tmp_path / "no-checkpoint"  # never read: the folder is refused first
+    assert main(["compare", "--checkpoint", str(missing_checkpoint), "--audio", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"telucodec compare: error: --audio {tmp_path}: no audio files (by extension: "
+                   ".wav, .flac, …)"]  # fmt: skip

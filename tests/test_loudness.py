@@ -19,6 +19,7 @@ from preprocess.measure.loudness import (
     gated_loudness,
     integrated_loudness,
     kweighting_sos,
+    normalize_loudness,
 )
 
 RATES = (16000, 22050, 44100, 48000)
@@ -194,3 +195,19 @@ def test_active_blocks_needs_most_of_a_blocks_frames_active():
     active[:11] = True  # block 0 (frames 0–19): 11/20 active
     np.testing.assert_array_equal(active_blocks(active, 5, 4), [True, False, False, False])
     assert active_blocks(active, 5, 10).shape == (10,)  # frames past the end are inactive
+
+
+def test_normalize_loudness_reaches_the_pipeline_target_within_its_peak_limit():
+    from preprocess.config import PreprocessConfig
+
+    quiet = f32(speech_like(16000, 6.0, seed=2) * 0.01)
+    out = normalize_loudness(quiet, 16000)
+    assert out.dtype == np.float32
+    assert integrated_loudness(out, 16000) == pytest.approx(PreprocessConfig.target_lufs, abs=0.05)
+    # A crest factor too high for -23 LUFS under -1 dBFS: the peak limit wins.
+    spiky = np.zeros(32000, np.float32)
+    spiky[::4000] = 0.5
+    limited = normalize_loudness(spiky + f32(noise(16000, 2.0) * 1e-4), 16000)
+    assert np.abs(limited).max() == pytest.approx(10 ** (PreprocessConfig.peak_limit_dbfs / 20))
+    assert normalize_loudness(np.zeros(16000, np.float32), 16000) is None  # silence
+    assert normalize_loudness(noise(16000, 0.39), 16000) is None  # under one 400 ms block

@@ -10,9 +10,11 @@ reports, and eval reproduces training's final validation.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -611,6 +613,94 @@ def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
                 step,
                 term,
             )
+
+
+# ------------------------------------------------------------------ fine-tuning (--init-from)
+
+
+def test_every_codec_config_field_is_either_architecture_or_recipe():
+    """--init-from compares the architecture fields; a new CodecConfig field must be put in
+    one of the two lists, or fine-tuning would silently ignore it."""
+    from telucodec.configs import ARCHITECTURE_FIELDS, RECIPE_FIELDS, CodecConfig
+
+    names = [f.name for f in dataclasses.fields(CodecConfig)]
+    assert sorted(ARCHITECTURE_FIELDS + RECIPE_FIELDS) == sorted(names)
+    assert not set(ARCHITECTURE_FIELDS) & set(RECIPE_FIELDS)
+
+
+def test_fine_tuning_starts_from_the_exported_weights_bitwise_at_step_0(single_run, tmp_path):
+    from safetensors.torch import load_file
+
+    source = single_run.exp / "final"
+    ckpt = tmp_path / "ckpt"
+    extra = ("--init_from", str(source), "--max-steps", "0")  # the snake_case spelling too
+    proc = run_training([sys.executable, *_train_args(single_run.data, ckpt, "ft", *extra)])
+    assert f"initialized from {source} (step 6 of experiment single)" in proc.stdout
+    before = load_file(str(source / "model.safetensors"))
+    after = load_file(str(ckpt / "ft" / "final" / "model.safetensors"))
+    assert sorted(before) == sorted(after)
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+    assert metrics_of(ckpt, "ft")["step"] == 0  # a fresh run, not the source's step 6
+    run_config = json.loads((ckpt / "ft" / "run_config.json").read_text())
+    assert run_config["args"]["init_from"] == str(source)
+    recorded = run_config["init_from"]
+    assert recorded["step"] == 6 and recorded["experiment"] == "single"
+    assert len(recorded["model_id"]) == 16
+
+
+def test_resume_wins_over_init_from_so_a_requeued_job_can_pass_both(single_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(single_run.exp, ckpt / "single")  # a run with a step-6 checkpoint
+    gone = tmp_path / "deleted-since"  # not even read: the checkpoint has the weights
+    extra = ("--resume", "--init-from", str(gone), "--max-steps", "6")
+    proc = run_training([sys.executable, *_train_args(single_run.data, ckpt, "single", *extra)])
+    assert f"--init-from {gone} ignored: the run resumes from step 6" in proc.stdout
+    assert "initialized from" not in proc.stdout
+    assert json.loads((ckpt / "single" / "run_config.json").read_text())["init_from"] is None
+
+
+def _tiny_export(directory: Path) -> Path:
+    from telucodec.checkpoint import save_codec
+    from telucodec.model import Codec
+
+    return save_codec(directory, Codec(get_config("tiny")), extra={"step": 3})
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("mismatch", "its codec config differs from --model-config small: latent_dim 16 vs 64"),
+        ("missing", "not a directory; expected an exported codec"),
+        ("no_weights", "model.safetensors: missing"),
+        ("corrupt_weights", "not a readable safetensors file"),
+    ],
+)
+def test_init_from_a_mismatched_missing_or_damaged_export_is_one_line_exit_2(
+    tmp_path, case, expected
+):
+    source = tmp_path / "export"
+    if case != "missing":
+        _tiny_export(source)
+    if case == "no_weights":
+        (source / "model.safetensors").unlink()
+    if case == "corrupt_weights":
+        (source / "model.safetensors").write_bytes(b"not safetensors at all")
+    config = "small" if case == "mismatch" else "tiny"
+    data = make_shard_dir(tmp_path / "out", train=(2,), val=(2,))
+    args = _train_args(data, tmp_path / "ckpt", "bad", "--init-from", str(source))
+    cmd = [sys.executable, *args, "--model-config", config, "--max-steps", "1"]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(free_port()), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train_ds.py: error: --init-from {source}: "), last
+    assert expected in last, last
+    if case != "corrupt_weights":  # refused before any process group or engine starts
+        assert proc.stderr.strip() == last
+    assert not (tmp_path / "ckpt" / "bad" / "run_config.json").exists()
 
 
 # ------------------------------------------------------------------ refused inputs, guards
