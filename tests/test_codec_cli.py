@@ -18,7 +18,8 @@ import soundfile as sf
 import torch
 
 import shards
-from codec_cli import parse_args, read_audio
+from audio_files import read_audio
+from codec_cli import parse_args
 from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, model_identity, save_codec
