@@ -49,6 +49,10 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined; the message is one line for the CLI."""
+
+
 @dataclass(frozen=True)
 class RaySession:
     """What the pipeline needs to know about the Ray it runs on."""
@@ -79,7 +83,8 @@ def ray_session(
     if address:
         # A cluster's workers were forked by raylets started elsewhere: the caps travel in
         # the job's runtime_env (its agent adds a few seconds to the first actor start).
-        ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
+        with start_errors(f"could not join the Ray cluster at {address}"):
+            ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
         try:
             yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
         finally:
@@ -91,7 +96,7 @@ def ray_session(
         # A local Ray's workers inherit the raylet's environment, which is this process's
         # at ray.init: setting the caps here costs nothing, where a runtime_env made every
         # actor wait ~5 s for Ray's runtime-env agent (measured, 2 cores).
-        with environment(WORKER_ENV):
+        with start_errors("could not start a local Ray"), environment(WORKER_ENV):
             ray.init(
                 num_cpus=workers,
                 _temp_dir=str(temp),
@@ -103,6 +108,20 @@ def ray_session(
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def start_errors(what: str) -> Iterator[None]:
+    """Any failure of ray.init (a start-up timeout on an overloaded machine, a cluster that
+    is not there) → RayStartError with its first line, instead of Ray's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RayStartError(
+            f"{what}: {first[:300]} (a busy machine can time Ray's start-up out: rerun; a "
+            "rerun continues where this one stopped)"
+        ) from exc
 
 
 @contextmanager

@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from preprocess.config import load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
+from preprocess.ray_session import RayStartError  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
 
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputConflict, ValueError, NotADirectoryError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
+    except RayStartError as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 1
     print_summary(index)
     if not args.no_report:
         _write_report(Path(args.output), cfg)

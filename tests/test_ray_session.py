@@ -113,3 +113,25 @@ def test_a_local_ray_caps_worker_threads_and_is_gone_after_the_block(leaves_noth
 @ray.remote
 def _worker_env() -> dict[str, str]:
     return dict(os.environ)
+
+
+def test_a_ray_that_cannot_start_is_one_line_exit_1_and_leaves_nothing(
+    synth_corpus, tmp_path, monkeypatch, capsys, leaves_nothing_behind
+):
+    """Ray's start-up timeout on a loaded machine used to surface as its traceback."""
+    from preprocess.run import main
+
+    def timed_out(**kwargs):
+        raise Exception(
+            "The current node timed out during startup. This could happen because some of "
+            "the Ray processes failed to startup.\n(details on further lines)"
+        )
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", timed_out)
+    corpus, _ = synth_corpus
+    assert main(["--input", str(corpus), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("preprocess: error: could not start a local Ray: The current node")
+    assert "rerun" in err

@@ -17,6 +17,7 @@ from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
+from preprocess.ray_session import RayStartError
 from shards import Index
 
 
@@ -108,5 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
+    except RayStartError as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 1
     print(render_terminal(f, report))
     return 0
