@@ -25,8 +25,8 @@
 #   GPU_CHECK_COMPILE  1: train with --compile [0]
 #   GPU_CHECK_ARGS     more train_ds.py flags, e.g. "--segment-seconds 0.38" []
 #   GPU_CHECK_RUNS     the run goes to RUNS/gpu_check [/tmp/gpu_check]
-#   GPU_CHECK_REPORT   a folder to copy summary, metrics.json, run_config.json, curves.png and
-#                      train.log to (e.g. the device's $OUT) []
+#   GPU_CHECK_REPORT   a folder to copy summary.txt, metrics.json, curves.png and train.log to
+#                      (e.g. the device's $OUT; the log holds the printed run_config.json) []
 #   GPU_CHECK_PYTHON   interpreter [python3]
 set -euo pipefail
 
@@ -61,9 +61,9 @@ done
 command -v "$PY" >/dev/null || die "no Python interpreter '$PY' (GPU_CHECK_PYTHON)"
 
 # 1. Install, only when a module does not import: every carried wheel whose distribution is
-# not installed yet (the missing modules and the dependencies carried with them), --no-deps
-# so pip never reaches for an index, into a folder of its own so the machine's own
-# environment stays as it was.
+# not installed yet, and carried dependencies whose installed version is too old for them
+# (benchmarks/gpu_check_wheels.py); --no-deps so pip never reaches for an index, into a
+# folder of its own put first on PYTHONPATH, so the machine's environment stays as it was.
 missing_modules() {
     # shellcheck disable=SC2086  # one argument per module
     "$PY" - $MODULES 2>/dev/null <<'EOF' | tail -n 1
@@ -82,18 +82,7 @@ EOF
 missing=$(missing_modules)
 if [[ -n $missing ]]; then
     [[ -d $WHEELS ]] || die "cannot import $missing, and there is no wheel folder $WHEELS"
-    mapfile -t wheels < <("$PY" - "$WHEELS" <<'EOF'
-import sys
-from importlib import metadata
-from pathlib import Path
-
-for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
-    try:
-        metadata.distribution(wheel.name.split("-")[0])
-    except metadata.PackageNotFoundError:
-        print(wheel)
-EOF
-    )
+    mapfile -t wheels < <("$PY" benchmarks/gpu_check_wheels.py "$WHEELS")
     ((${#wheels[@]})) || die "cannot import $missing, and $WHEELS holds no wheel that is not installed already"
     echo "installing ${#wheels[@]} carried wheels for: $missing"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -140,6 +129,6 @@ echo "gpu_check: done in $((train_done - started)) s (install $((install_done - 
 if [[ -n $REPORT ]]; then
     mkdir -p "$REPORT"
     echo "$summary" >"$REPORT/summary.txt"
-    cp "$RUNS/$NAME"/{metrics.json,run_config.json,curves.png} "$REPORT"/
+    cp "$RUNS/$NAME"/{metrics.json,curves.png} "$REPORT"/
     cp "$log" "$REPORT/train.log"
 fi

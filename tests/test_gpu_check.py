@@ -33,22 +33,32 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 PRESENT = "deepspeed webdataset soundfile soxr zarr"
 
 
-def probe_wheel(folder: Path) -> Path:
-    """A minimal wheel of a module no environment has, `gpu_check_probe`."""
+def probe_wheel(
+    folder: Path, name: str = "gpu_check_probe", version: str = "1.0", requires: tuple = ()
+) -> Path:
+    """A minimal wheel of a one-line module `name` (by default one no environment has)."""
     folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / "gpu_check_probe-1.0-py3-none-any.whl"
-    info = "gpu_check_probe-1.0.dist-info"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
     files = {
-        "gpu_check_probe.py": "VALUE = 1\n",
-        f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpu_check_probe\nVersion: 1.0\n",
+        f"{name}.py": "VALUE = 1\n",
+        f"{info}/METADATA": meta + "".join(f"Requires-Dist: {r}\n" for r in requires),
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
     }
     with zipfile.ZipFile(wheel, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-        z.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+        for path, text in files.items():
+            z.writestr(path, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{p},,\n" for p in [*files, f"{info}/RECORD"]))
     return wheel
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def gpu_check(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
@@ -115,7 +125,7 @@ def test_gpu_check_installs_what_is_missing_trains_tiny_and_prints_the_summary(t
     assert speed["samples_per_s"] == pytest.approx(2 * speed["steps_per_s"])
     assert speed["steady_steps_per_s"] > 0 and 0 < speed["first_step_seconds"] < speed["seconds"]
     report = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert report == ["curves.png", "metrics.json", "run_config.json", "summary.txt", "train.log"]
+    assert report == ["curves.png", "metrics.json", "summary.txt", "train.log"]
 
 
 def test_missing_data_dir_is_one_line_error_and_nonzero_exit(tmp_path):
@@ -141,12 +151,27 @@ def test_module_that_does_not_import_and_has_no_carried_wheel_is_one_line_error(
     )
 
 
-def test_summary_gives_gpu_memory_in_gib_and_the_precision():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_check_summary", REPO / "benchmarks" / "gpu_check_summary.py"
+def test_carried_wheels_install_when_absent_or_when_the_installed_version_is_too_old(tmp_path):
+    """What the GPU image lacks goes in, with the carried dependencies it asks a newer version
+    of (pydantic wants typing-extensions >= 4.16); what is installed and fits stays out."""
+    wheels = tmp_path / "wheels"
+    probe_wheel(
+        wheels, requires=("gpu_check_dep", "packaging>=999", "pytest", 'numpy; extra == "x"')
     )
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    probe_wheel(wheels, "gpu_check_dep")
+    probe_wheel(wheels, "packaging", "999.0")  # installed here, but older than the probe asks
+    probe_wheel(wheels, "pytest", "0.1")  # installed here and unconstrained: stays out
+    probe_wheel(wheels, "numpy", "0.1")  # only an extra asks for it
+    needed = _load_script("gpu_check_wheels").needed(wheels)
+    assert [w.name.split("-")[0] for w in needed] == [
+        "gpu_check_dep",
+        "gpu_check_probe",
+        "packaging",
+    ]
+
+
+def test_summary_gives_gpu_memory_in_gib_and_the_precision():
+    summary = _load_script("gpu_check_summary")
     speed = {
         "device": "NVIDIA H200",
         "steps": 1200,
