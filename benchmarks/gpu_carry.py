@@ -100,6 +100,13 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+def last_error(proc: subprocess.CompletedProcess) -> str:
+    """The last ERROR line of a pip/python run, else its last line."""
+    lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+    errors = [line for line in lines if "ERROR" in line or "error" in line]
+    return (errors or lines)[-1].strip()
+
+
 def fetch(requirement: str, dest: Path, python312: str | None) -> Path:
     """One wheel for the device into `dest`: a binary from the index, else built from the
     sdist (deepspeed here, pure Python; anything else by the Python 3.12)."""
@@ -120,9 +127,9 @@ def fetch(requirement: str, dest: Path, python312: str | None) -> Path:
             build = [python312, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest)]
             proc = run([*build, requirement])
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
             hint = "" if python312 else " (a C extension sdist needs --python312)"
-            raise SystemExit(f"gpu_carry: error: no cp312 wheel for {requirement}{hint}: {tail}")
+            why = last_error(proc)
+            raise SystemExit(f"gpu_carry: error: no cp312 wheel for {requirement}{hint}: {why}")
     new = sorted(set(dest.glob("*.whl")) - before)
     return new[0] if new else existing_wheel(dest, Requirement(requirement))
 
@@ -173,6 +180,8 @@ def collect_wheels(dest: Path, python312: str | None) -> list[Path]:
 def find_python312(given: str | None) -> str | None:
     """--python312, else `python3.12` on PATH or under pyenv; None if there is none."""
     if given:
+        if shutil.which(given) is None:
+            raise SystemExit(f"gpu_carry: error: --python312 {given}: no such interpreter")
         return given
     candidates = [shutil.which("python3.12")]
     candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))
@@ -203,8 +212,8 @@ def build_data(out: Path, minutes: float, seed: int) -> None:
             print(f"data: python {' '.join(first[:2])} ...", flush=True)
             proc = run([sys.executable, *first, *rest], cwd=REPO, env=env)
             if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-                raise SystemExit(f"gpu_carry: error: {' '.join(first[:2])} failed: {tail}")
+                why = last_error(proc)
+                raise SystemExit(f"gpu_carry: error: {' '.join(first[:2])} failed: {why}")
     stamp.write_text(recipe)
 
 
