@@ -9,7 +9,7 @@ DEMO ?= demo
 DEMO_MINUTES ?= 12
 DEMO_TRAIN_SECONDS ?= 180
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean gpu-carry
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: venv
 
 test: venv
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+# Wheels and a preprocess OUT in .gpu_carry/ for benchmarks/gpu_check.sh on a GPU machine
+# that cannot download (docs/BENCHMARKS.md, "GPU check").
+gpu-carry: venv
+	$(BIN)/python benchmarks/gpu_carry.py
 
 lint: venv
 	$(BIN)/ruff check .

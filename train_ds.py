@@ -149,6 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flag("log_every", type=int, default=10, help="steps between logged losses")
     flag("audio_examples", type=int, default=2, help="val items sent to TensorBoard")
     flag("use_discriminator", action="store_true", help="add the STFT discriminator")
+    flag("compile", action="store_true", help="torch.compile encoder, decoder and critic")
     flag("seed", type=int, default=0)
     flag(
         "max_nonfinite_steps",
@@ -494,6 +495,8 @@ def build_engines(run: Run, ds_config: dict[str, Any]) -> Engines:
         except CheckpointError as exc:
             fail(f"--init-from {run.init.directory}: {exc}")
         print0(f"initialized from {run.init.describe()}")
+    if args.compile:
+        compile_in_place(model.encoder, model.decoder)
     if run.rank != 0:
         ds_config["tensorboard"]["enabled"] = False
     engine, _, _, _ = deepspeed.initialize(
@@ -507,6 +510,8 @@ def build_engines(run: Run, ds_config: dict[str, Any]) -> Engines:
     d_engine = None
     if run.cfg.use_discriminator:
         disc = MultiScaleSTFTDiscriminator(run.cfg)
+        if args.compile:
+            compile_in_place(disc)
         d_engine, _, _, _ = deepspeed.initialize(
             model=disc,
             model_parameters=disc.parameters(),
@@ -515,6 +520,16 @@ def build_engines(run: Run, ds_config: dict[str, Any]) -> Engines:
     loss = CodecLoss(run.cfg).to(run.device)
     torch.manual_seed(args.seed * 1000 + 1 + run.rank)
     return Engines(engine, d_engine, loss, dtype, ds_config)
+
+
+def compile_in_place(*modules: torch.nn.Module) -> None:
+    """--compile: `nn.Module.compile()` wraps each module's call, not the module, so state_dict
+    keys stay the eager ones and checkpoints, --resume and the export are the same with or
+    without it. The quantizer stays eager: its k-means seeding and dead-code revival read
+    `.item()` and index by data-dependent masks (docs/CODEC.md). Compilation happens on the
+    first call, inside the --max-seconds budget."""
+    for module in modules:
+        module.compile()
 
 
 def write_run_config(run: Run, data: Data, engines: Engines) -> None:
@@ -728,6 +743,7 @@ class Session:
     """Bookkeeping of this process's part of the run (a resumed run is a new session)."""
 
     started: float = field(default_factory=time.time)
+    first_step_done: float | None = None  # time.time() after this session's first step
     steps: int = 0  # optimizer steps this session
     last_val: int = -1  # step of the last validation
     last_save: int = -1  # step of the last checkpoint
@@ -768,6 +784,8 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
         if state.batches % data.accumulation:
             continue  # gradient accumulation: not an optimizer step yet
         session.steps += 1
+        if session.steps == 1:
+            session.first_step_done = time.time()
         logged = state.step % args.log_every == 0 or state.step == data.total_steps
         if logged and terms is not None:
             log_losses(run, data, engines, state, session, terms, bar, tb)
@@ -785,6 +803,35 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
     del batches  # stops the loader's workers
     bar.close()
     return session
+
+
+def throughput(run: Run, data: Data, session: Session) -> dict[str, Any]:
+    """This session's training speed for metrics.json, taken as the loop ends (the final
+    validation and export not counted): steps and samples (all ranks) per second of the loop,
+    and again after its first step, which alone carries the loader's start, CUDA warm-up and
+    any --compile compilation (in-loop validations and checkpoints count in both); this
+    rank's peak GPU memory (None on CPU); the device."""
+    on_gpu = run.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize(run.device)  # the clock must not stop before queued kernels do
+    now = time.time()
+    seconds = max(now - session.started, 1e-9)
+    first = steady = None
+    if session.first_step_done is not None:
+        first = session.first_step_done - session.started
+        if session.steps > 1:
+            steady = (session.steps - 1) / max(now - session.first_step_done, 1e-9)
+    return {
+        "device": torch.cuda.get_device_name(run.device) if on_gpu else "cpu",
+        "steps": session.steps,
+        "seconds": seconds,
+        "steps_per_s": session.steps / seconds,
+        "samples_per_s": session.steps * data.samples_per_step / seconds,
+        "first_step_seconds": first,
+        "steady_steps_per_s": steady,
+        "steady_samples_per_s": None if steady is None else steady * data.samples_per_step,
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(run.device) if on_gpu else None,
+    }
 
 
 class NonFiniteGuard:
@@ -1049,10 +1096,17 @@ def _ci(figures: dict[str, Any], name: str, digits: int = 2) -> str:
 # --------------------------------------------------------------------------------- outputs
 
 
-def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: dict) -> None:
+def export(
+    run: Run,
+    data: Data,
+    engines: Engines,
+    state: TrainState,
+    figures: dict,
+    speed: dict[str, Any] | None = None,
+) -> None:
     """Rank 0: the generator to CKPT/NAME/final (float32, for `python -m telucodec`),
-    metrics.json and curves.png, and the headline: the original success criterion decided
-    with 95 % confidence."""
+    metrics.json (with `speed`, this session's `throughput`) and curves.png, and the
+    headline: the original success criterion decided with 95 % confidence."""
     exp_dir, top = run.exp_dir, f"{run.kbps[-1]:g}"
     generator = engines.generator.module
     if engines.dtype != torch.float32:
@@ -1071,6 +1125,7 @@ def export(run: Run, data: Data, engines: Engines, state: TrainState, figures: d
         "kbps": [f"{k:g}" for k in run.kbps],
         "success": succeeded(figures[top]),
         "verdict": verdict(figures[top]),
+        "throughput": speed,
         "history": state.history,
     }
     write_json(exp_dir / "metrics.json", metrics)
@@ -1228,6 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
         tb = SummaryWriter(str(run.tb_dir))
 
     session = train(run, data, engines, state, tb)
+    speed = throughput(run, data, session)
 
     if session.last_val == state.step:
         figures = state.history["val"][-1]["kbps"]
@@ -1236,7 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
     if session.last_save != state.step and session.steps:
         save_checkpoint(run, engines, state)
     if rank == 0:
-        export(run, data, engines, state, figures)
+        export(run, data, engines, state, figures, speed)
         tb.close()
     dist.barrier()
     dist.destroy_process_group()

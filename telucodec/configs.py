@@ -13,8 +13,8 @@ Named configs:
   trained as DAC is: multi-resolution log-mel x15 + STFT-discriminator adversarial x1 +
   feature matching x2, quantizer dropout 0.5. Codebooks and EMA stay float32 under bf16
   (quantize.py); spectral losses and the critic's STFT run in float32 (losses.py,
-  discriminator.py); `torch.compile` applies to the encoder and decoder, not the quantizer
-  (docs/CODEC.md).
+  discriminator.py); `torch.compile` (train_ds.py --compile) applies to the encoder and
+  decoder, not the quantizer (docs/CODEC.md).
 """
 
 from __future__ import annotations
