@@ -167,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_ranges(args)
     if args.kbps is not None:
         args.kbps = sorted(k for group in args.kbps for k in group)
+        check_kbps(args.kbps, args.model_config)
     if args.save_every is None:
         args.save_every = args.val_every
     return args
@@ -192,6 +193,17 @@ FLAG_RANGES = (
     ("audio_examples", 0, 100),
     ("max_nonfinite_steps", 1, None),
 )
+
+
+def check_kbps(kbps: list[float], model_config: str) -> None:
+    """Each --kbps a whole number of the codec's codebooks, else one line and exit 2 before
+    any process group starts (it used to be a traceback from inside validation set-up)."""
+    cfg = get_config(model_config)
+    for k in kbps:
+        try:
+            cfg.n_quantizers_for_kbps(k)
+        except ValueError as exc:
+            fail(f"--kbps {k:g}: {exc}")
 
 
 def check_ranges(args: argparse.Namespace) -> None:

@@ -725,6 +725,16 @@ def test_out_of_range_flag_is_one_line_naming_it_and_its_range_exit_2(flag, valu
     assert name in err and allowed in err and f"got {value}" in err, err
 
 
+def test_a_bitrate_the_codec_cannot_serve_is_one_line_exit_2(capsys):
+    train_ds = _import_train_ds()
+    with pytest.raises(SystemExit) as exc:
+        train_ds.parse_args(["--data-dir", "x", "--model-config", "tiny", "--kbps", "3", "99"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train_ds.py: error: --kbps 99: ")
+    assert "whole number of codebooks" in err
+
+
 def test_zero_stage_2_or_3_is_refused_at_config_resolution_naming_the_file(tmp_path):
     train_ds = _import_train_ds()
     args = train_ds.parse_args(["--data-dir", "x"])
