@@ -26,7 +26,7 @@
 #   GPU_CHECK_ARGS     more train_ds.py flags, e.g. "--segment-seconds 0.38" []
 #   GPU_CHECK_RUNS     the run goes to RUNS/gpu_check [/tmp/gpu_check]
 #   GPU_CHECK_REPORT   a folder to copy summary.txt, metrics.json, curves.png and train.log to
-#                      (e.g. the device's $OUT; the log holds the printed run_config.json) []
+#                      (e.g. the device's $OUT), with run_config.json []
 #   GPU_CHECK_PYTHON   interpreter [python3]
 set -euo pipefail
 
@@ -79,16 +79,19 @@ for name in sys.argv[1:]:
 print(" ".join(missing))
 EOF
 }
-missing=$(missing_modules)
+missing=$(missing_modules) || die "cannot run $PY to probe which modules import"
 if [[ -n $missing ]]; then
     [[ -d $WHEELS ]] || die "cannot import $missing, and there is no wheel folder $WHEELS"
-    mapfile -t wheels < <("$PY" benchmarks/gpu_check_wheels.py "$WHEELS")
+    chosen=$("$PY" benchmarks/gpu_check_wheels.py "$WHEELS") ||
+        die "benchmarks/gpu_check_wheels.py could not choose the wheels of $WHEELS"
+    mapfile -t wheels <<<"$chosen"
+    [[ -n $chosen ]] || wheels=()
     ((${#wheels[@]})) || die "cannot import $missing, and $WHEELS holds no wheel that is not installed already"
     echo "installing ${#wheels[@]} carried wheels for: $missing"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "${wheels[@]}" >/dev/null || die "pip could not install the wheels from $WHEELS"
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    still=$(missing_modules)
+    still=$(missing_modules) || die "cannot run $PY to probe which modules import"
     [[ -z $still ]] || die "still cannot import $still after installing the wheels of $WHEELS"
 fi
 install_done=$(date +%s)
@@ -118,7 +121,8 @@ train_done=$(date +%s)
 if ((status != 0)); then
     [[ -n $REPORT ]] && mkdir -p "$REPORT" && cp "$log" "$REPORT/train.log"
     tail -n 25 "$log" >&2
-    ((status == 124)) && die "training stopped at the $LIMIT s limit of the whole check (GPU_CHECK_LIMIT); full log: $log"
+    ((status == 124 || status == 137)) &&
+        die "training stopped at $limit s, the rest of the $LIMIT s limit of the whole check (GPU_CHECK_LIMIT); full log: $log"
     die "training failed (exit $status); full log: $log"
 fi
 
@@ -129,6 +133,6 @@ echo "gpu_check: done in $((train_done - started)) s (install $((install_done - 
 if [[ -n $REPORT ]]; then
     mkdir -p "$REPORT"
     echo "$summary" >"$REPORT/summary.txt"
-    cp "$RUNS/$NAME"/{metrics.json,curves.png} "$REPORT"/
+    cp "$RUNS/$NAME"/{metrics.json,run_config.json,curves.png} "$REPORT"/
     cp "$log" "$REPORT/train.log"
 fi

@@ -75,9 +75,9 @@ def validation_lines(final: dict[str, dict]) -> list[str]:
             f"SI-SDR {_num(fig['masked_si_sdr_db'])} dB, "
             f"mel {_num(fig['masked_mel_distance'], '.3f')}"
         )
-        for name, label in (("pesq_wb", "PESQ-WB"), ("stoi", "STOI")):
+        for name, label, digits in (("pesq_wb", "PESQ-WB", ".2f"), ("stoi", "STOI", ".3f")):
             if name in fig:
-                line += f", {label} {_num(fig[name])}"
+                line += f", {label} {_num(fig[name], digits)}"
         lines.append(line + f" ({fig['items']} items)")
     return lines
 
