@@ -180,14 +180,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from telucodec.compare import compare, plot_comparison
     from telucodec.opus import missing_opus, opus_round_trip
 
-    files = list_recordings(args.audio) if args.audio else None  # refused before the model
+    from_folder = args.audio is not None
+    files = list_recordings(args.audio) if from_folder else None  # refused before the model
     model = load_codec(args.checkpoint)
-    paths = None if files else split_paths(args.data_dir, args.split)
+    paths = None if from_folder else split_paths(args.data_dir, args.split)
     why_not = missing_opus()
     if why_not:
         print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)
     opus = None if why_not else opus_round_trip
-    if files:
+    if from_folder:
         sr = model.cfg.sample_rate
         recordings = Recordings(Path(args.audio), files, sr, args.chunk_seconds, args.normalize)
         results = compare(model, recordings.items(), args.kbps, opus)
@@ -318,6 +319,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.kbps = [k for group in args.kbps for k in group]
     if args.command == "compare":
         check_compare_source(args)
+    if args.command == "eval" and args.perceptual_items < 0:
+        print(
+            "telucodec eval: error: --perceptual-items must be >= 0 (0: off), "
+            f"got {args.perceptual_items}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     return args
 
 
@@ -333,6 +341,8 @@ def check_compare_source(args: argparse.Namespace) -> None:
         if args.chunk_seconds is not None or not args.normalize:
             refuse("--chunk-seconds and --no-normalize apply to --audio only")
         return
+    if not args.audio.strip():
+        refuse("--audio needs a folder of recordings, got an empty path")
     if args.max_items or args.split != "val":
         refuse("--split and --max-items apply to --data-dir only")
     if args.chunk_seconds is None:

@@ -336,6 +336,13 @@ def test_eval_and_compare_accept_the_older_spellings_data_and_comma_kbps():
     assert parse_args(["eval", "--checkpoint", "c", "--data", "d"]).kbps == [1.5, 3.0, 6.0]
 
 
+def test_eval_refuses_a_negative_perceptual_subset(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["eval", "--checkpoint", "c", "--data-dir", "d", "--perceptual-items", "-1"])
+    assert exc.value.code == 2
+    assert "--perceptual-items must be >= 0" in capsys.readouterr().err
+
+
 def test_eval_without_a_preprocess_output_is_a_clear_error(work, checkpoint):
     proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", work / "nowhere")
     fails_clearly(proc, "no index.json", "preprocess output directory")

@@ -226,6 +226,7 @@ def test_a_recording_is_brought_to_the_corpus_level_or_skipped_with_a_reason(tmp
         (["--data-dir", "B", "--no-normalize"], "apply to --audio only"),
         (["--audio", "A", "--max-items", "2"], "apply to --data-dir only"),
         (["--audio", "A", "--chunk-seconds", "0.5"], "--chunk-seconds must be >= 1"),
+        (["--audio", ""], "--audio needs a folder"),  # not the working directory by accident
     ],
 )
 def test_compare_takes_exactly_one_source_and_refuses_the_others_flags(argv, expected, capsys):
