@@ -99,7 +99,7 @@ def load_recording(
             raise SkipFile("silent")
         return audio, None  # 0.25-0.4 s, scored as is: too short to measure, not silence
     if normalize:
-        audio = normalize_loudness(audio, sample_rate, *corpus_level())
+        audio = normalize_loudness(audio, sample_rate, *corpus_level(), lufs=lufs)
     return audio, lufs
 
 

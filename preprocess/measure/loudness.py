@@ -236,15 +236,21 @@ def integrated_loudness(x: np.ndarray, sample_rate: int) -> float:
 
 
 def normalize_loudness(
-    x: np.ndarray, sample_rate: int, target_lufs: float = -23.0, peak_limit_dbfs: float = -1.0
+    x: np.ndarray,
+    sample_rate: int,
+    target_lufs: float = -23.0,
+    peak_limit_dbfs: float = -1.0,
+    lufs: float | None = None,
 ) -> np.ndarray | None:
     """Mono float32[N] scaled to `target_lufs` (BS.1770-4 integrated loudness, absolute gate),
     then down to a `peak_limit_dbfs` sample peak if that made it louder: how recordings that
     never went through the pipeline are brought to the level of the training corpus before
     a codec scores them (the defaults are PreprocessConfig's target_lufs and
     peak_limit_dbfs). None when no 400 ms block passes the gates (silence, or shorter than
-    400 ms): such audio has no loudness to normalize to."""
-    lufs = integrated_loudness(x, sample_rate)
+    400 ms): such audio has no loudness to normalize to. `lufs`: its integrated loudness,
+    when the caller has measured it already."""
+    if lufs is None:
+        lufs = integrated_loudness(x, sample_rate)
     if not math.isfinite(lufs):
         return None
     out = np.asarray(x, dtype=np.float32) * np.float32(10.0 ** ((target_lufs - lufs) / 20.0))
