@@ -19,7 +19,9 @@ takes what it needs as arguments; what several share sits in four small dataclas
 (flags, rank, codec, output dirs, the --init-from source), `Data` (index, training stream,
 schedule length), `Engines` and `TrainState` (what a checkpoint restores besides weights).
 Validation scoring is `telucodec.evaluate`, shared with `python -m telucodec eval`; shard
-lists come from `shards.Index`.
+lists come from `shards.Index`. What the run prints and plots (summary, validation lines,
+verdict, curves.png) is `training/report.py`; the RNG state and sha256 manifest a checkpoint
+carries are `training/checkpoint_files.py`.
 
 Everything a run produces lives in CKPT/NAME/: run_config.json (args + DeepSpeed config +
 codec config), checkpoints/ (DeepSpeed, with data position and RNG state), final/ (the
@@ -31,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import io
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import socket
 import sys
@@ -48,9 +47,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from tqdm import tqdm
 
 from shards import Index, loader
@@ -74,6 +73,20 @@ from telucodec.discriminator import MultiScaleSTFTDiscriminator
 from telucodec.evaluate import debug_block, evaluate, perceptual_subset
 from telucodec.losses import CodecLoss, discriminator_loss
 from telucodec.model import Codec
+from training.checkpoint_files import (
+    rng_state,
+    set_rng_state,
+    verify_manifest,
+    write_manifest,
+)
+from training.report import (
+    headline,
+    plot_curves,
+    run_summary,
+    succeeded,
+    validation_line,
+    verdict,
+)
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DS_CONFIG = REPO / "ds_config.json"
@@ -221,8 +234,11 @@ def check_ranges(args: argparse.Namespace) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """A refused input: one line on stderr, exit 2, no traceback."""
-    print(f"train_ds.py: error: {message}", file=sys.stderr, flush=True)
+    """A refused input: one line on stderr (from rank 0 only: every rank checks its inputs
+    before the process group exists, so N ranks would print it N times), exit 2 on every
+    rank, no traceback."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"train_ds.py: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
 
@@ -265,6 +281,11 @@ def init_source(args: argparse.Namespace) -> InitSource | None:
         fail(f"{flag}: {exc}")
     if not (directory / WEIGHTS).is_file():
         fail(f"{flag}: {directory / WEIGHTS}: missing")
+    try:  # a damaged file is refused here, before any process group, not after it
+        with safe_open(str(directory / WEIGHTS), framework="pt") as weights:
+            weights.keys()
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        fail(f"{flag}: {directory / WEIGHTS}: not a readable safetensors file: {exc}")
     differences = architecture_differences(source, get_config(args.model_config))
     if differences:
         fail(
@@ -381,7 +402,7 @@ def resolve_ds_config(
     """ds_config.json with what the command line and the machine decide filled in: micro
     batch and LR (when given), bf16 on GPU / fp32 on CPU, TensorBoard under the experiment.
     The schedule's length follows from the data (`set_schedule_length`). The result is
-    printed and stored with the run."""
+    stored with the run and summarized on the terminal (write_run_config)."""
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
     stage = cfg.get("zero_optimization", {}).get("stage", 0)
@@ -568,16 +589,7 @@ def write_run_config(run: Run, data: Data, engines: Engines) -> None:
         "total_steps": data.total_steps,
         "kbps": run.kbps,
         "n_quantizers": run.n_quantizers,
-        # The weights a fine-tuning run started from: the path may be overwritten later,
-        # the identity (sha256 of config and weights, as .tcq streams carry) cannot.
-        "init_from": None
-        if run.init is None
-        else {
-            "directory": str(run.init.directory),
-            "model_id": model_identity(run.init.directory).hex(),
-            "step": run.init.extra.get("step"),
-            "experiment": run.init.extra.get("experiment"),
-        },
+        "init_from": init_record(run),
     }
     write_json(run.exp_dir / "run_config.json", run_config)
     for line in run_summary(run_config):
@@ -585,22 +597,23 @@ def write_run_config(run: Run, data: Data, engines: Engines) -> None:
     print(f"full configuration: {run.exp_dir / 'run_config.json'}", flush=True)
 
 
-def run_summary(c: dict[str, Any]) -> list[str]:
-    """The resolved run in three short lines (run_config.json has every setting)."""
-    ds, d = c["deepspeed"], c["data"]
-    precision = "bf16" if ds["bf16"]["enabled"] else "fp32"
-    lr = ds.get("optimizer", {}).get("params", {}).get("lr")
-    per_step = d["micro_batch"] * ds["gradient_accumulation_steps"] * c["world_size"]
-    return [
-        f"codec {c['model']['name']}: {c['parameters'] / 1e6:.2f} M parameters, {precision}, "
-        f"{c['world_size']} rank(s) on {c['device']}, ZeRO "
-        f"{ds.get('zero_optimization', {}).get('stage', 0)}",
-        f"data: {d['train_samples']} train segments in {d['train_shards']} shards, "
-        f"{d['val_samples']} val in {d['val_shards']}",
-        f"schedule: {c['total_steps']} steps of {per_step} segments "
-        f"({d['micro_batch']} per rank x {ds['gradient_accumulation_steps']} accumulated), "
-        f"LR {lr}, validating at {' '.join(f'{k:g}' for k in c['kbps'])} kbps",
-    ]
+def init_record(run: Run) -> dict[str, Any] | None:
+    """The weights a fine-tuning run started from, for run_config.json: the path may be
+    overwritten later, the identity (sha256 of config and weights, as .tcq streams carry)
+    cannot. A resumed session of such a run did not read --init-from again, so it keeps the
+    record its first session wrote."""
+    if run.init is None:
+        try:
+            previous = json.loads((run.exp_dir / "run_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return previous.get("init_from") if isinstance(previous, dict) else None
+    return {
+        "directory": str(run.init.directory),
+        "model_id": model_identity(run.init.directory).hex(),
+        "step": run.init.extra.get("step"),
+        "experiment": run.init.extra.get("experiment"),
+    }
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -616,79 +629,6 @@ class TrainState:
     history: dict[str, list] = field(
         default_factory=lambda: {"train": [], "val": [], "data_errors": [], "nonfinite": []}
     )
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's torch/numpy/python (and CUDA) RNG states as plain JSON data: byte
-    states as lists of ints, numpy's and python's state tuples as lists. No pickle, so a
-    tampered file can at worst be refused, never run code."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state().tolist(),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state().tolist()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
-
-
-MANIFEST = "manifest.sha256.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _checkpoint_files(ckpt_dir: Path, tag: str) -> list[Path]:
-    """Every file of checkpoint `tag`: the generator's tag dir and the critic's, if any."""
-    dirs = [ckpt_dir / tag, ckpt_dir / "discriminator" / tag]
-    files = [f for d in dirs if d.is_dir() for f in sorted(d.rglob("*")) if f.is_file()]
-    return [f for f in files if f.name != MANIFEST]
-
-
-def write_manifest(ckpt_dir: Path, tag: str) -> None:
-    """sha256 of every file of checkpoint `tag` (paths relative to `ckpt_dir`) as JSON."""
-    files = {str(f.relative_to(ckpt_dir)): _sha256(f) for f in _checkpoint_files(ckpt_dir, tag)}
-    write_json(ckpt_dir / tag / MANIFEST, {"tag": tag, "sha256": files})
-
-
-def verify_manifest(ckpt_dir: Path, tag: str) -> None:
-    """Refuse (SystemExit, one line naming the file) a checkpoint whose files are not exactly
-    those its manifest lists with those hashes, before anything in it is unpickled."""
-    manifest = ckpt_dir / tag / MANIFEST
-    try:
-        listed = json.loads(manifest.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(
-            f"--resume: {manifest}: missing or unreadable ({exc}); refusing to load {tag}"
-        ) from None
-    present = {str(f.relative_to(ckpt_dir)): f for f in _checkpoint_files(ckpt_dir, tag)}
-    for name in sorted(set(listed) | set(present)):
-        if name not in present:
-            problem = "listed in the manifest but missing"
-        elif name not in listed:
-            problem = "not in the manifest"
-        elif _sha256(present[name]) != listed[name]:
-            problem = "sha256 does not match the manifest (modified after saving)"
-        else:
-            continue
-        raise SystemExit(f"--resume: {ckpt_dir / name}: {problem}; refusing to load {tag}")
 
 
 def save_checkpoint(run: Run, engines: Engines, state: TrainState) -> None:
@@ -1057,15 +997,7 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
     """Rank 0: one line per bitrate, TensorBoard scalars and audio, curves.png."""
     step = record["step"]
     for kbps, fig in record["kbps"].items():
-        print(
-            f"step {step} val {kbps} kbps: masked SNR {_f(fig['masked_snr_db'])} dB "
-            f"{_ci(fig, 'masked_snr_db')} (global {_f(fig['masked_global_snr_db'])}), SI-SDR "
-            f"{_f(fig['masked_si_sdr_db'])} dB {_ci(fig, 'masked_si_sdr_db')}, "
-            f"mel {_f(fig['masked_mel_distance'], 3)}, "
-            f"unmasked SNR {_f(fig['unmasked_snr_db'])} dB{perceptual_text(fig)} "
-            f"[{fig['items']} items, {fig['gated_items']} gated]",
-            flush=True,
-        )
+        print(validation_line(step, kbps, fig), flush=True)
         for name, value in fig.items():
             if value is not None:
                 tb.add_scalar(f"val_{kbps}kbps/{name}", value, step)
@@ -1082,27 +1014,6 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
             tb.add_audio(f"audio/{ex.key}/{kbps:g}kbps", est.clamp(-1, 1)[None], step, sr)
     tb.flush()
     plot_curves(state.history, run.exp_dir / "curves.png")
-
-
-def perceptual_text(figures: dict[str, Any]) -> str:
-    """The log line's perceptual tail, e.g. `, PESQ-WB 1.52, STOI 0.812 (n = 16)`; "" when
-    the figures carry no PESQ (--perceptual-items 0)."""
-    if "pesq_wb" not in figures:
-        return ""
-    n = figures.get("pesq_wb_items", 0)
-    return f", PESQ-WB {_f(figures['pesq_wb'])}, STOI {_f(figures['stoi'], 3)} (n = {n})"
-
-
-def _f(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(figures: dict[str, Any], name: str, digits: int = 2) -> str:
-    """The 95 % interval of a per-item figure's mean (evaluate.ci95) as "(95 % CI [lo, hi])"."""
-    lo, hi = figures.get(f"{name}_ci95_lo"), figures.get(f"{name}_ci95_hi")
-    if lo is None or hi is None:
-        return "(95 % CI n/a)"
-    return f"(95 % CI [{lo:.{digits}f}, {hi:.{digits}f}])"
 
 
 # --------------------------------------------------------------------------------- outputs
@@ -1122,6 +1033,8 @@ def export(
     exp_dir, top = run.exp_dir, f"{run.kbps[-1]:g}"
     generator = engines.generator.module
     if engines.dtype != torch.float32:
+        # Only its state_dict is saved: with --compile the copy's compiled forward would
+        # still call the original bf16 module, so never run this copy.
         generator = copy.deepcopy(generator).float()
     extra = {"step": state.step, "experiment": run.args.experiment_name, "validation": figures}
     save_codec(exp_dir / "final", generator, extra=extra)
@@ -1147,129 +1060,8 @@ def export(
     print(headline(top, figures[top]) + val_coverage(data, run.args, figures[top]), flush=True)
 
 
-def verdict(figures: dict[str, Any]) -> str:
-    """The original criterion, validation SNR > 0, now the masked one decided with the 95 %
-    Student-t interval of the mean per-item masked SNR (evaluate.ci95): SUCCESS when the
-    whole interval lies above 0 dB, FAILURE when it lies below, otherwise UNDECIDED (the
-    set is too small or too noisy to tell, or has fewer than 2 scored items)."""
-    lo, hi = figures.get("masked_snr_db_ci95_lo"), figures.get("masked_snr_db_ci95_hi")
-    if lo is not None and lo > 0:
-        return "SUCCESS"
-    if hi is not None and hi < 0:
-        return "FAILURE"
-    return "UNDECIDED"
-
-
-def succeeded(figures: dict[str, Any]) -> bool:
-    """SNR > 0 dB with 95 % confidence: metrics.json's "success"."""
-    return verdict(figures) == "SUCCESS"
-
-
-def headline(kbps: str, figures: dict[str, Any]) -> str:
-    """The final line: the masked SNR with its 95 % interval, the global and unmasked SNR,
-    PESQ-WB and STOI of the perceptual subset (when scored), and the verdict of `verdict`
-    with the number of items n it rests on."""
-    n = figures.get("masked_snr_db_items", 0)
-    lo, hi = figures.get("masked_snr_db_ci95_lo"), figures.get("masked_snr_db_ci95_hi")
-    decision = verdict(figures)
-    if decision == "SUCCESS":
-        why = f"SUCCESS: SNR > 0 dB with 95 % confidence (n = {n})"
-    elif decision == "FAILURE":
-        why = f"FAILURE: SNR < 0 dB with 95 % confidence (n = {n}); see --debug-validation"
-    elif lo is None or hi is None:
-        why = f"UNDECIDED: too few scored items for a 95 % interval (n = {n}, need >= 2)"
-    else:
-        why = (
-            f"UNDECIDED: 95 % interval [{lo:.1f}, {hi:.1f}] dB spans 0 (n = {n}): "
-            "validation set too small or too noisy to decide"
-        )
-    perceptual = ""
-    if "pesq_wb" in figures:
-        perceptual = f"; PESQ-WB {_f(figures['pesq_wb'])}, STOI {_f(figures['stoi'], 3)}"
-    return (
-        f"val masked SNR {kbps} kbps: {_f(figures['masked_snr_db'], 1)} dB "
-        f"{_ci(figures, 'masked_snr_db', 1)}; global "
-        f"{_f(figures['masked_global_snr_db'], 1)} dB; unmasked "
-        f"{_f(figures['unmasked_snr_db'], 1)} dB{perceptual} — {why}"
-    )
-
-
-def plot_perceptual(ax, val: list[dict], series) -> None:
-    """PESQ-WB (left axis) and STOI (right axis) of the perceptual subset per bitrate."""
-    ax_stoi = ax.twinx()
-    for kbps in sorted({k for r in val for k in r["kbps"]}, key=float):
-        steps, pesq = series(val, kbps, "pesq_wb")
-        if not any(math.isfinite(v) for v in pesq):
-            continue
-        (line,) = ax.plot(steps, pesq, "o-", label=f"PESQ-WB {kbps} kbps")
-        ax_stoi.plot(*series(val, kbps, "stoi"), "^--", color=line.get_color(), alpha=0.7)
-    ax.set(title="perceptual subset (STOI dashed, right)", xlabel="step", ylabel="PESQ-WB")
-    ax_stoi.set_ylabel("STOI")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "not scored (--perceptual-items 0)", ha="center", transform=ax.transAxes)
-
-
 def write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data, indent=2, sort_keys=True, default=float)
-
-
-def plot_curves(history: dict[str, list], path: Path) -> None:
-    """Training loss, validation SNR (masked per bitrate with its 95 % interval as a
-    shaded band; global and unmasked at the top bitrate) and PESQ-WB / STOI of the
-    perceptual subset against step, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def series(records: list[dict], kbps: str, name: str) -> tuple[list, list]:
-        rows = [r for r in records if kbps in r["kbps"]]
-        values = [r["kbps"][kbps].get(name) for r in rows]  # .get: histories from before a figure
-        return [r["step"] for r in rows], [math.nan if v is None else v for v in values]
-
-    fig, (ax_loss, ax_val, ax_ear) = plt.subplots(1, 3, figsize=(17, 4.5))
-    train = history["train"]
-    if train:
-        steps = [r["step"] for r in train]
-        ax_loss.plot(steps, [r["loss"] for r in train], label="loss")
-        for term in ("l1", "stft", "mel"):
-            if term in train[0]:
-                ax_loss.plot(steps, [r[term] for r in train], label=term, alpha=0.6)
-        ax_loss.set_yscale("log")
-    ax_loss.set(title="training loss (mean over ranks)", xlabel="step")
-    ax_loss.legend()
-    val = history["val"]
-    for kbps in sorted({k for r in val for k in r["kbps"]}, key=float):
-        (line,) = ax_val.plot(
-            *series(val, kbps, "masked_snr_db"), "o-", label=f"masked SNR {kbps} kbps"
-        )
-        steps, lo = series(val, kbps, "masked_snr_db_ci95_lo")
-        ax_val.fill_between(
-            steps,
-            lo,
-            series(val, kbps, "masked_snr_db_ci95_hi")[1],
-            color=line.get_color(),
-            alpha=0.2,
-            lw=0,
-            label=f"95 % CI {kbps} kbps",
-        )
-    if val:
-        top = max(val[-1]["kbps"], key=float)
-        ax_val.plot(
-            *series(val, top, "masked_global_snr_db"), "s--", label=f"masked global SNR {top} kbps"
-        )
-        ax_val.plot(*series(val, top, "unmasked_snr_db"), "x:", label=f"unmasked SNR {top} kbps")
-    ax_val.axhline(0.0, color="grey", lw=0.8)
-    ax_val.set(title="validation", xlabel="step", ylabel="dB")
-    ax_val.legend(fontsize=8)
-    plot_perceptual(ax_ear, val, series)
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, png.getvalue())
 
 
 # ------------------------------------------------------------------------------------ main

@@ -660,6 +660,17 @@ def test_resume_wins_over_init_from_so_a_requeued_job_can_pass_both(single_run, 
     assert json.loads((ckpt / "single" / "run_config.json").read_text())["init_from"] is None
 
 
+def test_a_resumed_fine_tune_keeps_the_record_of_its_source_weights(tmp_path):
+    """A requeued session resumes from its checkpoint without reading --init-from again;
+    run_config.json, rewritten each session, must still name the weights it started from."""
+    train_ds = _import_train_ds()
+    record = {"directory": "/gone", "model_id": "0123abcd0123abcd", "step": 3, "experiment": "e"}
+    (tmp_path / "run_config.json").write_text(json.dumps({"init_from": record}))
+    resumed = SimpleNamespace(init=None, exp_dir=tmp_path)
+    assert train_ds.init_record(resumed) == record
+    assert train_ds.init_record(SimpleNamespace(init=None, exp_dir=tmp_path / "new")) is None
+
+
 def _tiny_export(directory: Path) -> Path:
     from telucodec.checkpoint import save_codec
     from telucodec.model import Codec
@@ -698,8 +709,7 @@ def test_init_from_a_mismatched_missing_or_damaged_export_is_one_line_exit_2(
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train_ds.py: error: --init-from {source}: "), last
     assert expected in last, last
-    if case != "corrupt_weights":  # refused before any process group or engine starts
-        assert proc.stderr.strip() == last
+    assert proc.stderr.strip() == last  # refused before any process group or engine starts
     assert not (tmp_path / "ckpt" / "bad" / "run_config.json").exists()
 
 
