@@ -9,11 +9,13 @@ copies a clean file, `not_audio` goes into the speaker folders.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
 
 from preprocess.synth.render import (
     Renderer,
@@ -25,6 +27,7 @@ from preprocess.synth.render import (
     to_channels,
     with_room_tone,
 )
+from preprocess.synth.sndfile_bytes import reproducible
 from preprocess.synth.spec import (
     CLEAN_FORMATS,
     FileSpec,
@@ -265,7 +268,14 @@ def _plan_header_only(rng: np.random.Generator, s: FileSpec, k: int) -> FileSpec
 
 
 def _bytes_header_only(spec: FileSpec, rng: np.random.Generator, engine: str) -> bytes:
-    return encode(np.zeros((0, spec.channels or 1)), spec, rng)
+    """The header and a take name (an INFO chunk, as recorders write), zero frames. The
+    take name is drawn from the file's own stream, so corpora of other seeds do not share
+    this file's bytes either."""
+    buf = io.BytesIO()
+    channels = spec.channels or 1
+    with sf.SoundFile(buf, "w", spec.sample_rate, channels, spec.subtype, format="WAV") as f:
+        f.title = f"take {int(rng.integers(1, 2**31))}"
+    return reproducible(buf.getvalue(), "WAV", int(rng.integers(1, 2**31)))
 
 
 def _plan_truncated(rng: np.random.Generator, s: FileSpec, k: int) -> FileSpec:
