@@ -129,7 +129,7 @@ def test_gpu_check_installs_what_is_missing_trains_tiny_and_prints_the_summary(t
     assert speed["samples_per_s"] == pytest.approx(2 * speed["steps_per_s"])
     assert speed["steady_steps_per_s"] > 0 and 0 < speed["first_step_seconds"] < speed["seconds"]
     report = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert report == ["curves.png", "metrics.json", "summary.txt", "train.log"]
+    assert report == ["curves.png", "metrics.json", "run_config.json", "summary.txt", "train.log"]
 
 
 def test_missing_data_dir_is_one_line_error_and_nonzero_exit(tmp_path):
