@@ -83,7 +83,8 @@ def ray_session(
     if address:
         # A cluster's workers were forked by raylets started elsewhere: the caps travel in
         # the job's runtime_env (its agent adds a few seconds to the first actor start).
-        with start_errors(f"could not join the Ray cluster at {address}"):
+        hint = "is a Ray cluster running there (`ray status`)?"
+        with start_errors(f"could not join the Ray cluster at {address}", hint):
             ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
         try:
             yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
@@ -96,7 +97,8 @@ def ray_session(
         # A local Ray's workers inherit the raylet's environment, which is this process's
         # at ray.init: setting the caps here costs nothing, where a runtime_env made every
         # actor wait ~5 s for Ray's runtime-env agent (measured, 2 cores).
-        with start_errors("could not start a local Ray"), environment(WORKER_ENV):
+        hint = "a busy machine can time Ray's start-up out: run the command again"
+        with start_errors("could not start a local Ray", hint), environment(WORKER_ENV):
             ray.init(
                 num_cpus=workers,
                 _temp_dir=str(temp),
@@ -111,17 +113,15 @@ def ray_session(
 
 
 @contextmanager
-def start_errors(what: str) -> Iterator[None]:
+def start_errors(what: str, hint: str) -> Iterator[None]:
     """Any failure of ray.init (a start-up timeout on an overloaded machine, a cluster that
-    is not there) → RayStartError with its first line, instead of Ray's traceback."""
+    is not there) → RayStartError with its first line and `hint`, instead of Ray's
+    traceback."""
     try:
         yield
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RayStartError(
-            f"{what}: {first[:300]} (a busy machine can time Ray's start-up out: rerun; a "
-            "rerun continues where this one stopped)"
-        ) from exc
+        raise RayStartError(f"{what}: {first[:300]} ({hint})") from exc
 
 
 @contextmanager

@@ -134,4 +134,4 @@ def test_a_ray_that_cannot_start_is_one_line_exit_1_and_leaves_nothing(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith("preprocess: error: could not start a local Ray: The current node")
-    assert "rerun" in err
+    assert "run the command again" in err
