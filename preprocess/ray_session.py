@@ -92,7 +92,10 @@ def ray_session(
             ray.shutdown()  # disconnects this driver; the cluster keeps running
         return
     workers = workers or available_cpus()
-    temp = Path(tempfile.mkdtemp(prefix="tcray-", dir=_short_temp_root()))
+    root = _short_temp_root()
+    reap_stale_temp_dirs(Path(root or tempfile.gettempdir()))
+    temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
+    (temp / OWNER_FILE).write_text(str(os.getpid()))
     try:
         # A local Ray's workers inherit the raylet's environment, which is this process's
         # at ray.init: setting the caps here costs nothing, where a runtime_env made every
@@ -137,6 +140,54 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+TEMP_PREFIX = "tcray-"
+OWNER_FILE = "owner.pid"  # the PID of the run that made the temp dir
+
+
+def reap_stale_temp_dirs(root: Path) -> list[Path]:
+    """Remove the temp dirs under `root` that killed runs left (kill -9 skips every
+    `finally`): those whose owner PID is gone and that no live process names on its command
+    line (a Ray daemon of that session). A dir of a live run, or one without an owner file,
+    is never touched. Returns the dirs removed."""
+    removed = []
+    for d in sorted(root.glob(TEMP_PREFIX + "*")):
+        try:
+            pid = int((d / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid) or _named_by_a_process(str(d)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _named_by_a_process(text: str) -> bool:
+    """Whether any process's command line contains `text`; True when /proc cannot tell."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _short_temp_root() -> str | None:

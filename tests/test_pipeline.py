@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from shards import read_samples
-from tests.conftest import REPO, preprocess, read_jsonl
+from tests.conftest import REPO, preprocess, read_jsonl, run_cmd
 
 SHARD_MB = "0.3"
 
@@ -137,7 +139,10 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(synth_corpus, synth_out
         SHARD_MB,
         "--no-report",
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # A private, short TMPDIR: the killed run's Ray temp dir lands there, and the rerun
+    # must clear it (kill -9 skips the run's own clean-up).
+    tmp_root = Path(tempfile.mkdtemp(prefix="tck-", dir="/tmp"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TMPDIR": str(tmp_root)}
     proc = subprocess.Popen(
         args,
         cwd=REPO,
@@ -155,8 +160,12 @@ def test_kill_9_mid_run_then_rerun_gives_identical_bytes(synth_corpus, synth_out
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "index.json").exists(), "run finished before it could be killed"
-    preprocess(synth_corpus[0], out, "--workers", "2", "--shard-mb", SHARD_MB)
+    assert list(tmp_root.glob("tcray-*")), "the killed run left no Ray temp dir to clear"
+    rerun = ["-m", "preprocess.run", "--input", str(synth_corpus[0]), "--output", str(out)]
+    run_cmd([*rerun, "--workers", "2", "--shard-mb", SHARD_MB, "--no-report"], env=env)
     assert tree_digest(out) == tree_digest(synth_out)
+    assert not list(tmp_root.iterdir()), "the killed run's Ray temp dir outlived the rerun"
+    shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def test_rerun_on_finished_output_changes_nothing(synth_corpus, synth_out):

@@ -135,3 +135,30 @@ def test_a_ray_that_cannot_start_is_one_line_exit_1_and_leaves_nothing(
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith("preprocess: error: could not start a local Ray: The current node")
     assert "run the command again" in err
+
+
+def test_a_killed_runs_temp_dir_is_reaped_and_live_ones_are_not(tmp_path):
+    """kill -9 skips ray_session's clean-up; the next run removes what it left, and only
+    that: not a live run's dir, not a dir a live process names, not a dir it did not make."""
+    from preprocess.ray_session import OWNER_FILE, reap_stale_temp_dirs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+    dirs = {name: tmp_path / f"tcray-{name}" for name in ("dead", "live", "named", "foreign")}
+    for d in dirs.values():
+        d.mkdir()
+        (d / "session_latest").mkdir()
+    (dirs["dead"] / OWNER_FILE).write_text(str(dead_pid))
+    (dirs["live"] / OWNER_FILE).write_text(str(os.getpid()))
+    (dirs["named"] / OWNER_FILE).write_text(str(dead_pid))  # its owner died, a daemon did not
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(dirs["named"])]
+    )
+    try:
+        assert reap_stale_temp_dirs(tmp_path) == [dirs["dead"]]
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert not dirs["dead"].exists()
+    assert all(dirs[n].is_dir() for n in ("live", "named", "foreign"))
