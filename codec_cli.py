@@ -108,12 +108,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------- a preprocess output: eval/compare
 
 
-def split_paths(data_dir: str, split: str) -> list[str]:
-    """The shards of `split` that OUT/index.json lists (a stray tar in shards/ is not data)."""
-    paths = Index.load(data_dir).paths(split)
+def load_split(data_dir: str, split: str) -> tuple[Index, list[str]]:
+    """OUT/index.json and the shards of `split` it lists (a stray tar in shards/ is not
+    data); ValueError when it lists none."""
+    index = Index.load(data_dir)
+    paths = index.paths(split)
     if not paths:
         raise ValueError(f"{Path(data_dir) / 'index.json'} lists no {split} shards")
-    return paths
+    return index, paths
 
 
 def report_skipped(command: str, tally: loader.ErrorTally) -> dict[str, int]:
@@ -130,11 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from telucodec.evaluate import evaluate, perceptual_subset
 
     model = load_codec(args.checkpoint)
-    index = Index.load(args.data_dir)
-    paths = split_paths(args.data_dir, args.split)
-    listed = index.samples(args.split)
-    if args.max_items:
-        listed = min(listed, args.max_items)
+    index, paths = load_split(args.data_dir, args.split)
+    listed = loader.listed_items(index.samples(args.split), args.max_items)
     tally = loader.ErrorTally()
     batches = loader.val_batches(paths, args.batch_size, max_items=args.max_items, tally=tally)
     subset = perceptual_subset(listed, args.perceptual_items)
@@ -183,7 +182,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from_folder = args.audio is not None
     files = list_recordings(args.audio) if from_folder else None  # refused before the model
     model = load_codec(args.checkpoint)
-    paths = None if from_folder else split_paths(args.data_dir, args.split)
+    paths = None if from_folder else load_split(args.data_dir, args.split)[1]
     why_not = missing_opus()
     if why_not:
         print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)

@@ -917,16 +917,10 @@ def report_epoch(run: Run, state: TrainState, epoch: int, errors: loader.EpochEr
     errors.clear()
 
 
-def listed_val_items(data: Data, args: argparse.Namespace) -> int:
-    """Val items index.json lists, capped at --max-val-items."""
-    listed = data.index.samples("val")
-    return min(listed, args.max_val_items) if args.max_val_items else listed
-
-
 def val_coverage(data: Data, args: argparse.Namespace, figures: dict[str, Any]) -> str:
     """How many val items were scored of those index.json lists (capped at --max-val-items),
     appended to the final line: `; scored 35 of 55 listed val items (20 unreadable)`."""
-    listed = listed_val_items(data, args)
+    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
     scored = figures["items"]
     missing = f" ({listed - scored} unreadable)" if scored < listed else ""
     return f"; scored {scored} of {listed} listed val items{missing}"
@@ -960,7 +954,7 @@ def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> d
         args.max_val_items,
         tally,
     )
-    listed = listed_val_items(data, args)
+    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
     result = evaluate(
         engines.generator.module,
         batches,

@@ -336,6 +336,12 @@ def train_loader(stream: TrainStream, num_workers: int = 2, pin_memory: bool = F
 # ---------------------------------------------------------------------- validation
 
 
+def listed_items(samples: int, max_items: int = 0) -> int:
+    """Items `val_batches(…, max_items)` numbers from a split of `samples` items (what
+    index.json lists): all of them, or the first `max_items` when that is > 0."""
+    return min(samples, max_items) if max_items else samples
+
+
 def val_batches(
     paths: Iterable[str | os.PathLike],
     batch_size: int,
