@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,16 +65,25 @@ class RaySession:
 
 @contextmanager
 def ray_session(
-    address: str | None = None, workers: int | None = None, dashboard: bool = False
+    address: str | None = None,
+    workers: int | None = None,
+    dashboard: bool = False,
+    stop_in_background: bool = False,
 ) -> Iterator[RaySession]:
     """Join `address` (e.g. "auto") or start a local Ray with `workers` CPUs.
 
     `workers` None means every CPU available: this process's (cgroup/affinity aware) for a
     local Ray, the cluster's for a joined one. A Ray already initialized in this process
     (a test, a notebook) is used as it is and left running.
+
+    `stop_in_background`: a local Ray is stopped by a thread, so the caller's next work
+    (assembly, the report) overlaps the ≈1.5 s that `ray.shutdown` waits for its daemons;
+    `wait_for_stop()` joins it, and so does the next `ray_session` and the interpreter's
+    exit (the thread is not a daemon).
     """
     import ray
 
+    wait_for_stop()
     if workers is not None and workers <= 0:
         raise ValueError(f"--workers {workers}: expected a positive number of workers")
     if ray.is_initialized():
@@ -96,6 +106,7 @@ def ray_session(
     reap_stale_temp_dirs(Path(root or tempfile.gettempdir()))
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
     (temp / OWNER_FILE).write_text(str(os.getpid()))
+
     try:
         # A local Ray's workers inherit the raylet's environment, which is this process's
         # at ray.init: setting the caps here costs nothing, where a runtime_env made every
@@ -111,8 +122,34 @@ def ray_session(
             )
         yield RaySession(workers, local=True, temp_dir=temp)
     finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+        if stop_in_background:
+            _stop_in_thread(temp)
+        else:
+            _stop_local(temp)
+
+
+_stopping: threading.Thread | None = None  # a local Ray being stopped in the background
+
+
+def _stop_local(temp: Path) -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_in_thread(temp: Path) -> None:
+    global _stopping
+    _stopping = threading.Thread(target=_stop_local, args=(temp,), name="ray-stop")
+    _stopping.start()
+
+
+def wait_for_stop() -> None:
+    """Return once a local Ray stopped in the background is down and its temp dir gone."""
+    global _stopping
+    if _stopping is not None:
+        _stopping.join()
+        _stopping = None
 
 
 @contextmanager

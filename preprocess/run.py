@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from preprocess.config import load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
-from preprocess.ray_session import RayStartError  # noqa: E402
+from preprocess.ray_session import RayStartError, wait_for_stop  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
 
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        wait_for_stop()  # a local Ray stopped in the background: down before we return
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             keep_work=args.keep_work,
             dashboard=args.dashboard,
+            stop_ray_in_background=True,  # assembly and the report overlap Ray's shutdown
         )
     except (OutputConflict, ValueError, NotADirectoryError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)

@@ -110,6 +110,23 @@ def test_a_local_ray_caps_worker_threads_and_is_gone_after_the_block(leaves_noth
     assert not session.temp_dir.exists()
 
 
+def test_a_ray_stopped_in_the_background_is_gone_after_wait_for_stop(leaves_nothing_behind):
+    """The CLIs draw the report while Ray stops: the block returns at once, the stop
+    finishes by `wait_for_stop`, and a new session in the same process waits for it."""
+    import ray
+
+    from preprocess.ray_session import wait_for_stop
+
+    with ray_session(workers=1, stop_in_background=True) as first:
+        assert ray.get(_worker_env.remote())["OMP_NUM_THREADS"] == "1"
+    with ray_session(workers=1, stop_in_background=True) as second:  # waits for the first
+        assert not first.temp_dir.exists()
+        assert ray.get(_worker_env.remote())["OMP_NUM_THREADS"] == "1"
+    wait_for_stop()
+    assert not ray.is_initialized()
+    assert not second.temp_dir.exists()
+
+
 @ray.remote
 def _worker_env() -> dict[str, str]:
     return dict(os.environ)

@@ -17,7 +17,7 @@ from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
-from preprocess.ray_session import RayStartError
+from preprocess.ray_session import RayStartError, wait_for_stop
 from shards import Index
 
 
@@ -32,7 +32,16 @@ def scan_corpus(corpus: Path, work: Path, cfg: PreprocessConfig, workers: int | 
     if is_output(work) and not Index.load(work).scan_only:
         raise ValueError(f"{work} holds a preprocess output with shards; choose another --out")
     # The work dir is ours (a scan only): a config change replaces it instead of failing.
-    run_pipeline(corpus, work, cfg, workers=workers, overwrite=True, scan_only=True)
+    # Ray stops in the background while the report is drawn; `main` waits for it.
+    run_pipeline(
+        corpus,
+        work,
+        cfg,
+        workers=workers,
+        overwrite=True,
+        scan_only=True,
+        stop_ray_in_background=True,
+    )
     return work
 
 
@@ -92,6 +101,13 @@ def check_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        wait_for_stop()  # a local Ray stopped in the background: down before we return
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     path: Path = args.path.resolve()
     try:
