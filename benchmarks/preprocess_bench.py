@@ -72,7 +72,9 @@ def bare_loop(files: list[Path]) -> tuple[float, float]:
             continue
         if not np.isfinite(x).all() or x.shape[0] == 0:
             continue
-        mono = x.mean(axis=1)
+        # Column sums, not x.mean(axis=1): numpy reduces [n, 2] along the short axis one
+        # strided step at a time, 17× slower; the baseline should not be handicapped.
+        mono = sum(x[:, c] for c in range(x.shape[1])) / np.float32(x.shape[1])
         if sr != 16000:
             mono = soxr.resample(mono, sr, 16000, quality="HQ")
         seconds += x.shape[0] / sr

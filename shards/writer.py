@@ -19,13 +19,16 @@ import numpy as np
 from shards.atomic import fsync_dir
 from shards.format import DEFAULT_AUDIO_ENCODING, encode_sample
 
-# A fixed mtime (and fixed user/group) makes tar bytes depend only on the samples.
-_TAR_MTIME = 0.0
-# Every tar member starts with three 512-byte blocks: the float mtime above makes tarfile
-# write a PAX extended header (a header block and a data block) before the ustar header.
-# The member's data is then padded to whole blocks, and the archive to 10 KiB records.
+# A fixed mtime (and fixed user/group) makes tar bytes depend only on the samples. An int:
+# a float mtime makes tarfile put a PAX extended header (two more 512-byte blocks) before
+# every member, which cost half the tar-writing CPU and 2 KiB per 1 s sample (≈7 % of a
+# shard's bytes) for nothing a reader uses.
+_TAR_MTIME = 0
+# Every tar member starts with one 512-byte ustar header block (keys are far shorter than
+# ustar's 100-character name limit); its data is padded to whole blocks, and the archive
+# to 10 KiB records.
 TAR_BLOCK = 512
-TAR_MEMBER_HEADER_BYTES = 3 * TAR_BLOCK
+TAR_MEMBER_HEADER_BYTES = TAR_BLOCK
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class _HashingFile:
 
 
 class _SampleTar:
-    """The tar layout of `webdataset.TarWriter` (same bytes: tarfile's default PAX format,
+    """The tar layout of `webdataset.TarWriter` (same bytes: tarfile's default format,
     members `key.ext` in sorted order, mode 0o444, fixed user/group/mtime), without
     importing webdataset.
 
@@ -71,7 +74,7 @@ class _SampleTar:
     `tarfile`. `tests/test_shards.py` checks the bytes against webdataset's writer.
     """
 
-    def __init__(self, fileobj, user: str, group: str, mtime: float, mode: int = 0o444):
+    def __init__(self, fileobj, user: str, group: str, mtime: int, mode: int = 0o444):
         # Closed in close(), like the file it writes to.
         self._tar = tarfile.open(fileobj=fileobj, mode="w|")  # noqa: SIM115
         self._user, self._group, self._mtime, self._mode = user, group, mtime, mode

@@ -14,6 +14,7 @@ from preprocess.measure.kernels import (
     active_frames,
     count_clipped,
     count_nonfinite,
+    downmix,
     fill_segment,
     frame_rms_peak,
     moments,
@@ -114,6 +115,21 @@ def speech_db(x: np.ndarray, block: int = 160_000) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Frame statistics and counters
 # ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_downmix_is_the_float64_channel_mean(channels):
+    block = np.random.default_rng(channels).standard_normal((4801, channels)).astype(np.float32)
+    want = block.mean(axis=1, dtype=np.float64).astype(np.float32)
+    np.testing.assert_array_equal(downmix(block), want)
+    np.testing.assert_array_equal(downmix(np.asfortranarray(block)), want)  # any layout
+
+
+def test_downmix_refuses_a_block_without_channels():
+    with pytest.raises(ValueError, match="float32\\[n, C\\]"):
+        downmix(np.zeros((10, 0), np.float32))
+    with pytest.raises(ValueError, match="got shape"):
+        downmix(np.zeros(10, np.float32))
 
 
 def test_frame_rms_peak_matches_numpy_on_full_frames_only():

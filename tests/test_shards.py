@@ -165,8 +165,27 @@ def test_shard_writer_bytes_equal_webdataset_tarwriter(tmp_path):
         for s in samples:
             w.write_encoded(s)
     buf = io.BytesIO()
-    ref = wds.TarWriter(buf, user="telucodec", group="telucodec", mtime=0.0)
+    ref = wds.TarWriter(buf, user="telucodec", group="telucodec", mtime=0)
     for s in samples:
         ref.write(s)
     ref.close()
     assert (tmp_path / "ours.tar").read_bytes() == buf.getvalue()
+
+
+def test_a_shard_member_has_one_header_block(tmp_path):
+    """No PAX extended header per member (a float mtime caused one: 2 more blocks each)."""
+    from shards.format import encode_sample
+    from shards.writer import TAR_MEMBER_HEADER_BYTES
+
+    meta = {"source": "a.wav", "offset": 0, "gain_db": 0.0, "sample_rate": 16000}
+    with ShardWriter(tmp_path / "s.tar") as w:
+        for i in range(3):
+            audio = np.zeros(16000, np.float32)
+            w.write_encoded(
+                encode_sample(f"f{i:04d}-00000", audio, [[0, 16000]], meta | {"split": "train"})
+            )
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        members = tar.getmembers()
+    assert len(members) == 6
+    assert all(m.offset_data - m.offset == TAR_MEMBER_HEADER_BYTES == 512 for m in members)
+    assert all(m.pax_headers == {} for m in members)

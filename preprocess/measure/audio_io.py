@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from preprocess.measure import kernels
 from preprocess.measure.stage_times import lap
 
 # Extensions we treat as audio even when libsndfile is too old to list them.
@@ -171,7 +172,7 @@ def stream_mono_16k(
             if on_source_block is not None and on_source_block(block) is False:
                 yield result
                 return
-            mono = downmix(block)
+            mono = kernels.downmix(block)
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=False)
             lap("resample")
@@ -185,10 +186,3 @@ def stream_mono_16k(
             if tail.size:
                 yield tail
         yield result
-
-
-def downmix(block: np.ndarray) -> np.ndarray:
-    """float32[n, C] → float32[n]: the channel mean (BS.1770 weights 1.0 for L/R/C)."""
-    if block.shape[1] == 1:
-        return np.ascontiguousarray(block[:, 0], dtype=np.float32)
-    return block.mean(axis=1, dtype=np.float64).astype(np.float32)
