@@ -4,6 +4,7 @@
       run.py          the CLI: `python -m preprocess.run`, `python preprocess/run.py`
       pipeline.py     the run end to end on Ray: plan → units on actors → assemble
       ray_session.py  start/join/stop the Ray a run uses
+      schedule.py     units and shard-group writes on the actor pool, each group once ready
       config.py       PreprocessConfig: every knob, stored in index.json
       plan.py         list, hash, dedupe, split and group files into shard groups and work units
       unit.py         one work unit on one actor: scan, decide, segment, encode (keyed for reruns)

@@ -39,8 +39,9 @@ from preprocess.plan import (
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
+from preprocess.schedule import run_on_pool
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
-from preprocess.unit import process_unit, unit_is_done, unit_key
+from preprocess.unit import process_unit, unit_is_done, unit_key, warm_up
 from shards.atomic import atomic_write_text
 
 _FINGERPRINT_BATCH = 32
@@ -58,6 +59,10 @@ class UnitWorker:
         self.input_root = Path(input_root)
         self.work = Path(work)
         self.cfg = PreprocessConfig.from_dict(cfg)
+        warm_up(self.cfg)
+        # This process's CPU so far: Ray's worker start, our imports, Numba's start. A
+        # fixed cost per worker, which the benchmark reports apart from the per-hour work.
+        self.startup_cpu_s = _process_cpu_s()
 
     # `stage_times.CLOCK`, never a name imported from it: Ray pickles this class by value,
     # and an imported CLOCK would be a copy that the measured code never laps (seen: every
@@ -69,9 +74,13 @@ class UnitWorker:
         return recs
 
     def usage(self) -> dict[str, Any]:
-        """This worker's CPU seconds so far and stage times not yet reported (benchmark)."""
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return {"process_cpu_s": ru.ru_utime + ru.ru_stime, "stage_times": stage_times.CLOCK.take()}
+        """This worker's CPU seconds so far, at start-up, and stage times not yet reported
+        (benchmark)."""
+        return {
+            "process_cpu_s": _process_cpu_s(),
+            "startup_cpu_s": self.startup_cpu_s,
+            "stage_times": stage_times.CLOCK.take(),
+        }
 
     def process(
         self, unit: dict[str, Any], files: list[dict[str, Any]], scan_only: bool = False
@@ -99,6 +108,11 @@ class UnitWorker:
         done["_node_id"] = ray.get_runtime_context().get_node_id()
         done["_pid"] = os.getpid()
         return done
+
+
+def _process_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
@@ -231,6 +245,7 @@ def run_pipeline(
     add_times(done.stage_times, assembly)
     index["_stage_times"] = done.stage_times
     index["_worker_cpu_s"] = done.worker_cpu_s
+    index["_worker_startup_cpu_s"] = done.worker_startup_cpu_s
     index["_driver_cpu_s"] = done.driver_cpu_s + assembly["cpu"]["assemble"]
     return index
 
@@ -244,16 +259,14 @@ def _run_units(
     pool: ActorPool,
     scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the units not yet committed, then write the shard groups not yet committed, on
-    a pool of actors.
+    """Run the units not yet committed and write the shard groups not yet committed, on a
+    pool of actors (`schedule.run_on_pool`: each group as soon as its units are done).
 
     A unit is reused only with its `unit_key` and, when its group is still to be written,
     all its parts; a group only with its `group_key` (from its units' keys) and all its
-    shard parts. Returns run figures (peak worker RSS in MB, summed stage times) and
-    appends one line per unit and group (which node and process ran it, its times) to
-    `work/run-log.jsonl`.
+    shard parts. Returns run figures (peak worker RSS in MB, summed stage times); the run
+    log `work/run-log.jsonl` gets one line per unit and group (node, process, CPU, time).
     """
-    figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}}
     by_path = {f.path: f for f in files}
     keys = {u.unit_id: unit_key(u, by_path, cfg) for u in units}
     groups = {} if scan_only else shard_groups(units)
@@ -269,72 +282,16 @@ def _run_units(
         if not unit_is_done(work, u.unit_id, keys[u.unit_id], scan_only, u.unit_id in to_write)
     ]
     total_files = sum(len(u.paths) for u in units)
-    done_files = total_files - sum(len(u.paths) for u in todo)
-    if todo:
-        _process_units(todo, by_path, work, pool, scan_only, total_files, done_files, figures)
-    if groups:
-        _write_groups(groups, keys, work, pool, figures)
-    return figures
-
-
-def _write_groups(
-    groups: dict[int, list[WorkUnit]],
-    keys: dict[int, str],
-    work: Path,
-    pool: ActorPool,
-    figures: dict[str, Any],
-) -> None:
-    """Write each shard group's shard(s) from its committed units, on the actors."""
-
-    def submit(actor, group: int):
-        units = groups[group]
-        unit_keys = {u.unit_id: keys[u.unit_id] for u in units}
-        return actor.write_group.remote(group, [u.to_dict() for u in units], unit_keys)
-
-    with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
-        for done in pool.map_unordered(submit, list(groups)):
-            add_times(figures["stage_times"], done["_stage_times"])
-            entry = {"shard_group": done["shard_group"], "shards": len(done["shards"])}
-            entry.update(node_id=done["_node_id"], pid=done["_pid"])
-            log.write(json.dumps(entry) + "\n")
-
-
-def _process_units(
-    todo: list[WorkUnit],
-    by_path: dict[str, InputFile],
-    work: Path,
-    pool: ActorPool,
-    scan_only: bool,
-    total_files: int,
-    done_files: int,
-    figures: dict[str, Any],
-) -> None:
-
-    def submit(actor, unit: WorkUnit):
-        table = [vars(by_path[p]) for p in unit.paths]
-        return actor.process.remote(unit.to_dict(), table, scan_only)
-
-    hours = 0.0
-    t0 = time.perf_counter()
     with tqdm(
         total=total_files,
-        initial=done_files,
+        initial=total_files - sum(len(u.paths) for u in todo),
         desc="scan" if scan_only else "scan+shard",
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        for done in pool.map_unordered(submit, todo):
-            hours += done["seconds"] / 3600.0
-            figures["peak_rss_mb"] = max(figures["peak_rss_mb"], done["_peak_rss_mb"])
-            add_times(figures["stage_times"], done["_stage_times"])
-            entry = {k: done[k] for k in ("unit_id", "files", "seconds")}
-            entry.update(node_id=done["_node_id"], pid=done["_pid"])
-            entry["cpu_s"] = round(sum(done["_stage_times"]["cpu"].values()), 4)
-            with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
-                log.write(json.dumps(entry) + "\n")
-            bar.update(done["files"])
-            rate = hours / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
+        return run_on_pool(
+            todo, groups, keys, by_path, pool, work / "run-log.jsonl", scan_only, bar
+        )
 
 
 def config_line(cfg: PreprocessConfig) -> str:
@@ -358,6 +315,7 @@ class _RayWork:
     stage_times: dict[str, dict[str, float]]
     peak_rss_mb: float
     worker_cpu_s: float
+    worker_startup_cpu_s: float
     wall_s: float  # from Ray up to here: Ray's own start and stop are timed apart
     driver_cpu_s: float
 
@@ -403,6 +361,7 @@ def _run_on_ray(
         stage_times=times,
         peak_rss_mb=figures["peak_rss_mb"],
         worker_cpu_s=sum(u["process_cpu_s"] for u in usage),
+        worker_startup_cpu_s=sum(u["startup_cpu_s"] for u in usage),
         wall_s=time.perf_counter() - t0,
         driver_cpu_s=time.process_time() - cpu0,
     )
