@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.schedule import run_on_pool
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
-from preprocess.unit import process_unit, unit_is_done, unit_key, warm_up
+from preprocess.unit import WARM_UP_DIR, process_unit, unit_is_done, unit_key, warm_up
 from shards.atomic import atomic_write_text
 
 _FINGERPRINT_BATCH = 32
@@ -59,7 +60,12 @@ class UnitWorker:
         self.input_root = Path(input_root)
         self.work = Path(work)
         self.cfg = PreprocessConfig.from_dict(cfg)
-        warm_up(self.cfg)
+        try:
+            warm_up(self.cfg, self.work)
+        except Exception as exc:  # only a cost moved: the first unit pays it instead
+            print(f"preprocess: warning: worker warm-up failed: {exc}", file=sys.stderr)
+        stage_times.CLOCK.take()  # warm-up laps are start-up, not any unit's stages
+        self.plan_times: dict[str, dict[str, float]] = {}
         # This process's CPU so far: Ray's worker start, our imports, Numba's start. A
         # fixed cost per worker, which the benchmark reports apart from the per-hour work.
         self.startup_cpu_s = _process_cpu_s()
@@ -71,15 +77,19 @@ class UnitWorker:
         stage_times.CLOCK.restart()
         recs = fingerprint(self.input_root, paths, self.cfg.extra_audio_extensions)
         stage_times.CLOCK.lap("plan")
+        add_times(self.plan_times, stage_times.CLOCK.take())  # not a unit's: usage() has it
         return recs
 
     def usage(self) -> dict[str, Any]:
         """This worker's CPU seconds so far, at start-up, and stage times not yet reported
         (benchmark)."""
+        times = stage_times.CLOCK.take()
+        add_times(times, self.plan_times)
+        self.plan_times = {}
         return {
             "process_cpu_s": _process_cpu_s(),
             "startup_cpu_s": self.startup_cpu_s,
-            "stage_times": stage_times.CLOCK.take(),
+            "stage_times": times,
         }
 
     def process(
@@ -226,17 +236,18 @@ def run_pipeline(
     print(config_line(cfg))
     with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
         done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
-    t_assemble, cpu_assemble = time.perf_counter(), time.process_time()
+    # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
+    t_assemble, cpu_assemble = time.perf_counter(), time.thread_time()
     index = assemble(
         out, work, cfg, done.units, done.plan_records, input_root, done.digest, scan_only
     )
     assembly = {
-        "cpu": {"assemble": time.process_time() - cpu_assemble},
+        "cpu": {"assemble": time.thread_time() - cpu_assemble},
         "wall": {"assemble": time.perf_counter() - t_assemble},
     }
     if not keep_work:
-        shutil.rmtree(work / "units", ignore_errors=True)
-        shutil.rmtree(work / "groups", ignore_errors=True)
+        for scratch in ("units", "groups", WARM_UP_DIR):
+            shutil.rmtree(work / scratch, ignore_errors=True)
     # Run figures for the benchmark (keys with "_" are never written to index.json): the
     # pipeline's own time, Ray up to units done plus assembly; Ray's start and stop are
     # fixed costs the benchmark times apart.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -76,10 +77,11 @@ def ray_session(
     local Ray, the cluster's for a joined one. A Ray already initialized in this process
     (a test, a notebook) is used as it is and left running.
 
-    `stop_in_background`: a local Ray is stopped by a thread, so the caller's next work
-    (assembly, the report) overlaps the ≈1.5 s that `ray.shutdown` waits for its daemons;
-    `wait_for_stop()` joins it, and so does the next `ray_session` and the interpreter's
-    exit (the thread is not a daemon).
+    `stop_in_background`: after a block that ended normally, a local Ray is stopped by a
+    thread, so the caller's next work (assembly, the report) overlaps the ≈1.5 s that
+    `ray.shutdown` waits for its daemons; `wait_for_stop()` joins it, and so does the next
+    `ray_session` and the interpreter's exit (the thread is not a daemon). After an error
+    or Ctrl-C it is stopped before the exception leaves the block.
     """
     import ray
 
@@ -121,7 +123,10 @@ def ray_session(
                 **common,
             )
         yield RaySession(workers, local=True, temp_dir=temp)
-    finally:
+    except BaseException:
+        _stop_local(temp)  # an error or Ctrl-C: stop now, with nothing else running
+        raise
+    else:
         if stop_in_background:
             _stop_in_thread(temp)
         else:
@@ -135,12 +140,24 @@ def _stop_local(temp: Path) -> None:
     import ray
 
     ray.shutdown()
+    # Only once Ray is down: a dir removed under live daemons would hide them from the
+    # next run's reaper.
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_quietly(temp: Path) -> None:
+    """`_stop_local` for the background thread: a failure is one line, not a thread
+    traceback (the run's output is complete by then; kill -9 leftovers are reaped by the
+    next run)."""
+    try:
+        _stop_local(temp)
+    except Exception as exc:
+        print(f"preprocess: warning: stopping the local Ray failed: {exc}", file=sys.stderr)
 
 
 def _stop_in_thread(temp: Path) -> None:
     global _stopping
-    _stopping = threading.Thread(target=_stop_local, args=(temp,), name="ray-stop")
+    _stopping = threading.Thread(target=_stop_quietly, args=(temp,), name="ray-stop")
     _stopping.start()
 
 

@@ -180,6 +180,6 @@ def _write_parts(
 
 def _tar_estimate(member_bytes: int) -> int:
     """A sample's size in the tar as the split estimates it: its member bytes plus one
-    member's header blocks. That undercounts (two members, each with headers and padding:
-    ~3.5 KB), but where groups split into parts, and so the output bytes, depend on it."""
+    member's header block. That undercounts (two members, each with a header block and
+    padding: ~1.5 KB), but where groups split into parts, and so the output bytes, depend on it."""
     return member_bytes + TAR_MEMBER_HEADER_BYTES

@@ -13,12 +13,12 @@ rerun on a changed input equal to a clean run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from preprocess.measure.segment import cut_segments, plan_segments, trim_range
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
 from preprocess.plan import InputFile, WorkUnit
+from preprocess.provenance import code_version
 from preprocess.records import dumps_record, file_record
 from shards import encode_sample, sample_key
 from shards.atomic import atomic_write_json
@@ -43,16 +44,24 @@ def unit_dir(work: Path, unit_id: int) -> Path:
 
 
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
-    """Everything a unit's output depends on: config, unit id, and each file's path, size,
-    sha256 and split in unit order. Any change gives a new key. (The shard group's key is
+    """Everything a unit's output depends on: the code that shapes output bytes
+    (`provenance.code_version`), config, unit id, and each file's path, size, sha256 and
+    split in unit order. Any change gives a new key. (The shard group's key is
     built from its units' keys: `shard_group.group_key`.)"""
     payload = {
+        "code_version": _code_version(),
         "config_digest": cfg.digest(),
         "unit_id": unit.unit_id,
         "split": unit.split,
         "files": [[p, files[p].bytes, files[p].sha256, files[p].split] for p in unit.paths],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def _code_version() -> str:
+    """Once per process: the sources do not change during a run."""
+    return code_version()
 
 
 # The unit's parts: its encoded samples, which its shard group's writer copies into the
@@ -236,26 +245,39 @@ def _process_file(
     return rec, rms, samples
 
 
-def warm_up(cfg: PreprocessConfig) -> None:
-    """Run one short stereo 44.1 kHz file through the whole per-file path, in a scratch
-    dir that is then removed: a worker pays Numba's start (its typing and target contexts,
-    ≈0.8 CPU-s, most of it on the first kernel call whatever the kernel) and its cache
-    loads here, at actor start, instead of inside the first unit's stage times."""
-    t = np.arange(int(1.5 * 44100)) / 44100
+WARM_UP_DIR = "warm-up"  # in OUT/.work: one scratch dir per worker process, removed after
+
+
+def warm_up(cfg: PreprocessConfig, work: Path) -> str:
+    """Run one short generated stereo 44.1 kHz file through the whole per-file path (decode,
+    downmix, resample, every kernel, segment, encode) in a scratch dir under `work`, then
+    remove it; returns the file's status ("kept" unless something is wrong).
+
+    A worker pays Numba's start (its typing and target contexts, ≈0.8 CPU-s, most of it on
+    the first kernel call whatever the kernel) and its cache loads here, at actor start,
+    instead of inside the first unit's stage times."""
+    seconds = max(3.0, 2.0 * cfg.segment_seconds)  # passes min_active_seconds, cuts segments
+    t = np.arange(int(seconds * 44100)) / 44100
     tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
     noise = np.random.default_rng(0).standard_normal(t.size) * 0.01
     stereo = np.stack([tone + noise, tone - noise], axis=1).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="tc-warm-") as scratch:
-        path = Path(scratch) / "warm.wav"
+    scratch = work / WARM_UP_DIR / str(os.getpid())
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        path = scratch / "warm.wav"
         sf.write(path, stereo, 44100, subtype="PCM_16")
         f = InputFile(
             path="warm.wav", bytes=path.stat().st_size, sha256="", is_audio_extension=True
         )
-        encoded = EncodedSpool(Path(scratch) / SPOOL_NAME)
+        encoded = EncodedSpool(scratch / SPOOL_NAME)
         try:
-            _process_file(f, path, Path(scratch), cfg, encoded)
+            rec, _rms, _samples = _process_file(f, path, scratch, cfg, encoded)
         finally:
             encoded.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rec["status"]
 
 
 def _parts(udir: Path) -> list[dict[str, Any]]:

@@ -94,6 +94,8 @@ def source_copy(tmp_path) -> Path:
         "preprocess/synth/classes.py",
         "preprocess/run.py",
         "preprocess/summary.py",
+        "preprocess/ray_session.py",
+        "preprocess/schedule.py",
         "preprocess/__init__.py",
         "preprocess/measure/stage_times.py",
         "shards/loader.py",

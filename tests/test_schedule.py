@@ -1,0 +1,114 @@
+"""Work order on the actor pool (preprocess/schedule.py) and the actors' warm-up, without
+Ray: a pool stand-in runs each task when it is taken back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from tqdm import tqdm
+
+from preprocess.config import load_config
+from preprocess.plan import InputFile, WorkUnit
+from preprocess.schedule import run_on_pool
+from preprocess.unit import WARM_UP_DIR, warm_up
+
+_TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
+
+
+class _Pool:
+    """ActorPool's submit/has_free/has_next/get_next_unordered over `actors` fake actors;
+    records the order tasks were submitted in."""
+
+    def __init__(self, actors: int):
+        self.free, self.pending, self.order = actors, [], []
+        self.actor = SimpleNamespace(
+            process=SimpleNamespace(remote=self._process),
+            write_group=SimpleNamespace(remote=self._write_group),
+        )
+
+    def _process(self, unit: dict, table: list, scan_only: bool) -> dict:
+        self.order.append(f"u{unit['unit_id']}")
+        return {
+            "unit_id": unit["unit_id"],
+            "shard_group": unit["shard_group"],
+            "files": len(unit["paths"]),
+            "seconds": 10.0,
+            "_stage_times": _TIMES,
+            "_peak_rss_mb": 100.0,
+            "_node_id": "node",
+            "_pid": 1,
+        }
+
+    def _write_group(self, group: int, units: list, unit_keys: dict) -> dict:
+        self.order.append(f"g{group}")
+        return {"shard_group": group, "shards": [{}], "_stage_times": _TIMES}
+
+    def has_free(self) -> bool:
+        return self.free > 0
+
+    def submit(self, fn, value) -> None:
+        assert self.free > 0, "a task went to a busy actor"
+        self.free -= 1
+        self.pending.append(fn(self.actor, value))
+
+    def has_next(self) -> bool:
+        return bool(self.pending)
+
+    def get_next_unordered(self) -> dict:
+        self.free += 1
+        return self.pending.pop(0) | {"_node_id": "node", "_pid": 1}
+
+
+def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, list[WorkUnit]]]:
+    units, by_group = [], {}
+    for g, ids in enumerate(groups):
+        members = [WorkUnit(i, "train", [f"f{i}.wav"], 10.0, g) for i in ids]
+        units += members
+        by_group[g] = members
+    return units, by_group
+
+
+def _run(todo, groups, units, tmp_path, actors=1) -> list[str]:
+    pool = _Pool(actors)
+    by_path = {
+        p: InputFile(path=p, bytes=1, sha256="x", is_audio_extension=True)
+        for u in units
+        for p in u.paths
+    }
+    keys = {u.unit_id: f"k{u.unit_id}" for u in units}
+    with tqdm(total=len(by_path), disable=True) as bar:
+        figures = run_on_pool(todo, groups, keys, by_path, pool, tmp_path / "log", False, bar)
+    assert figures["stage_times"]["cpu"]["segment"] == pytest.approx(0.01 * len(pool.order))
+    assert pool.free == actors
+    return pool.order
+
+
+def test_a_group_is_written_as_soon_as_its_units_are_done(tmp_path):
+    """Before: every group waited for the last unit (u0 u1 u2 u3 g0 g1)."""
+    units, groups = _units([[0, 1], [2, 3]])
+    assert _run(units, groups, units, tmp_path) == ["u0", "u1", "g0", "u2", "u3", "g1"]
+
+
+def test_groups_whose_units_a_killed_run_finished_go_first(tmp_path):
+    units, groups = _units([[0, 1], [2, 3]])
+    todo = [u for u in units if u.unit_id >= 2]  # units 0 and 1 committed, group 0 not
+    assert _run(todo, groups, units, tmp_path) == ["g0", "u2", "u3", "g1"]
+
+
+def test_two_actors_run_every_task_once_and_log_each(tmp_path):
+    units, groups = _units([[0], [1, 2], [3, 4, 5]])
+    order = _run(units, groups, units, tmp_path, actors=2)
+    assert sorted(order) == sorted([f"u{i}" for i in range(6)] + ["g0", "g1", "g2"])
+    for g, members in groups.items():  # a group after all of its units
+        assert all(order.index(f"u{u.unit_id}") < order.index(f"g{g}") for u in members)
+    assert len((tmp_path / "log").read_text().splitlines()) == 9
+
+
+@pytest.mark.parametrize("segment_seconds", [1.0, 4.0])
+def test_worker_warm_up_keeps_its_file_and_leaves_no_scratch(tmp_path, segment_seconds):
+    """The warm-up file must go through the whole path (a rejected one would skip the
+    segment and encode code), whatever the segment length."""
+    cfg = load_config(segment_seconds=segment_seconds)
+    assert warm_up(cfg, tmp_path) == "kept"
+    assert list((tmp_path / WARM_UP_DIR).iterdir()) == []
