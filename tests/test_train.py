@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -86,9 +87,12 @@ def make_shard_dir(
                 w.write_encoded(sample)
         info = w.info.to_dict()
         if truncated_shard and split == "train" and s == len(train):
+            # Cut inside the last member's data: half the file can fall in the end-of-archive
+            # padding once the members are small (one header block each).
             path = root / "shards" / name
-            data = path.read_bytes()
-            path.write_bytes(data[: len(data) // 2])
+            with tarfile.open(path) as tar:
+                last = tar.getmembers()[-1]
+            path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])
         entries.append({**info, "split": split})
     index = {"shards": entries, "config": {"segment_samples": SEGMENT}}
     (root / "index.json").write_text(json.dumps(index, indent=1))
