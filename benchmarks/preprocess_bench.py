@@ -181,7 +181,7 @@ times = i["_stage_times"]
 times["cpu"]["report"] = time.process_time() - c_report
 times["wall"]["report"] = time.perf_counter() - t_report
 keys = ("_elapsed_s", "_worker_peak_rss_mb", "_stage_times", "_worker_cpu_s",
-        "_worker_startup_cpu_s", "_driver_cpu_s")
+        "_worker_startup_cpu_s", "_driver_cpu_s", "_utilization")
 res = {{k: i[k] for k in keys}} | {{"hours": i["totals"]["input_hours"]}}
 res["session_s"] = time.perf_counter() - t0
 print("BENCH" + json.dumps(res))
@@ -249,6 +249,14 @@ def print_breakdown(runs: dict[int, dict], hours: float) -> None:
     print(
         f"{'worker start-up, CPU-s per worker':<34}"
         + "".join(f"{runs[w]['_worker_startup_cpu_s'] / w:>13.1f}{'':>7}" for w in ws)
+    )
+    print(
+        f"{'workers busy, units + group writes':<34}"
+        + "".join(f"{100 * runs[w]['_utilization']['busy']:>12.0f}%{'':>7}" for w in ws)
+    )
+    print(
+        f"{'idle tail, worker-seconds':<34}"
+        + "".join(f"{runs[w]['_utilization']['tail_idle_s']:>13.2f}{'':>7}" for w in ws)
     )
     print(
         "(stages are thread CPU time inside the laps; worker processes add their start-up —\n"

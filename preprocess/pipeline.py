@@ -40,7 +40,7 @@ from preprocess.plan import (
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
-from preprocess.schedule import run_on_pool
+from preprocess.schedule import run_on_pool, utilization
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
 from preprocess.unit import WARM_UP_DIR, process_unit, unit_is_done, unit_key, warm_up
 from shards.atomic import atomic_write_text
@@ -96,28 +96,33 @@ class UnitWorker:
         self, unit: dict[str, Any], files: list[dict[str, Any]], scan_only: bool = False
     ) -> dict[str, Any]:
         stage_times.CLOCK.restart()
+        start = time.time()
         table = {f["path"]: InputFile(**f) for f in files}
         done = process_unit(
             WorkUnit(**unit), table, self.input_root, self.work, self.cfg, scan_only
         )
         # Peak RSS of this worker process so far: reported, never written to OUT.
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        # Where and how long, for the run log and the benchmark; never written to OUT.
-        done["_stage_times"] = stage_times.CLOCK.take()
-        done["_node_id"] = ray.get_runtime_context().get_node_id()
-        done["_pid"] = os.getpid()
-        return done
+        return _where_and_when(done, start)
 
     def write_group(
         self, group: int, units: list[dict[str, Any]], unit_keys: dict[int, str]
     ) -> dict[str, Any]:
         stage_times.CLOCK.restart()
+        start = time.time()
         work_units = [WorkUnit(**u) for u in units]
         done = write_group(group, work_units, unit_keys, self.work, self.cfg)
-        done["_stage_times"] = stage_times.CLOCK.take()
-        done["_node_id"] = ray.get_runtime_context().get_node_id()
-        done["_pid"] = os.getpid()
-        return done
+        return _where_and_when(done, start)
+
+
+def _where_and_when(done: dict[str, Any], start: float) -> dict[str, Any]:
+    """Which node and process ran a task, from when to when (epoch seconds) and its stage
+    times: for the run log and the benchmark, never written to OUT."""
+    done["_stage_times"] = stage_times.CLOCK.take()
+    done["_node_id"] = ray.get_runtime_context().get_node_id()
+    done["_pid"] = os.getpid()
+    done["_span"] = [start, time.time()]
+    return done
 
 
 def _process_cpu_s() -> float:
@@ -257,6 +262,7 @@ def run_pipeline(
     index["_stage_times"] = done.stage_times
     index["_worker_cpu_s"] = done.worker_cpu_s
     index["_worker_startup_cpu_s"] = done.worker_startup_cpu_s
+    index["_utilization"] = done.utilization
     index["_driver_cpu_s"] = done.driver_cpu_s + assembly["cpu"]["assemble"]
     return index
 
@@ -327,6 +333,7 @@ class _RayWork:
     peak_rss_mb: float
     worker_cpu_s: float
     worker_startup_cpu_s: float
+    utilization: dict[str, float]  # schedule.utilization of the units and group writes
     wall_s: float  # from Ray up to here: Ray's own start and stop are timed apart
     driver_cpu_s: float
 
@@ -373,6 +380,7 @@ def _run_on_ray(
         peak_rss_mb=figures["peak_rss_mb"],
         worker_cpu_s=sum(u["process_cpu_s"] for u in usage),
         worker_startup_cpu_s=sum(u["startup_cpu_s"] for u in usage),
+        utilization=utilization(figures["spans"], workers),
         wall_s=time.perf_counter() - t0,
         driver_cpu_s=time.process_time() - cpu0,
     )

@@ -1,12 +1,13 @@
 """Run work units and shard-group writes on the actor pool, each group as soon as its units
 are done.
 
-Writing every group after the last unit left one worker idle while the other finished the
-last unit, then all group writes ran at once. Here a group whose units are all committed
-goes ahead of the remaining units: its writes fill the tail, and the units' spools are
-freed early. Tasks go out only to a free actor (`ActorPool` queues the rest first in,
-first out, which would put a ready group behind every unit). The order of the work never
-changes a byte of the output: units and groups commit independently, from the plan alone.
+A group whose units are all committed goes ahead of the remaining units, so its units'
+spools are freed early and one long unit does not hold back every group's write. (On the
+benchmark corpus, units of ≈120 s kept the idle tail under 0.2 worker-seconds either way:
+docs/BENCHMARKS.md §4.) Tasks go out only to a free actor: `ActorPool` queues the rest
+first in, first out, which would put a ready group behind every unit. The order of the work
+never changes a byte of the output: units and groups commit independently, from the plan
+alone.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def run_on_pool(
     bar: tqdm,
 ) -> dict[str, Any]:
     """Process `todo` and write `groups` (those not yet committed); returns run figures
-    (peak worker RSS in MB, summed stage times). Appends one line per unit and group
-    (node, process, CPU seconds) to `log_path`."""
-    figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}}
+    (peak worker RSS in MB, summed stage times, each worker's busy spans). Appends one
+    line per unit and group (node, process, CPU seconds, start and end) to `log_path`."""
+    figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}, "spans": {}}
     units = deque(todo)
     todo_ids = {u.unit_id for u in todo}
     waiting = {g: {u.unit_id for u in us} & todo_ids for g, us in groups.items()}
@@ -82,7 +83,27 @@ def run_on_pool(
                 bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
             else:
                 entry = {"shard_group": done["shard_group"], "shards": len(done["shards"])}
-            entry.update(node_id=done["_node_id"], pid=done["_pid"], t=round(time.time(), 3))
+            start, end = done["_span"]
+            worker = f"{done['_node_id']}:{done['_pid']}"
+            figures["spans"].setdefault(worker, []).append((start, end))
+            entry.update(node_id=done["_node_id"], pid=done["_pid"])
+            entry.update(start=round(start, 3), end=round(end, 3))
             log.write(json.dumps(entry) + "\n")
             log.flush()
     return figures
+
+
+def utilization(spans: dict[str, list[tuple[float, float]]], workers: int) -> dict[str, float]:
+    """How busy the workers were from the first task's start to the last one's end:
+    `busy` (the share of workers × that window spent in tasks) and `tail_idle_s` (summed
+    over workers: how long each sat idle after its last task while others still ran)."""
+    ends = [end for s in spans.values() for _, end in s]
+    starts = [start for s in spans.values() for start, _ in s]
+    if not ends:
+        return {"window_s": 0.0, "busy": 0.0, "tail_idle_s": 0.0}
+    first, last = min(starts), max(ends)
+    window = max(last - first, 1e-9)
+    busy = sum(end - start for s in spans.values() for start, end in s)
+    tail = sum(last - max(end for _, end in s) for s in spans.values())
+    tail += (workers - len(spans)) * window  # a worker that never got a task
+    return {"window_s": window, "busy": busy / (workers * window), "tail_idle_s": tail}

@@ -3,6 +3,7 @@ Ray: a pool stand-in runs each task when it is taken back."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from tqdm import tqdm
 
 from preprocess.config import load_config
 from preprocess.plan import InputFile, WorkUnit
-from preprocess.schedule import run_on_pool
+from preprocess.schedule import run_on_pool, utilization
 from preprocess.unit import WARM_UP_DIR, warm_up
 
 _TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
@@ -36,8 +37,6 @@ class _Pool:
             "seconds": 10.0,
             "_stage_times": _TIMES,
             "_peak_rss_mb": 100.0,
-            "_node_id": "node",
-            "_pid": 1,
         }
 
     def _write_group(self, group: int, units: list, unit_keys: dict) -> dict:
@@ -57,7 +56,8 @@ class _Pool:
 
     def get_next_unordered(self) -> dict:
         self.free += 1
-        return self.pending.pop(0) | {"_node_id": "node", "_pid": 1}
+        n = len(self.order)
+        return self.pending.pop(0) | {"_node_id": "node", "_pid": 1, "_span": [n, n + 1.0]}
 
 
 def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, list[WorkUnit]]]:
@@ -102,7 +102,19 @@ def test_two_actors_run_every_task_once_and_log_each(tmp_path):
     assert sorted(order) == sorted([f"u{i}" for i in range(6)] + ["g0", "g1", "g2"])
     for g, members in groups.items():  # a group after all of its units
         assert all(order.index(f"u{u.unit_id}") < order.index(f"g{g}") for u in members)
-    assert len((tmp_path / "log").read_text().splitlines()) == 9
+    log = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert len(log) == 9 and all(e["end"] > e["start"] for e in log)
+
+
+def test_utilization_counts_busy_time_and_the_idle_tail():
+    spans = {"a": [(0.0, 2.0), (2.0, 4.0)], "b": [(0.0, 3.0)]}
+    u = utilization(spans, workers=2)
+    assert u["window_s"] == 4.0
+    assert u["busy"] == pytest.approx(7.0 / 8.0)
+    assert u["tail_idle_s"] == pytest.approx(1.0)  # b waited from 3 s to 4 s
+    idle_worker = utilization(spans, workers=3)  # one worker never got a task
+    assert idle_worker["tail_idle_s"] == pytest.approx(5.0)
+    assert utilization({}, workers=2)["busy"] == 0.0
 
 
 @pytest.mark.parametrize("segment_seconds", [1.0, 4.0])
