@@ -24,7 +24,7 @@ import numpy as np
 from preprocess.config import PreprocessConfig
 from preprocess.dir_commit import commit_dir
 from preprocess.plan import WorkUnit
-from preprocess.provenance import code_version
+from preprocess.provenance import running_code_version
 from preprocess.records import dumps_record
 from preprocess.shard_group import group_dir, shard_groups
 from preprocess.split import groups_of
@@ -203,7 +203,7 @@ def build_index(
     split_totals = _split_totals(cfg, shards, kept)
     return {
         "format_version": FORMAT_VERSION,
-        "code_version": code_version(),
+        "code_version": running_code_version(),
         "input": str(input_root),
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),

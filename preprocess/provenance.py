@@ -19,6 +19,7 @@ no longer restamps every index.json.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -55,3 +56,10 @@ def code_version(root: Path = REPO_ROOT) -> str:
     for src in output_sources(root):
         h.update(src.relative_to(root).as_posix().encode() + b"\0" + src.read_bytes())
     return f"{v}+src.{h.hexdigest()[:12]}"
+
+
+@functools.cache
+def running_code_version() -> str:
+    """`code_version()` of the code this process runs, hashed once: its sources do not
+    change during a run, and unit keys (one per unit) and index.json then carry one value."""
+    return code_version()

@@ -13,7 +13,6 @@ rerun on a changed input equal to a clean run.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ from preprocess.measure.segment import cut_segments, plan_segments, trim_range
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
 from preprocess.plan import InputFile, WorkUnit
-from preprocess.provenance import code_version
+from preprocess.provenance import running_code_version
 from preprocess.records import dumps_record, file_record
 from shards import encode_sample, sample_key
 from shards.atomic import atomic_write_json
@@ -45,23 +44,17 @@ def unit_dir(work: Path, unit_id: int) -> Path:
 
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
     """Everything a unit's output depends on: the code that shapes output bytes
-    (`provenance.code_version`), config, unit id, and each file's path, size, sha256 and
+    (`provenance.running_code_version`), config, unit id, and each file's path, size, sha256 and
     split in unit order. Any change gives a new key. (The shard group's key is
     built from its units' keys: `shard_group.group_key`.)"""
     payload = {
-        "code_version": _code_version(),
+        "code_version": running_code_version(),
         "config_digest": cfg.digest(),
         "unit_id": unit.unit_id,
         "split": unit.split,
         "files": [[p, files[p].bytes, files[p].sha256, files[p].split] for p in unit.paths],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-@functools.cache
-def _code_version() -> str:
-    """Once per process: the sources do not change during a run."""
-    return code_version()
 
 
 # The unit's parts: its encoded samples, which its shard group's writer copies into the

@@ -136,6 +136,8 @@ def test_missing_input_fails_before_ray_starts_or_output_is_made(tmp_path, monke
 def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
     from dataclasses import replace
 
+    import pytest
+
     from preprocess.config import PreprocessConfig
     from preprocess.plan import InputFile, WorkUnit, fingerprint
     from preprocess.unit import process_unit, unit_dir, unit_is_done, unit_key
@@ -152,6 +154,10 @@ def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
     rewritten = {**files, "b.wav": replace(files["b.wav"], sha256="0" * 64)}
     assert unit_key(unit, rewritten, cfg) != key
     assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
+    # A .work committed by other code (e.g. tars with PAX headers) is redone, not mixed in.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("preprocess.unit.running_code_version", lambda: "0.0+src.older")
+        assert unit_key(unit, files, cfg) != key
     (unit_dir(work, 0) / done["parts"][0]["name"]).unlink()
     assert not unit_is_done(work, 0, key)
     # Once its shard group is written the unit's parts are gone by design: the unit is
