@@ -220,7 +220,7 @@ def _process_file(
                         "sample_rate": cfg.sample_rate,
                         "split": f.split,
                     }
-                    sample = encode_sample(key, seg.audio, seg.valid, meta, cfg.audio_encoding)
+                    sample = encode_sample(key, seg.pcm, seg.valid, meta, cfg.audio_encoding)
                     samples.append((encoded.add(sample), key))
                     valid += seg.n_valid
                 n_segments = len(samples)

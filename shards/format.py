@@ -37,10 +37,13 @@ def sample_key(file_id: str, segment: int) -> str:
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
-    """Float audio in [-1, 1] → int16 with rounding; refuses anything out of range."""
+    """Float audio in [-1, 1] → int16 with rounding; refuses anything out of range.
+    int16 audio is already PCM and passes through."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D mono, got shape {audio.shape}")
+    if audio.dtype == np.int16:
+        return audio
     if not np.all(np.isfinite(audio)):
         raise ValueError("audio contains non-finite samples")
     if audio.size and float(np.max(np.abs(audio))) > 1.0:
@@ -86,8 +89,9 @@ def encode_sample(
     meta: dict[str, Any],
     encoding: str = DEFAULT_AUDIO_ENCODING,
 ) -> dict[str, Any]:
-    """Build the dict `webdataset.TarWriter.write` takes. `meta` must carry REQUIRED_META
-    except `valid`, which comes from the argument; extra fields are kept."""
+    """Build the dict `webdataset.TarWriter.write` takes. `audio` is 1-D: float in
+    [-1, 1], or int16 PCM as is. `meta` must carry REQUIRED_META except `valid`, which
+    comes from the argument; extra fields are kept."""
     pcm = to_int16(audio)
     mask_from_runs(valid, pcm.shape[0])  # validates the runs
     full_meta = dict(meta)

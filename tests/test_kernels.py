@@ -15,14 +15,14 @@ from preprocess.measure.kernels import (
     count_clipped,
     count_nonfinite,
     downmix,
-    fill_segment,
     frame_rms_peak,
     moments,
-    pad_segment,
     rms_db,
+    segment_pcm,
     segment_plan,
     trim_bounds,
 )
+from shards.format import to_int16
 
 SR = 16000
 FRAME = 320  # 20 ms
@@ -390,14 +390,33 @@ def test_segment_plan_cuts_consecutive_segments_and_keeps_a_long_enough_tail():
     assert segment_plan(0, 7000, 16000, 8000).shape == (0, 2)
 
 
-def test_pad_segment_masks_exactly_the_real_samples():
-    src = f32(np.random.default_rng(8).uniform(-1, 1, 9000))
-    audio, mask = pad_segment(src, 16000)
-    assert audio.dtype == np.float32 and mask.dtype == np.bool_ and audio.shape == (16000,)
-    assert mask.sum() == 9000 and mask[:9000].all()
-    assert np.array_equal(audio[:9000], src) and not audio[9000:].any()
-    out, m = np.full(16000, 7.0, np.float32), np.ones(16000, bool)
-    fill_segment(src[:16000], out, m)
-    assert np.array_equal(out[:9000], src) and not out[9000:].any() and m.sum() == 9000
+def _segment_pcm_reference(src, dc, gain, segment):
+    """The numpy chain segment_pcm replaces: float32 DC and gain, clip, pad, to_int16."""
+    real = (f32(src) - np.float32(dc)) * np.float32(gain)
+    np.clip(real, -1.0, 1.0, out=real)
+    audio = np.zeros(segment, np.float32)
+    audio[: real.size] = real
+    return to_int16(audio)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.37, 3.9, 1000.0])
+def test_segment_pcm_is_bit_identical_to_the_numpy_chain(gain):
+    rng = np.random.default_rng(8)
+    src = f32(rng.uniform(-1, 1, 9000) * rng.uniform(0, 1, 9000) ** 3)
+    # Exact .5 LSB products, where round-half-even and a float32 round would differ.
+    src[:64] = (np.arange(64, dtype=np.float64) + 0.5) / 32767.0
+    src[64:66] = [1.0, -1.0]
+    got = segment_pcm(src, 0.0013, gain, 16000)
+    assert got.dtype == np.int16 and got.shape == (16000,)
+    np.testing.assert_array_equal(got, _segment_pcm_reference(src, 0.0013, gain, 16000))
+    assert not got[9000:].any()  # the padding is silence
+
+
+def test_segment_pcm_refuses_what_does_not_fit_or_is_not_finite():
     with pytest.raises(ValueError, match="do not fit"):
-        pad_segment(np.zeros(16001, np.float32), 16000)
+        segment_pcm(np.zeros(16001, np.float32), 0.0, 1.0, 16000)
+    bad = np.zeros(100, np.float32)
+    bad[50] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        segment_pcm(bad, 0.0, 1.0, 160)
+    assert segment_pcm(np.zeros(0, np.float32), 0.0, 1.0, 4).tolist() == [0, 0, 0, 0]

@@ -10,6 +10,7 @@ import pytest
 
 import shards
 from shards import ShardFormatError, ShardWriter, read_samples
+from shards.format import to_int16
 
 
 def _meta(i: int) -> dict:
@@ -84,6 +85,16 @@ def test_writer_refuses_nonfinite_and_out_of_range_audio(tmp_path):
     with pytest.raises(ValueError, match="full scale"):
         w.write("k-00001", np.full(100, 1.5, np.float32), [[0, 100]], _meta(0))
     w.abort()
+
+
+@pytest.mark.parametrize("encoding", ["flac", "npy"])
+def test_int16_audio_is_taken_as_pcm_and_gives_the_float_samples_bytes(encoding):
+    """The pipeline hands int16 PCM straight from its segment kernel."""
+    audio = np.random.default_rng(3).uniform(-1, 1, 16000).astype(np.float32)
+    pcm = to_int16(audio)
+    from_float = shards.encode_sample("k-00000", audio, [[0, 9000]], _meta(0), encoding)
+    from_pcm = shards.encode_sample("k-00000", pcm, [[0, 9000]], _meta(0), encoding)
+    assert from_pcm == from_float
 
 
 def test_mask_runs_round_trip():

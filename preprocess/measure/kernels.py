@@ -23,11 +23,10 @@ __all__ = [
     "count_clipped",
     "count_nonfinite",
     "downmix",
-    "fill_segment",
     "frame_rms_peak",
     "moments",
-    "pad_segment",
     "rms_db",
+    "segment_pcm",
     "segment_plan",
     "trim_bounds",
 ]
@@ -501,24 +500,37 @@ def segment_plan(start: int, end: int, segment: int, min_valid: int) -> np.ndarr
     return np.stack([offsets[keep], valid[keep]], axis=1).reshape(-1, 2)
 
 
-def fill_segment(src: np.ndarray, out: np.ndarray, mask: np.ndarray) -> None:
-    """Copy float32[n_valid] into out float32[segment], zero the tail; mask bool[segment]
-    True exactly on the real samples. In place, for a reused buffer."""
+@njit(cache=True)
+def _segment_pcm(src, dc, gain, out):
+    """0 when done, 1 at a non-finite sample (out is then partly written)."""
     n = src.shape[0]
-    if n > out.shape[0] or out.shape != mask.shape:
-        raise ValueError(
-            f"fill_segment: {n} samples do not fit out{list(out.shape)}/mask{list(mask.shape)}"
-        )
-    out[:n] = src
-    out[n:] = 0.0
-    mask[:n] = True
-    mask[n:] = False
+    for i in range(n):
+        v = (src[i] - dc) * gain  # float32, as numpy computes it on float32 arrays
+        if not math.isfinite(v):
+            return 1
+        if v > 1.0:
+            v = np.float32(1.0)
+        elif v < -1.0:
+            v = np.float32(-1.0)
+        out[i] = np.int16(np.rint(np.float64(v) * 32767.0))
+    for i in range(n, out.shape[0]):
+        out[i] = 0
+    return 0
 
 
-def pad_segment(src: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32[n_valid] → (audio float32[segment] zero-padded, mask bool[segment])."""
-    src = _f32_1d(src, "pad_segment src")
-    audio = np.empty(segment, np.float32)
-    mask = np.empty(segment, np.bool_)
-    fill_segment(src, audio, mask)
-    return audio, mask
+def segment_pcm(src: np.ndarray, dc: float, gain: float, segment: int) -> np.ndarray:
+    """float32[n_valid] → int16[segment]: DC removed, gain applied, clipped to full scale,
+    rounded to 16-bit PCM and zero-padded; the validity run is [0, n_valid).
+
+    One pass where numpy took five (subtract, multiply, clip, pad, then float64 round):
+    ≈0.1 of ≈0.55 ms per 1 s segment. Bit-identical to that numpy chain, float32
+    arithmetic and round-half-even included (tests/test_kernels.py). A non-finite sample
+    raises ValueError.
+    """
+    src = _f32_1d(src, "segment_pcm src")
+    if src.shape[0] > segment:
+        raise ValueError(f"segment_pcm: {src.shape[0]} samples do not fit a {segment} segment")
+    out = np.empty(segment, np.int16)
+    if _segment_pcm(src, np.float32(dc), np.float32(gain), out):
+        raise ValueError("segment_pcm: non-finite sample")
+    return out

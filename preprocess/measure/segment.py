@@ -22,7 +22,7 @@ from preprocess.measure.spool import SampleSpool
 class Segment:
     index: int
     offset: int  # in 16 kHz samples from the start of the decoded file
-    audio: np.ndarray  # float32[segment_samples], |x| ≤ 1
+    pcm: np.ndarray  # int16[segment_samples]: real audio in [0, n_valid), zeros after
     n_valid: int
 
     @property
@@ -52,13 +52,12 @@ def plan_segments(a: FileAnalysis, cfg: PreprocessConfig) -> np.ndarray:
 def cut_segments(
     a: FileAnalysis, spool: SampleSpool, cfg: PreprocessConfig, gain_db: float
 ) -> Iterator[Segment]:
-    """Yield the file's segments, DC-free and gain-applied, reading the spool lazily."""
+    """Yield the file's segments as 16-bit PCM, DC-free and gain-applied, reading the
+    spool lazily."""
     gain = np.float32(10.0 ** (gain_db / 20.0))
-    dc = np.float32(a.dc)
     for index, (offset, n_valid) in enumerate(plan_segments(a, cfg)):
         real = spool.read(int(offset), int(offset + n_valid))
-        real = (real - dc) * gain
-        # The gain was capped from the measured peak; this only guards float rounding.
-        np.clip(real, -1.0, 1.0, out=real)
-        audio, _mask = kernels.pad_segment(real.astype(np.float32), cfg.segment_samples)
-        yield Segment(index, int(offset), audio, int(n_valid))
+        # Clipping in segment_pcm only guards float rounding: the gain was capped from
+        # the measured peak.
+        pcm = kernels.segment_pcm(real, a.dc, gain, cfg.segment_samples)
+        yield Segment(index, int(offset), pcm, int(n_valid))
