@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,13 @@ from preprocess.ray_session import ray_session
 from preprocess.records import file_record
 from preprocess.schedule import run_on_pool, utilization
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
-from preprocess.unit import WARM_UP_DIR, process_unit, unit_is_done, unit_key, warm_up
+from preprocess.unit import (
+    WARM_UP_DIR,
+    process_unit,
+    start_worker,
+    unit_is_done,
+    unit_key,
+)
 from shards.atomic import atomic_write_text
 
 _FINGERPRINT_BATCH = 32
@@ -60,11 +65,7 @@ class UnitWorker:
         self.input_root = Path(input_root)
         self.work = Path(work)
         self.cfg = PreprocessConfig.from_dict(cfg)
-        try:
-            warm_up(self.cfg, self.work)
-        except Exception as exc:  # only a cost moved: the first unit pays it instead
-            print(f"preprocess: warning: worker warm-up failed: {exc}", file=sys.stderr)
-        stage_times.CLOCK.take()  # warm-up laps are start-up, not any unit's stages
+        start_worker(self.cfg, self.work)
         self.plan_times: dict[str, dict[str, float]] = {}
         # This process's CPU so far: Ray's worker start, our imports, Numba's start. A
         # fixed cost per worker, which the benchmark reports apart from the per-hour work.

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import soundfile as sf
 
 from preprocess.config import PreprocessConfig
 from preprocess.dir_commit import commit_dir
+from preprocess.measure import stage_times
 from preprocess.measure.policy import decide, reject
 from preprocess.measure.scan import analyze_file
 from preprocess.measure.segment import cut_segments, plan_segments, trim_range
@@ -271,6 +273,17 @@ def warm_up(cfg: PreprocessConfig, work: Path) -> str:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rec["status"]
+
+
+def start_worker(cfg: PreprocessConfig, work: Path) -> None:
+    """A worker's start: `warm_up`, best-effort (a failure only moves the cost to the first
+    unit, so it is one warning line, never a failed actor), and its laps discarded, since
+    they are start-up and no unit's stage times."""
+    try:
+        warm_up(cfg, work)
+    except Exception as exc:
+        print(f"preprocess: warning: worker warm-up failed: {exc}", file=sys.stderr)
+    stage_times.CLOCK.take()
 
 
 def _parts(udir: Path) -> list[dict[str, Any]]:

@@ -10,9 +10,10 @@ import pytest
 from tqdm import tqdm
 
 from preprocess.config import load_config
+from preprocess.measure import stage_times
 from preprocess.plan import InputFile, WorkUnit
 from preprocess.schedule import run_on_pool, utilization
-from preprocess.unit import WARM_UP_DIR, warm_up
+from preprocess.unit import WARM_UP_DIR, start_worker, warm_up
 
 _TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
 
@@ -124,3 +125,18 @@ def test_worker_warm_up_keeps_its_file_and_leaves_no_scratch(tmp_path, segment_s
     cfg = load_config(segment_seconds=segment_seconds)
     assert warm_up(cfg, tmp_path) == "kept"
     assert list((tmp_path / WARM_UP_DIR).iterdir()) == []
+
+
+def test_a_failed_warm_up_is_one_warning_and_leaves_no_laps(tmp_path, capsys):
+    """A worker whose warm-up fails still starts (the first unit pays the cost instead),
+    and neither a failed nor a good warm-up leaves laps for the first unit's stage times."""
+    cfg = load_config()
+    blocked = tmp_path / "work"
+    blocked.write_text("a file where the work dir should be")  # the scratch dir can't be made
+    start_worker(cfg, blocked)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("preprocess: warning: worker warm-up failed")
+    assert stage_times.CLOCK.take() == {"cpu": {}, "wall": {}}
+    start_worker(cfg, tmp_path)  # a good warm-up: its decode/segment laps are discarded too
+    assert capsys.readouterr().err == ""
+    assert stage_times.CLOCK.take() == {"cpu": {}, "wall": {}}
