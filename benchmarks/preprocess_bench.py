@@ -359,6 +359,14 @@ def main() -> None:
             f"cores); CPU-s per audio-hour {cpu_lo:.1f} → {cpu_hi:.1f}, of which after each "
             f"worker's start-up {per_h_lo:.1f} → {per_h_hi:.1f} (should stay flat)"
         )
+        # The part that can scale: from the first unit's start to the last group's end,
+        # without Ray's worker start, the warm-up, the plan and the assembly.
+        win_lo, win_hi = lo["_utilization"]["window_s"], hi["_utilization"]["window_s"]
+        if win_hi > 0:
+            print(
+                f"  units-and-groups window {win_lo:.1f} → {win_hi:.1f} s: "
+                f"{win_lo / win_hi:.2f}x (the scalable part; the rest is fixed per run)"
+            )
     for w, td in lhotse.items():
         if w in runs:
             print(

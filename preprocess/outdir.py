@@ -59,9 +59,12 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
             )
         if differs:
             clear_output(out, keep_work=False)
-    out.mkdir(parents=True, exist_ok=True)
     stamp = {"tool": TOOL, "input": str(input_root), "config_digest": cfg.digest()}
-    atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
+    except OSError as exc:  # read-only filesystem, no permission, a file in the way
+        raise OutputConflict(f"--output {out} cannot be written: {exc.strerror or exc}") from exc
 
 
 def _previous_run(out: Path) -> dict[str, Any] | None:

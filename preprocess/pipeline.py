@@ -235,6 +235,8 @@ def run_pipeline(
         raise ValueError(f"--workers {workers}: expected a positive number of workers")
     if out == input_root or input_root in out.parents:
         raise ValueError(f"output {out} must not lie inside the input {input_root}")
+    if out in input_root.parents:  # --overwrite clears OUT's folders: the input with them
+        raise ValueError(f"input {input_root} must not lie inside the output {out}")
     claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
     work = out / ".work"
     work.mkdir(exist_ok=True)

@@ -120,17 +120,54 @@ def test_a_folder_the_tool_did_not_write_is_never_written_into(tmp_path):
 
 
 def test_missing_input_fails_before_ray_starts_or_output_is_made(tmp_path, monkeypatch, capsys):
-    from preprocess import pipeline, run
+    from preprocess import run
 
-    def no_ray(*args, **kwargs):
-        raise AssertionError("Ray was started for a run that cannot begin")
-
-    monkeypatch.setattr(pipeline, "ray_session", no_ray)
+    _no_ray(monkeypatch)
     missing, out = tmp_path / "no-such-corpus", tmp_path / "out"
     args = ["--input", str(missing), "--output", str(out), "--workers", "1", "--no-report"]
     assert run.main(args) == 2
     assert str(missing) in capsys.readouterr().err
     assert not out.exists()
+
+
+def _no_ray(monkeypatch):
+    from preprocess import pipeline
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a run that cannot begin")
+
+    monkeypatch.setattr(pipeline, "ray_session", no_ray)
+
+
+def test_an_input_inside_the_output_is_refused_before_overwrite_clears_it(
+    tmp_path, monkeypatch, capsys
+):
+    """--overwrite removes OUT's report/, shards/, .work: an input in there went with it."""
+    from preprocess import run
+    from preprocess.config import load_config
+    from preprocess.outdir import claim_output
+
+    _no_ray(monkeypatch)
+    out = tmp_path / "out"
+    claim_output(out, tmp_path / "elsewhere", load_config(), overwrite=False)  # OUT is ours
+    corpus = make_corpus(out / "report" / "corpus", {"spk_a/1.wav": 1})
+    args = ["--input", str(corpus), "--output", str(out), "--overwrite", "--no-report"]
+    assert run.main(args) == 2
+    assert "must not lie inside the output" in capsys.readouterr().err
+    assert (corpus / "spk_a" / "1.wav").is_file()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    from preprocess import run
+
+    _no_ray(monkeypatch)
+    corpus = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = ["--input", str(corpus), "--output", str(blocker / "out"), "--no-report"]
+    assert run.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be written" in err[0], err
 
 
 def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):

@@ -121,7 +121,11 @@ def _main(argv: list[str] | None) -> int:
         else:
             raise ValueError(f"{path}: expected a corpus directory or a preprocess OUT")
         f = diagnose_output(out, args.segment_seconds, args.what_if, args.top, args.max_padding)
-        report = write_report(f, report_dir)
+        try:
+            report = write_report(f, report_dir)
+        except OSError as exc:
+            detail = exc.strerror or exc
+            raise ValueError(f"cannot write the report to {report_dir}: {detail}") from exc
     except (ValueError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
