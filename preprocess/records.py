@@ -79,7 +79,7 @@ def file_record(
             active_seconds=_num(analysis.active_seconds),
             loudness_lufs=_num(analysis.loudness_lufs),
             clipped_fraction=_num(analysis.clipped_fraction),
-            nonfinite=analysis.nonfinite,
+            nonfinite=analysis.nonfinite + analysis.overflow,
             snr_db=_num(analysis.snr_db),
         )
         if analysis.dnsmos is not None:

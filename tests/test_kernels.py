@@ -13,7 +13,7 @@ from preprocess.measure.kernels import (
     HighPass,
     active_frames,
     count_clipped,
-    count_nonfinite,
+    count_invalid,
     downmix,
     frame_rms_peak,
     moments,
@@ -158,13 +158,21 @@ def test_moments_combine_across_blocks_like_numpy():
     assert moments(np.zeros(0, np.float32))[2:] == (np.inf, -np.inf)
 
 
-def test_count_nonfinite_counts_nan_and_inf_in_any_shape_without_casting():
+def test_count_invalid_counts_nan_and_inf_in_any_shape_without_casting():
     x = np.zeros((100, 2), np.float32)
     x[3, 0], x[50, 1], x[99, 1] = np.nan, np.inf, -np.inf
-    assert count_nonfinite(x) == 3
-    assert count_nonfinite(x[:, 1]) == 2
-    assert count_nonfinite(np.array([1e300, np.nan])) == 1  # float64 1e300 is finite
-    assert count_nonfinite(np.zeros(10, np.int16)) == 0
+    assert count_invalid(x) == (3, 0)
+    assert count_invalid(x[:, 1]) == (2, 0)
+    assert count_invalid(np.array([1e300, np.nan])) == (1, 1)  # float64 1e300 is finite
+    assert count_invalid(np.zeros(10, np.int16)) == (0, 0)
+
+
+def test_count_invalid_tells_nonfinite_from_overflowing_values():
+    x = np.array([0.5, np.nan, np.inf, -3.4e38, 1e30, 32767.0, -32768.0, 32768.5], np.float32)
+    assert count_invalid(x) == (2, 3)  # ±Inf is non-finite, not overflow; ±32768 fits
+    assert count_invalid(x.reshape(4, 2)) == (2, 3)
+    assert count_invalid(np.array([1e300])) == (0, 1)
+    assert count_invalid(np.full(4, 32767, np.int16)) == (0, 0)
 
 
 def clipped_reference(x: np.ndarray, level: float, min_run: int) -> int:

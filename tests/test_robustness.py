@@ -124,3 +124,32 @@ def test_undecodable_audio_formats_are_unsupported_not_junk(tmp_path):
     assert reasons["notes.txt"].reason == "not_audio"
     assert reasons["broken.wav"].reason == "corrupt"
     assert reasons["broken.wav"].detail  # the decoder's own message
+
+
+def test_overflowing_float_samples_are_rejected_not_measured_or_normalized(tmp_path):
+    """A float WAV holding values no audio has: one 1e30 spike in speech (kept before, at
+    −595 dB gain, every segment near digital silence) and speech at ±3.4e38 (called
+    `silent` with null measurements, which crashed the report). A float file at int16
+    scale (±32767) is under the limit."""
+    root = tmp_path / "in"
+    root.mkdir()
+    speech = _speechlike(3.0, 16000, seed=4)
+    spike = speech.copy()
+    spike[20000] = 1e30
+    sf.write(root / "spike.wav", spike, 16000, subtype="FLOAT")
+    sf.write(root / "max.wav", np.sign(speech) * 3.4e38, 16000, subtype="FLOAT")
+    sf.write(root / "int16-scale.wav", speech * 32767, 16000, subtype="FLOAT")
+    names = ["int16-scale.wav", "max.wav", "spike.wav"]
+    files = _files(root, names)
+    unit_mod.process_unit(
+        WorkUnit(0, "train", names), files, root, tmp_path / "work", PreprocessConfig()
+    )
+    lines = (tmp_path / "work/units/unit-000000/files.jsonl").read_text().splitlines()
+    recs = {r["path"]: r for r in map(json.loads, lines)}
+    for name, count in (("spike.wav", 1), ("max.wav", None)):
+        assert recs[name]["reason"] == "nonfinite", recs[name]
+        assert "beyond ±32768" in recs[name]["detail"]
+        assert recs[name]["nonfinite"] > 0 and count in (None, recs[name]["nonfinite"])
+    # Not overflow: its values fit under the limit (its fate is the clipping rule's, which
+    # reads |x| ≥ 0.99 as clipped whatever the file's scale).
+    assert recs["int16-scale.wav"]["reason"] != "nonfinite"

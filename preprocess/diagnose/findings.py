@@ -107,7 +107,9 @@ class Findings:
         return [
             r
             for r in self.records
-            if r["reason"] not in INTEGRITY_REASONS and r["peak"] is not None
+            if r["reason"] not in INTEGRITY_REASONS
+            and r["peak"] is not None
+            and r["rms"] is not None
         ]
 
     @cached_property

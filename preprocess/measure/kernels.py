@@ -21,7 +21,7 @@ __all__ = [
     "HighPass",
     "active_frames",
     "count_clipped",
-    "count_nonfinite",
+    "count_invalid",
     "downmix",
     "frame_rms_peak",
     "moments",
@@ -156,22 +156,34 @@ def moments(x: np.ndarray) -> tuple[float, float, np.float32, np.float32]:
 # ---------------------------------------------------------------------------------------
 
 
+# No audio lies 90 dB over full scale: float samples beyond this are overflowed or corrupt
+# data (float WAVs written at int16 scale, ±32767, stay under it), and they would turn the
+# resampler's and the meters' sums into Inf or hide the speech under a one-sample peak.
+OVERFLOW_LIMIT = 32768.0
+
+
 @njit(cache=True)
-def _count_nonfinite(x):
+def _count_invalid(x, limit):
     bad = 0
+    over = 0
     for i in range(x.size):
-        d = x[i] - x[i]  # 0 for finite values, NaN for NaN and ±Inf; branch-free
-        bad += d != d
-    return bad
+        v = x[i]
+        d = v - v  # 0 for finite values, NaN for NaN and ±Inf
+        finite = d == d
+        bad += not finite
+        over += finite and abs(v) > limit
+    return bad, over
 
 
-def count_nonfinite(block: np.ndarray) -> int:
-    """Number of NaN/±Inf values in float[n] or float[n, C] (any float dtype, not cast:
-    casting float64 to float32 could itself create infinities)."""
+def count_invalid(block: np.ndarray) -> tuple[int, int]:
+    """(NaN/±Inf values, finite values beyond ±OVERFLOW_LIMIT) in float[n] or float[n, C],
+    any float dtype, not cast (casting float64 to float32 could itself create
+    infinities). Integer PCM holds neither."""
     a = np.asarray(block)
     if a.dtype.kind != "f":
-        return 0  # integer PCM cannot hold NaN or Inf
-    return int(_count_nonfinite(np.ascontiguousarray(a).reshape(-1)))
+        return 0, 0
+    bad, over = _count_invalid(np.ascontiguousarray(a).reshape(-1), OVERFLOW_LIMIT)
+    return int(bad), int(over)
 
 
 @njit(cache=True)

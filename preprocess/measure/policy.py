@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from preprocess.config import PreprocessConfig
+from preprocess.measure.kernels import OVERFLOW_LIMIT
 from preprocess.measure.scan import FileAnalysis
 
 _DECODE_REASONS = (
@@ -72,6 +73,12 @@ def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> 
         )
     if a.nonfinite:
         return reject("nonfinite", "NaN or Inf samples in the decoded audio")
+    if a.overflow:
+        return reject(
+            "nonfinite",
+            f"{a.overflow} sample(s) beyond ±{OVERFLOW_LIMIT:g} (90 dB over full scale): "
+            "overflowed or corrupt float data",
+        )
     return decide_measured(Measurements.from_analysis(a), cfg)
 
 

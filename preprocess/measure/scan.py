@@ -34,6 +34,7 @@ class FileAnalysis:
     truncated: str | None = None
     samples_16k: int = 0
     nonfinite: int = 0
+    overflow: int = 0  # finite samples beyond ±kernels.OVERFLOW_LIMIT
     clipped_samples: int = 0
     sum: float = 0.0
     sumsq: float = 0.0
@@ -125,9 +126,11 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
 
     def check_source(block: np.ndarray) -> bool:
         nonlocal run_len
-        a.nonfinite += int(kernels.count_nonfinite(block))
-        if a.nonfinite:
-            return False  # a resampler would smear NaN over the whole file; stop here
+        bad, over = kernels.count_invalid(block)
+        a.nonfinite += bad
+        a.overflow += over
+        if a.nonfinite or a.overflow:
+            return False  # a resampler would smear NaN/Inf over the whole file; stop here
         if run_len is None:
             run_len = np.zeros(block.shape[1], dtype=np.int64)
         a.clipped_samples += int(
@@ -161,7 +164,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     if a.samples_16k:
         a.min, a.max = lo, hi
     a.frame_rms = frames.frames()
-    if a.nonfinite:
+    if a.nonfinite or a.overflow:
         return a
     frame_db = _to_db(vad_frames.frames())
     a.active = kernels.active_frames(
