@@ -39,7 +39,7 @@ from preprocess.plan import (
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
-from preprocess.schedule import run_on_pool, utilization
+from preprocess.schedule import ActorTasks, run_on_pool, utilization
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
 from preprocess.unit import (
     WARM_UP_DIR,
@@ -94,13 +94,17 @@ class UnitWorker:
         }
 
     def process(
-        self, unit: dict[str, Any], files: list[dict[str, Any]], scan_only: bool = False
+        self,
+        unit: dict[str, Any],
+        files: list[dict[str, Any]],
+        scan_only: bool = False,
+        crashed: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         stage_times.CLOCK.restart()
         start = time.time()
         table = {f["path"]: InputFile(**f) for f in files}
         done = process_unit(
-            WorkUnit(**unit), table, self.input_root, self.work, self.cfg, scan_only
+            WorkUnit(**unit), table, self.input_root, self.work, self.cfg, scan_only, crashed
         )
         # Peak RSS of this worker process so far: reported, never written to OUT.
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -276,11 +280,12 @@ def _run_units(
     input_root: Path,
     work: Path,
     cfg: PreprocessConfig,
-    pool: ActorPool,
+    actors: list[Any],
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Run the units not yet committed and write the shard groups not yet committed, on a
-    pool of actors (`schedule.run_on_pool`: each group as soon as its units are done).
+    the worker actors (`schedule.run_on_pool`: each group as soon as its units are done;
+    a dead worker's task goes out again).
 
     A unit is reused only with its `unit_key` and, when its group is still to be written,
     all its parts; a group only with its `group_key` (from its units' keys) and all its
@@ -309,9 +314,7 @@ def _run_units(
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        return run_on_pool(
-            todo, groups, keys, by_path, pool, work / "run-log.jsonl", scan_only, bar
-        )
+        return run_on_pool(todo, groups, keys, by_path, ActorTasks(actors), work, scan_only, bar)
 
 
 def config_line(cfg: PreprocessConfig) -> str:
@@ -358,7 +361,11 @@ def _run_on_ray(
     if workers > cpus:
         print(f"preprocess: {workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
         workers = max(1, cpus)
-    spread = UnitWorker.options(num_cpus=1, scheduling_strategy="SPREAD")
+    # A worker that dies (out of memory, a native decoder's crash) is restarted by Ray;
+    # schedule.run_on_pool sends its task out again, so a death costs a task, not the run.
+    spread = UnitWorker.options(
+        num_cpus=1, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=0
+    )
     actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
         pool = ActorPool(actors)
@@ -367,7 +374,7 @@ def _run_on_ray(
         check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)
         plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-        figures = _run_units(units, files, input_root, work, cfg, pool, scan_only)
+        figures = _run_units(units, files, input_root, work, cfg, actors, scan_only)
         usage = ray.get([a.usage.remote() for a in actors])
     finally:
         for actor in actors:

@@ -17,6 +17,7 @@ from preprocess.config import load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
 from preprocess.ray_session import RayStartError, wait_for_stop  # noqa: E402
+from preprocess.schedule import WorkerDeaths  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
 
@@ -109,7 +110,7 @@ def _main(argv: list[str] | None) -> int:
     except (OutputConflict, ValueError, NotADirectoryError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
-    except RayStartError as exc:
+    except (RayStartError, WorkerDeaths) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 1
     print_summary(index)

@@ -8,22 +8,102 @@ docs/BENCHMARKS.md §4.) Tasks go out only to a free actor: `ActorPool` queues t
 first in, first out, which would put a ready group behind every unit. The order of the work
 never changes a byte of the output: units and groups commit independently, from the plan
 alone.
+
+A worker process that dies (out of memory, a crash in a native decoder) costs its task,
+not the run: Ray restarts the actor and the task goes out again. A file that was being
+read when the same unit's worker died twice is rejected `corrupt` and not read again, so
+a file that crashes its decoder every time cannot stop the job either.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from preprocess.measure.stage_times import add_times
 from preprocess.plan import InputFile, WorkUnit
+
+# Worker deaths a run survives before it stops with an error: a worker that cannot even
+# start (its warm-up crashing) must not restart forever.
+MAX_WORKER_DEATHS = 20
+CRASHED_DETAIL = (
+    "the worker process died twice while reading this file (a crash in its decoder, or "
+    "out of memory); not read again"
+)
+
+
+class TaskFailed(RuntimeError):
+    """A task's worker died; `tag` is what was submitted with it."""
+
+    def __init__(self, tag: Any, cause: BaseException):
+        super().__init__(f"{tag}: {cause}")
+        self.tag = tag
+
+
+class WorkerDeaths(RuntimeError):
+    """Workers kept dying; the message is one line for the CLI."""
+
+
+class ActorTasks:
+    """Ray's ActorPool submit/has_free/has_next/get_next_unordered over `actors`, except
+    that a task whose actor died raises TaskFailed with its tag (ActorPool drops the
+    failed task and raises the bare error, so it could not be sent out again)."""
+
+    def __init__(self, actors: list[Any]):
+        self._free = deque(actors)
+        self._running: dict[Any, tuple[Any, Any]] = {}
+
+    def has_free(self) -> bool:
+        return bool(self._free)
+
+    def submit(self, fn: Callable, tag: Any) -> None:
+        actor = self._free.popleft()
+        self._running[fn(actor, tag)] = (actor, tag)
+
+    def has_next(self) -> bool:
+        return bool(self._running)
+
+    def get_next_unordered(self) -> Any:
+        import ray
+
+        [ref], _ = ray.wait(list(self._running), num_returns=1)
+        actor, tag = self._running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            _wait_until_alive(actor)  # else a task sent now fails on the dead process too
+            self._free.append(actor)
+            raise TaskFailed(tag, exc) from exc
+        self._free.append(actor)
+        return result
+
+
+RESTART_WAIT_S = 180.0  # a restart is a worker start and warm-up: seconds, even on a busy node
+
+
+def _wait_until_alive(actor: Any) -> None:
+    """Return once Ray has restarted a dead actor (max_restarts) and it answers; raise
+    WorkerDeaths if it does not within RESTART_WAIT_S."""
+    import ray
+
+    deadline = time.monotonic() + RESTART_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=10)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(0.2)
+    raise WorkerDeaths(
+        f"a worker process died and did not come back within {RESTART_WAIT_S:g} s; "
+        "finished units are kept: run the same command again to resume"
+    )
 
 
 def run_on_pool(
@@ -31,14 +111,15 @@ def run_on_pool(
     groups: dict[int, list[WorkUnit]],
     keys: dict[int, str],
     by_path: dict[str, InputFile],
-    pool: ActorPool,
-    log_path: Path,
+    pool: Any,
+    work: Path,
     scan_only: bool,
     bar: tqdm,
 ) -> dict[str, Any]:
-    """Process `todo` and write `groups` (those not yet committed); returns run figures
-    (peak worker RSS in MB, summed stage times, each worker's busy spans). Appends one
-    line per unit and group (node, process, CPU seconds, start and end) to `log_path`."""
+    """Process `todo` and write `groups` (those not yet committed) on `pool` (an
+    ActorTasks); returns run figures (peak worker RSS in MB, summed stage times, each
+    worker's busy spans). Appends one line per unit and group (node, process, CPU seconds,
+    start and end) to `work/run-log.jsonl`. Raises WorkerDeaths past MAX_WORKER_DEATHS."""
     figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}, "spans": {}}
     units = deque(todo)
     todo_ids = {u.unit_id for u in todo}
@@ -46,27 +127,75 @@ def run_on_pool(
     ready = deque(g for g, left in waiting.items() if not left)
     hours, t0 = 0.0, time.perf_counter()
 
-    def next_task() -> Callable | None:
+    by_id = {u.unit_id: u for u in todo}
+    crashed: dict[str, str] = {}  # files that killed a worker twice → their detail
+    deaths: dict[tuple[int, str | None], int] = {}  # (unit, file in progress) → deaths
+
+    def next_task() -> tuple[Callable, tuple[str, int]] | None:
         if ready:
             group = ready.popleft()
             members = groups[group]
             unit_keys = {u.unit_id: keys[u.unit_id] for u in members}
             return lambda a, _: a.write_group.remote(
                 group, [u.to_dict() for u in members], unit_keys
-            )
+            ), ("group", group)
         if units:
             unit = units.popleft()
             table = [vars(by_path[p]) for p in unit.paths]
-            return lambda a, _: a.process.remote(unit.to_dict(), table, scan_only)
+            skip = {p: crashed[p] for p in unit.paths if p in crashed}
+            return lambda a, _: a.process.remote(unit.to_dict(), table, scan_only, skip), (
+                "unit",
+                unit.unit_id,
+            )
         return None
 
-    with open(log_path, "a", encoding="utf-8") as log:
+    def send_again(tag: tuple[str, int]) -> None:
+        kind, ident = tag
+        died = sum(deaths.values()) + 1
+        where = f"shard group {ident}" if kind == "group" else f"unit {ident}"
+        if died > MAX_WORKER_DEATHS:
+            raise WorkerDeaths(
+                f"worker processes died {died} times (the last on {where}): out of memory? "
+                "Finished units are kept: run the same command again to resume"
+            )
+        if kind == "group":
+            deaths[(-1 - ident, None)] = deaths.get((-1 - ident, None), 0) + 1
+            ready.appendleft(ident)
+            tqdm.write(
+                f"preprocess: warning: a worker died writing {where}; sending it again",
+                file=sys.stderr,
+            )
+            return
+        from preprocess.unit import take_file_in_progress  # the driver has it loaded already
+
+        path = take_file_in_progress(work, ident)
+        deaths[(ident, path)] = deaths.get((ident, path), 0) + 1
+        reading = f"reading {path}" if path else "before its first file"
+        if path and deaths[(ident, path)] >= 2:
+            crashed[path] = CRASHED_DETAIL
+            tqdm.write(
+                f"preprocess: warning: a worker died twice {reading} ({where}): "
+                "that file is rejected as corrupt",
+                file=sys.stderr,
+            )
+        else:
+            tqdm.write(
+                f"preprocess: warning: a worker died {reading} ({where}); sending it again",
+                file=sys.stderr,
+            )
+        units.appendleft(by_id[ident])
+
+    with open(work / "run-log.jsonl", "a", encoding="utf-8") as log:
         while True:
             while pool.has_free() and (task := next_task()) is not None:
-                pool.submit(task, None)
+                pool.submit(*task)
             if not pool.has_next():
                 break
-            done = pool.get_next_unordered()
+            try:
+                done = pool.get_next_unordered()
+            except TaskFailed as failed:
+                send_again(failed.tag)
+                continue
             add_times(figures["stage_times"], done["_stage_times"])
             if "unit_id" in done:
                 entry = {k: done[k] for k in ("unit_id", "files", "seconds")}

@@ -44,6 +44,22 @@ def unit_dir(work: Path, unit_id: int) -> Path:
     return work / "units" / f"unit-{unit_id:06d}"
 
 
+IN_PROGRESS = "in-progress"  # in a unit's partial dir: the file its worker is reading
+
+
+def take_file_in_progress(work: Path, unit_id: int) -> str | None:
+    """The file a unit's worker was reading when it stopped (a dead worker), if known; the
+    marker is removed, so a death before the next attempt reads anything names no file."""
+    udir = unit_dir(work, unit_id)
+    marker = udir.with_name(udir.name + ".partial") / IN_PROGRESS
+    try:
+        path = marker.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    marker.unlink(missing_ok=True)
+    return path
+
+
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
     """Everything a unit's output depends on: the code that shapes output bytes
     (`provenance.running_code_version`), config, unit id, and each file's path, size, sha256 and
@@ -142,11 +158,15 @@ def process_unit(
     work: Path,
     cfg: PreprocessConfig,
     scan_only: bool = False,
+    crashed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one unit to completion and commit it; returns its done.json content.
 
     `scan_only` measures and decides (and counts the segments a file would give) but
-    encodes and writes nothing: the diagnosis of a raw corpus.
+    encodes and writes nothing: the diagnosis of a raw corpus. `crashed` maps files that
+    killed a worker process to the detail of their `corrupt` record: they are not read
+    again. Before each file its path goes to `IN_PROGRESS` in the unit's partial dir, so
+    the driver can tell which file a dead worker was reading.
     """
     udir = unit_dir(work, unit.unit_id)
     if udir.exists():
@@ -163,9 +183,14 @@ def process_unit(
     try:
         for rel in unit.paths:
             f = files[rel]
-            rec, rms, samples = _process_file(
-                f, input_root / rel, tmp, cfg, None if scan_only else encoded
-            )
+            if crashed and rel in crashed:
+                rec = file_record(f, reject("corrupt", crashed[rel]))
+                rms, samples = np.zeros(0, np.float32), []
+            else:
+                (tmp / IN_PROGRESS).write_text(rel, encoding="utf-8")
+                rec, rms, samples = _process_file(
+                    f, input_root / rel, tmp, cfg, None if scan_only else encoded
+                )
             records.append(rec)
             frame_rms.append(rms)
             per_file_samples.append(samples)
@@ -174,6 +199,7 @@ def process_unit(
             encoded.save(per_file_samples)
     finally:
         encoded.close()
+    (tmp / IN_PROGRESS).unlink(missing_ok=True)
     _write_unit_stats(tmp, records, frame_rms)
     done = {
         "unit_id": unit.unit_id,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from preprocess import unit as unit_mod
@@ -153,3 +155,85 @@ def test_overflowing_float_samples_are_rejected_not_measured_or_normalized(tmp_p
     # Not overflow: its values fit under the limit (its fate is the clipping rule's, which
     # reads |x| ≥ 0.99 as clipped whatever the file's scale).
     assert recs["int16-scale.wav"]["reason"] != "nonfinite"
+
+
+def test_a_file_that_killed_its_worker_is_rejected_without_being_read(tmp_path, monkeypatch):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(root / name, _speechlike(3.0, 16000, seed=len(name)), 16000)
+    files = _files(root, ["a.wav", "b.wav"])
+    real, read = unit_mod.analyze_file, []
+    monkeypatch.setattr(unit_mod, "analyze_file", lambda p, *a: read.append(p) or real(p, *a))
+    unit_mod.process_unit(
+        WorkUnit(0, "train", ["a.wav", "b.wav"]),
+        files,
+        root,
+        tmp_path / "work",
+        PreprocessConfig(),
+        crashed={"b.wav": "the worker process died twice while reading this file"},
+    )
+    lines = (tmp_path / "work/units/unit-000000/files.jsonl").read_text().splitlines()
+    recs = {r["path"]: r for r in map(json.loads, lines)}
+    assert read == [root / "a.wav"]
+    assert recs["b.wav"]["reason"] == "corrupt" and "died twice" in recs["b.wav"]["detail"]
+    assert recs["a.wav"]["status"] == "kept"
+    assert not list((tmp_path / "work/units/unit-000000").glob("in-progress"))
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
+    """kill -9 of a worker (the OOM killer, a decoder's segfault) while it processes a unit:
+    the run restarts it, sends the unit again and ends as a clean run does, byte for byte.
+    Before: ActorDiedError, a 56-line traceback, exit 1."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import REPO, preprocess
+    from tests.test_pipeline import tree_digest
+
+    root = tmp_path / "in"
+    (root / "long").mkdir(parents=True)
+    sf.write(root / "short.wav", _speechlike(3.0, 16000, seed=1), 16000)
+    with sf.SoundFile(root / "long" / "30min.wav", "w", 16000, 1, "PCM_16") as f:
+        block = np.tile(_speechlike(10.0, 16000, seed=2), 6) * 0.5
+        for _ in range(30):  # 30 minutes: seconds of work for the worker to die in
+            f.write(block)
+    cmd = [sys.executable, "-m", "preprocess.run", "--input", str(root), "--no-report"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(tmp_path / "killed"), "--workers", "1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed, deadline = None, time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"UnitWorker.process" in title:
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=600)
+    assert killed, "no worker was seen processing a unit"
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "a worker died reading" in err, err[-3000:]
+    preprocess(root, tmp_path / "clean", "--workers", "1")
+    assert tree_digest(tmp_path / "killed") == tree_digest(tmp_path / "clean")

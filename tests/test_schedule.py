@@ -12,25 +12,42 @@ from tqdm import tqdm
 from preprocess.config import load_config
 from preprocess.measure import stage_times
 from preprocess.plan import InputFile, WorkUnit
-from preprocess.schedule import run_on_pool, utilization
-from preprocess.unit import WARM_UP_DIR, start_worker, warm_up
+from preprocess.schedule import (
+    MAX_WORKER_DEATHS,
+    TaskFailed,
+    WorkerDeaths,
+    run_on_pool,
+    utilization,
+)
+from preprocess.unit import IN_PROGRESS, WARM_UP_DIR, start_worker, warm_up
 
 _TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
 
 
 class _Pool:
-    """ActorPool's submit/has_free/has_next/get_next_unordered over `actors` fake actors;
-    records the order tasks were submitted in."""
+    """ActorTasks' submit/has_free/has_next/get_next_unordered over `actors` fake actors;
+    records the order tasks were submitted in. A unit in `die` dies (TaskFailed) while
+    reading the file given there, as many times as it is listed."""
 
-    def __init__(self, actors: int):
+    def __init__(self, actors: int, work=None, die: dict[int, list[str]] | None = None):
         self.free, self.pending, self.order = actors, [], []
+        self.work, self.die, self.crashed_seen, self.deaths = work, die or {}, [], 0
         self.actor = SimpleNamespace(
             process=SimpleNamespace(remote=self._process),
             write_group=SimpleNamespace(remote=self._write_group),
         )
 
-    def _process(self, unit: dict, table: list, scan_only: bool) -> dict:
+    def _process(self, unit: dict, table: list, scan_only: bool, crashed: dict) -> dict:
         self.order.append(f"u{unit['unit_id']}")
+        self.crashed_seen.append(dict(crashed))
+        if self.die.get(unit["unit_id"]):
+            reading = self.die[unit["unit_id"]].pop(0)
+            partial = self.work / "units" / f"unit-{unit['unit_id']:06d}.partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            if reading is not None:  # None: died before its first file
+                (partial / IN_PROGRESS).write_text(reading)
+            self.deaths += 1
+            return TaskFailed(("unit", unit["unit_id"]), RuntimeError("actor died"))
         return {
             "unit_id": unit["unit_id"],
             "shard_group": unit["shard_group"],
@@ -47,10 +64,10 @@ class _Pool:
     def has_free(self) -> bool:
         return self.free > 0
 
-    def submit(self, fn, value) -> None:
+    def submit(self, fn, tag) -> None:
         assert self.free > 0, "a task went to a busy actor"
         self.free -= 1
-        self.pending.append(fn(self.actor, value))
+        self.pending.append(fn(self.actor, tag))
 
     def has_next(self) -> bool:
         return bool(self.pending)
@@ -58,7 +75,10 @@ class _Pool:
     def get_next_unordered(self) -> dict:
         self.free += 1
         n = len(self.order)
-        return self.pending.pop(0) | {"_node_id": "node", "_pid": 1, "_span": [n, n + 1.0]}
+        result = self.pending.pop(0)
+        if isinstance(result, TaskFailed):
+            raise result
+        return result | {"_node_id": "node", "_pid": 1, "_span": [n, n + 1.0]}
 
 
 def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, list[WorkUnit]]]:
@@ -70,8 +90,8 @@ def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, list[Work
     return units, by_group
 
 
-def _run(todo, groups, units, tmp_path, actors=1) -> list[str]:
-    pool = _Pool(actors)
+def _run(todo, groups, units, tmp_path, actors=1, pool=None) -> list[str]:
+    pool = pool or _Pool(actors)
     by_path = {
         p: InputFile(path=p, bytes=1, sha256="x", is_audio_extension=True)
         for u in units
@@ -79,8 +99,10 @@ def _run(todo, groups, units, tmp_path, actors=1) -> list[str]:
     }
     keys = {u.unit_id: f"k{u.unit_id}" for u in units}
     with tqdm(total=len(by_path), disable=True) as bar:
-        figures = run_on_pool(todo, groups, keys, by_path, pool, tmp_path / "log", False, bar)
-    assert figures["stage_times"]["cpu"]["segment"] == pytest.approx(0.01 * len(pool.order))
+        figures = run_on_pool(todo, groups, keys, by_path, pool, tmp_path, False, bar)
+    assert figures["stage_times"]["cpu"]["segment"] == pytest.approx(
+        0.01 * (len(pool.order) - pool.deaths)
+    )
     assert pool.free == actors
     return pool.order
 
@@ -97,13 +119,39 @@ def test_groups_whose_units_a_killed_run_finished_go_first(tmp_path):
     assert _run(todo, groups, units, tmp_path) == ["g0", "u2", "u3", "g1"]
 
 
+def test_a_dead_workers_unit_goes_out_again(tmp_path):
+    """A worker killed once (out of memory, say) costs its task, not the run."""
+    units, groups = _units([[0, 1]])
+    pool = _Pool(1, tmp_path, die={1: ["f1.wav"]})
+    assert _run(units, groups, units, tmp_path, pool=pool) == ["u0", "u1", "u1", "g0"]
+    assert pool.crashed_seen == [{}, {}, {}]  # once is chance: the file is read again
+
+
+def test_a_file_that_kills_its_worker_twice_is_rejected_and_the_run_goes_on(tmp_path):
+    units, groups = _units([[0]])
+    units[0] = WorkUnit(0, "train", ["a.wav", "bad.wav"], 10.0, 0)
+    groups = {0: units}
+    pool = _Pool(1, tmp_path, die={0: ["bad.wav", "bad.wav"]})
+    assert _run(units, groups, units, tmp_path, pool=pool) == ["u0", "u0", "u0", "g0"]
+    assert pool.crashed_seen[:2] == [{}, {}]
+    assert list(pool.crashed_seen[2]) == ["bad.wav"]
+    assert "died twice while reading this file" in pool.crashed_seen[2]["bad.wav"]
+
+
+def test_workers_that_keep_dying_stop_the_run_with_one_line(tmp_path):
+    units, groups = _units([[0]])
+    pool = _Pool(1, tmp_path, die={0: [None] * (MAX_WORKER_DEATHS + 1)})
+    with pytest.raises(WorkerDeaths, match="run the same command again to resume"):
+        _run(units, groups, units, tmp_path, pool=pool)
+
+
 def test_two_actors_run_every_task_once_and_log_each(tmp_path):
     units, groups = _units([[0], [1, 2], [3, 4, 5]])
     order = _run(units, groups, units, tmp_path, actors=2)
     assert sorted(order) == sorted([f"u{i}" for i in range(6)] + ["g0", "g1", "g2"])
     for g, members in groups.items():  # a group after all of its units
         assert all(order.index(f"u{u.unit_id}") < order.index(f"g{g}") for u in members)
-    log = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run-log.jsonl").read_text().splitlines()]
     assert len(log) == 9 and all(e["end"] > e["start"] for e in log)
 
 

@@ -18,6 +18,7 @@ from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
 from preprocess.ray_session import RayStartError, wait_for_stop
+from preprocess.schedule import WorkerDeaths
 from shards import Index
 
 
@@ -129,7 +130,7 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 2
-    except RayStartError as exc:
+    except (RayStartError, WorkerDeaths) as exc:
         print(f"preprocess: error: {exc}", file=sys.stderr)
         return 1
     print(render_terminal(f, report))
