@@ -49,7 +49,7 @@ def file_record(
         "channels": h.channels if h else hd.get("channels"),
         "format": h.format if h else hd.get("format"),
         "subtype": h.subtype if h else hd.get("subtype"),
-        "seconds": _num(h.seconds if h else f.est_seconds if hd else None),
+        "seconds": _num(f.plausible(h.seconds) if h else f.est_seconds if hd else None),
         "peak": None,
         "peak_without_dc": None,
         "rms": None,

@@ -16,7 +16,7 @@ from preprocess.split import MIN_VAL_MAX_SHARE, group_hash, val_target_seconds
 def audio(path: str, seconds: float, sha: str | None = None) -> InputFile:
     return InputFile(
         path=path,
-        bytes=1000,
+        bytes=44 + int(round(seconds * 16000)) * 2,  # a PCM_16 WAV's size
         sha256=sha or path,
         is_audio_extension=True,
         header={
@@ -285,3 +285,14 @@ def test_a_bad_manifest_is_an_error_naming_file_and_line(tmp_path, name, text, m
     manifest.write_text(text)
     with pytest.raises(ValueError, match=message):
         assign_splits([audio("a.wav", 5.0)], PreprocessConfig(split_by=f"manifest:{manifest}"))
+
+
+def test_a_damaged_header_duration_cannot_take_over_the_split():
+    """A 26 KB MP3 whose Xing frame count says 15 583 h: planned at what 26 KB can hold,
+    not at its header, so val stays near the share asked (it was 90 %)."""
+    files = speakers(10, (4, 4), (7.0, 9.0))
+    bogus = audio("spk003/bad.mp3", 15583 * 3600.0)
+    bogus.bytes = 26_000
+    assert bogus.est_seconds == pytest.approx(26_000 / 125)
+    val, total, _, _ = shares([*files, bogus], PreprocessConfig(min_val_seconds=0))
+    assert total < 600 and val / total < 0.25
