@@ -237,3 +237,21 @@ def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
     assert "Traceback" not in err and "a worker died reading" in err, err[-3000:]
     preprocess(root, tmp_path / "clean", "--workers", "1")
     assert tree_digest(tmp_path / "killed") == tree_digest(tmp_path / "clean")
+
+
+def test_a_file_under_a_path_libsndfile_refuses_is_read_not_called_corrupt(tmp_path):
+    """libsndfile refuses paths of 1024 bytes or more ("Supplied filename too long"): an
+    intact file under deep Telugu folder names was rejected as corrupt."""
+    root = tmp_path / "in"
+    rel = "/".join(["తెలుగు" * 10] * 6) + "/utt.wav"  # 180-byte names, 1 087 bytes in all
+    (root / rel).parent.mkdir(parents=True)
+    with open(root / rel, "wb") as fh:  # soundfile cannot write there by path either
+        sf.write(fh, _speechlike(3.0, 16000, seed=5), 16000, format="WAV")
+    assert len(str(root / rel).encode()) >= 1024
+    unit_mod.process_unit(
+        WorkUnit(0, "train", [rel]), _files(root, [rel]), root, tmp_path / "w", PreprocessConfig()
+    )
+    line = (tmp_path / "w/units/unit-000000/files.jsonl").read_text().splitlines()[0]
+    rec = json.loads(line)
+    assert rec["status"] == "kept", rec["detail"]
+    assert rec["seconds"] == pytest.approx(3.0)

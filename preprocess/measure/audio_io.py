@@ -6,6 +6,7 @@ downmixed and pushed through a streaming resampler one at a time.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,10 +91,23 @@ class AudioHeader:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+# libsndfile refuses a path of SF_FILENAME_LEN (1024) bytes or more ("Supplied filename too
+# long"), which ~340 Telugu characters reach; such files are opened by descriptor instead.
+_SNDFILE_MAX_PATH_BYTES = 1000
+
+
+def _sndfile_source(path: str | Path) -> str | int:
+    """What to hand soundfile for `path`: the path, or an open descriptor (closed by
+    soundfile, closefd) when libsndfile would refuse the path's length."""
+    if len(os.fsencode(path)) < _SNDFILE_MAX_PATH_BYTES:
+        return str(path)
+    return os.open(path, os.O_RDONLY)
+
+
 def probe(path: str | Path) -> AudioHeader:
     """Read the header only; raises DecodeError with the decoder's message."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(_sndfile_source(path))
     except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError…
         raise DecodeError(_decoder_message(exc)) from exc
     return AudioHeader(info.samplerate, info.channels, info.frames, info.format, info.subtype)
@@ -144,7 +158,7 @@ def stream_mono_16k(
     Raises DecodeError when the file cannot be opened or a block cannot be decoded.
     """
     try:
-        f = sf.SoundFile(str(path))
+        f = sf.SoundFile(_sndfile_source(path))
     except Exception as exc:
         raise DecodeError(_decoder_message(exc)) from exc
     with f:
