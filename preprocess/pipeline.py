@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ class UnitWorker:
         self.input_root = Path(input_root)
         self.work = Path(work)
         self.cfg = PreprocessConfig.from_dict(cfg)
-        start_worker(self.cfg, self.work)
+        self.start_warning = start_worker(self.cfg, self.work)
         self.plan_times: dict[str, dict[str, float]] = {}
         # This process's CPU so far: Ray's worker start, our imports, Numba's start. A
         # fixed cost per worker, which the benchmark reports apart from the per-hour work.
@@ -80,6 +81,11 @@ class UnitWorker:
         stage_times.CLOCK.lap("plan")
         add_times(self.plan_times, stage_times.CLOCK.take())  # not a unit's: usage() has it
         return recs
+
+    def started(self) -> str | None:
+        """Once this actor is up: its start-up warning, for the driver to print (workers'
+        own output stays in Ray's logs)."""
+        return self.start_warning
 
     def usage(self) -> dict[str, Any]:
         """This worker's CPU seconds so far, at start-up, and stage times not yet reported
@@ -368,6 +374,8 @@ def _run_on_ray(
     )
     actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
+        for warning in sorted({w for w in ray.get([a.started.remote() for a in actors]) if w}):
+            print(warning, file=sys.stderr)
         pool = ActorPool(actors)
         files = _plan(input_root, cfg, work, pool)
         digest = input_digest(files)

@@ -91,7 +91,10 @@ def ray_session(
     if ray.is_initialized():
         yield RaySession(workers or _cluster_cpus(ray), local=False, temp_dir=None)
         return
-    common = {"include_dashboard": dashboard, "log_to_driver": True}
+    # Workers' output stays in Ray's logs: native decoders print to stderr (libmpg123's
+    # "dequantization failed" for each damaged MP3 frame), which Ray would interleave with
+    # the progress bars. What a user must see comes back through task results.
+    common = {"include_dashboard": dashboard, "log_to_driver": False}
     if address:
         # A cluster's workers were forked by raylets started elsewhere: the caps travel in
         # the job's runtime_env (its agent adds a few seconds to the first actor start).

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -301,15 +300,17 @@ def warm_up(cfg: PreprocessConfig, work: Path) -> str:
     return rec["status"]
 
 
-def start_worker(cfg: PreprocessConfig, work: Path) -> None:
+def start_worker(cfg: PreprocessConfig, work: Path) -> str | None:
     """A worker's start: `warm_up`, best-effort (a failure only moves the cost to the first
-    unit, so it is one warning line, never a failed actor), and its laps discarded, since
-    they are start-up and no unit's stage times."""
+    unit, so it is a warning for the driver to print, never a failed actor), and its laps
+    discarded, since they are start-up and no unit's stage times. Returns the warning."""
+    warning = None
     try:
         warm_up(cfg, work)
     except Exception as exc:
-        print(f"preprocess: warning: worker warm-up failed: {exc}", file=sys.stderr)
+        warning = f"preprocess: warning: worker warm-up failed: {exc}"
     stage_times.CLOCK.take()
+    return warning
 
 
 def _parts(udir: Path) -> list[dict[str, Any]]:

@@ -179,3 +179,32 @@ def test_a_killed_runs_temp_dir_is_reaped_and_live_ones_are_not(tmp_path):
         daemon.wait()
     assert not dirs["dead"].exists()
     assert all(dirs[n].is_dir() for n in ("live", "named", "foreign"))
+
+
+def test_decoder_chatter_from_workers_stays_off_the_terminal(tmp_path, leaves_nothing_behind):
+    """libmpg123 prints "dequantization failed" per damaged MP3 frame to the worker's
+    stderr; Ray relayed each line, colour codes and all, between the progress bars."""
+    import random
+
+    import numpy as np
+    import soundfile as sf
+
+    corpus = tmp_path / "in" / "spk"
+    corpus.mkdir(parents=True)
+    t = np.arange(3 * 16000) / 16000
+    sf.write(tmp_path / "x.mp3", 0.3 * np.sin(2 * np.pi * 220 * t), 16000, format="MP3")
+    rng = random.Random(5)
+    for k in range(3):
+        data = bytearray((tmp_path / "x.mp3").read_bytes())
+        for _ in range(40):
+            data[rng.randrange(500, len(data))] = rng.randrange(256)
+        (corpus / f"garbled{k}.mp3").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    proc = run_cmd(
+        ["-m", "preprocess.run", "--input", str(corpus.parent), "--output", str(out)]
+        + ["--no-report", "--workers", "1"],
+        env=leaves_nothing_behind,
+    )
+    relayed = [line for line in (proc.stdout + proc.stderr).splitlines() if "pid=" in line]
+    assert not relayed, relayed[:3]
+    assert len(read_jsonl(out / "files.jsonl")) == 3
