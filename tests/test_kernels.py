@@ -179,7 +179,8 @@ def clipped_reference(x: np.ndarray, level: float, min_run: int) -> int:
     """Samples in runs of ≥ min_run consecutive |x| ≥ level, per channel, whole signal."""
     total = 0
     for ch in np.atleast_2d(x.T):
-        hot = np.concatenate([[0], (np.abs(ch) >= level).astype(np.int8), [0]])
+        mag = np.abs(ch)
+        hot = np.concatenate([[0], ((mag >= level) & (mag <= 1.0)).astype(np.int8), [0]])
         edges = np.diff(hot)
         lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
         total += int(lengths[lengths >= min_run].sum())
@@ -212,6 +213,15 @@ def test_count_clipped_is_independent_of_block_splitting(seed):
         state.add(block)
     assert state.clipped == clipped_reference(x, 0.99, 3)
     assert state.fraction == pytest.approx(state.clipped / x.size)
+
+
+def test_float_headroom_above_full_scale_is_not_clipping():
+    """An intact float WAV peaking at 8.0: its loud stretches are headroom, not a flat top
+    (read as 12.8 % clipped before); a run at exactly full scale still counts."""
+    loud = f32(8.0 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000)).reshape(-1, 1)
+    assert count_clipped(loud, 0.99, 3, np.zeros(1, np.int64)) == 0
+    flat = f32([0.5, 1.0, 1.0, 1.0, 1.0, 0.2, -1.0, -1.0, -1.0]).reshape(-1, 1)
+    assert count_clipped(flat, 0.99, 3, np.zeros(1, np.int64)) == 7
 
 
 def test_clip_state_counts_one_sample_blocks_like_one_block():

@@ -132,7 +132,7 @@ def test_overflowing_float_samples_are_rejected_not_measured_or_normalized(tmp_p
     """A float WAV holding values no audio has: one 1e30 spike in speech (kept before, at
     −595 dB gain, every segment near digital silence) and speech at ±3.4e38 (called
     `silent` with null measurements, which crashed the report). A float file at int16
-    scale (±32767) is under the limit."""
+    scale (±32767) is still audio."""
     root = tmp_path / "in"
     root.mkdir()
     speech = _speechlike(3.0, 16000, seed=4)
@@ -152,9 +152,10 @@ def test_overflowing_float_samples_are_rejected_not_measured_or_normalized(tmp_p
         assert recs[name]["reason"] == "nonfinite", recs[name]
         assert "beyond ±32768" in recs[name]["detail"]
         assert recs[name]["nonfinite"] > 0 and count in (None, recs[name]["nonfinite"])
-    # Not overflow: its values fit under the limit (its fate is the clipping rule's, which
-    # reads |x| ≥ 0.99 as clipped whatever the file's scale).
-    assert recs["int16-scale.wav"]["reason"] != "nonfinite"
+    # Under the limit, and not clipped either (float headroom is not a flat top): kept,
+    # with the gain that brings it down to the loudness target.
+    assert recs["int16-scale.wav"]["status"] == "kept", recs["int16-scale.wav"]
+    assert recs["int16-scale.wav"]["gain_db"] < -60
 
 
 def test_a_file_that_killed_its_worker_is_rejected_without_being_read(tmp_path, monkeypatch):

@@ -192,7 +192,8 @@ def _count_clipped(block, level, min_run, run_len):
     for c in range(block.shape[1]):
         run = run_len[c]
         for i in range(block.shape[0]):
-            if abs(block[i, c]) >= level:
+            v = abs(block[i, c])
+            if v >= level and v <= 1.0:
                 run += 1
                 if run == min_run:
                     counted += run  # the run just qualified: count it from its start
@@ -205,7 +206,10 @@ def _count_clipped(block, level, min_run, run_len):
 
 
 def count_clipped(block: np.ndarray, level: float, min_run: int, run_len: np.ndarray) -> int:
-    """Samples in runs of ≥ `min_run` consecutive |x| ≥ `level`, streaming across blocks.
+    """Samples in runs of ≥ `min_run` consecutive `level` ≤ |x| ≤ 1, streaming across blocks.
+
+    Full scale is where a converter clips; a float file's samples above 1 are headroom
+    (an intact float WAV peaking at 8.0 read as 12.8 % clipped), not a flat top.
 
     block: float32[n, C] (or [n] for mono); run_len: int64[C], the open run length per
     channel, updated in place. A run straddling blocks is counted exactly once and whole:
