@@ -176,16 +176,19 @@ def _stat_key(root: Path, rel: str) -> list[int]:
 
 
 def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
-    """Hashes from an earlier (killed) run, reused only if the file's stat key matches."""
+    """Hashes from an earlier (killed) run, reused only if the file's stat key matches. A
+    cache that cannot be read is a cache missed: the files are hashed again."""
     out: dict[str, dict] = {}
-    if not path.exists():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
+    for line in lines:
         try:
+            entry = json.loads(line)
             if _stat_key(root, entry["rec"]["path"]) == entry["stat"]:
                 out[entry["rec"]["path"]] = entry["rec"]
-        except OSError:
+        except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
 

@@ -247,3 +247,19 @@ def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_
     assert not group_is_done(work, 0, group_key(1, units, keys, cfg.digest()))
     (group_dir(work, 0) / done["shards"][0]["name"]).unlink()
     assert not group_is_done(work, 0, gkey)
+
+
+def test_a_damaged_fingerprint_cache_is_a_cache_miss_not_an_error(tmp_path):
+    """A rerun read .work/fingerprints.jsonl with json.loads and stopped at a damaged line
+    ("preprocess: error: Expecting ',' delimiter", naming no file)."""
+    from preprocess.pipeline import _load_fingerprint_cache, _save_fingerprint_cache
+
+    root = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "spk_b/1.wav": 2})
+    cache = tmp_path / "fingerprints.jsonl"
+    recs = {p: {"path": p, "sha256": p} for p in ("spk_a/1.wav", "spk_b/1.wav")}
+    _save_fingerprint_cache(cache, root, sorted(recs), recs)
+    lines = cache.read_text().splitlines()
+    cache.write_text(lines[0][:-5] + "\n" + lines[1] + "\n{}\n[1]\n")
+    assert list(_load_fingerprint_cache(cache, root)) == ["spk_b/1.wav"]
+    cache.write_bytes(b"\xff\xfe not text")
+    assert _load_fingerprint_cache(cache, root) == {}

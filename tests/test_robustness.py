@@ -256,3 +256,19 @@ def test_a_file_under_a_path_libsndfile_refuses_is_read_not_called_corrupt(tmp_p
     rec = json.loads(line)
     assert rec["status"] == "kept", rec["detail"]
     assert rec["seconds"] == pytest.approx(3.0)
+
+
+def test_a_header_rate_under_1_khz_is_corrupt_not_upsampled(tmp_path):
+    """A 12 KB WAV whose header says 1 Hz was scanned as 3 000 s (16 000× upsampling)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    sf.write(root / "one-hz.wav", _speechlike(0.375, 16000, seed=3), 1)
+    unit_mod.process_unit(
+        WorkUnit(0, "train", ["one-hz.wav"]),
+        _files(root, ["one-hz.wav"]),
+        root,
+        tmp_path / "w",
+        PreprocessConfig(),
+    )
+    rec = json.loads((tmp_path / "w/units/unit-000000/files.jsonl").read_text())
+    assert rec["reason"] == "corrupt" and "invalid header: 1 Hz" in rec["detail"]

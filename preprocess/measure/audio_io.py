@@ -144,6 +144,11 @@ def truncation_detail(extra_info: str) -> str | None:
     return f"truncated: data chunk declares {declared} bytes, file holds {present}"
 
 
+# Under 1 kHz a header is damaged, not audio (speech needs a few kHz): a 12 KB WAV
+# claiming 1 Hz was upsampled 16 000× into 3 000 s of samples.
+MIN_SOURCE_RATE = 1000
+
+
 def stream_mono_16k(
     path: str | Path,
     block_frames: int,
@@ -164,7 +169,7 @@ def stream_mono_16k(
     with f:
         header = AudioHeader(f.samplerate, f.channels, f.frames, f.format, f.subtype)
         result = DecodeResult(header, truncated=truncation_detail(f.extra_info))
-        if header.sample_rate <= 0 or header.channels <= 0:
+        if header.sample_rate < MIN_SOURCE_RATE or header.channels <= 0:
             raise DecodeError(f"invalid header: {header.sample_rate} Hz, {header.channels} ch")
         resampler = None
         if header.sample_rate != target_rate:
