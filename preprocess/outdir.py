@@ -70,6 +70,8 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
 def _previous_run(out: Path) -> dict[str, Any] | None:
     """{input, config_digest} of the run that wrote `out`, or None if no run of ours did."""
     stamp = out / STAMP
+    if stamp.exists() and not stamp.is_file():
+        raise OutputConflict(f"{stamp} is not a file; choose another --output")
     if stamp.is_file():
         try:
             data = json.loads(stamp.read_text(encoding="utf-8"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -26,3 +27,9 @@ def print_summary(index: dict[str, Any]) -> None:
         print(f"elapsed {index['_elapsed_s']:.1f} s ({rate:.0f} audio-seconds/s)")
     if index.get("_worker_peak_rss_mb"):
         print(f"peak worker RSS {index['_worker_peak_rss_mb']:.0f} MB")
+    if not any(s["segments"] for s in t["splits"].values()):
+        print(
+            "preprocess: warning: no segment was kept, so OUT holds no audio to train on: "
+            "see the reasons above (and the report) for why",
+            file=sys.stderr,
+        )

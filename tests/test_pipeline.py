@@ -246,3 +246,17 @@ def test_index_states_each_split_and_val_lands_within_one_group(synth_out):
     target = val_target_seconds(sum(planned.values()), 0.05, index["config"]["min_val_seconds"])
     val_planned = sum(v for g, v in planned.items() if "val" in groups.get(g, ()))
     assert abs(val_planned - target) <= max(planned.values())
+
+
+def test_a_run_that_keeps_nothing_says_so(capsys):
+    """2 000 files all `short` ended rc 0 with a table and no word that OUT is empty."""
+    from preprocess.summary import print_summary
+
+    empty = {"segments": 0, "files": 0, "shards": 0, "valid_hours": 0.0}
+    totals = {"by_reason": {"short": {"files": 3, "hours": 0.001}}, "files": 3}
+    print_summary({"totals": {**totals, "input_hours": 0.001, "splits": {"train": empty}}})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no segment was kept" in err[0]
+    kept = {"train": {**empty, "segments": 5}}
+    print_summary({"totals": {**totals, "input_hours": 0.001, "splits": kept}})
+    assert capsys.readouterr().err == ""

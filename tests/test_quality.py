@@ -146,6 +146,12 @@ def _measured(**kw) -> Measurements:
     return Measurements(**{**base, **kw})
 
 
+def test_a_file_that_is_only_dc_is_quiet_with_a_detail_that_says_so():
+    """A 1-sample or constant file: its peak without DC is 0 ("peak -inf dBFS" before)."""
+    d = decide_measured(_measured(peak=0.3, peak_without_dc=0.0), PreprocessConfig())
+    assert (d.reason, d.detail) == ("quiet", "no signal once its DC offset is removed")
+
+
 def test_quality_thresholds_are_off_by_default_so_no_file_is_lost():
     cfg = PreprocessConfig()
     assert decide_measured(_measured(snr_db=-20.0, dnsmos_ovrl=1.0), cfg).kept

@@ -263,3 +263,15 @@ def test_a_damaged_fingerprint_cache_is_a_cache_miss_not_an_error(tmp_path):
     assert list(_load_fingerprint_cache(cache, root)) == ["spk_b/1.wav"]
     cache.write_bytes(b"\xff\xfe not text")
     assert _load_fingerprint_cache(cache, root) == {}
+
+
+def test_a_stamp_that_is_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    from preprocess import run
+    from preprocess.outdir import STAMP
+
+    _no_ray(monkeypatch)
+    corpus = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1})
+    (tmp_path / "out" / STAMP).mkdir(parents=True)
+    assert run.main(["--input", str(corpus), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a file" in err[0], err

@@ -142,6 +142,8 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
         return _decide_original(a, cfg)
     if a.peak == 0.0:
         return reject("silent", "digital silence: every sample is zero")
+    if a.peak_without_dc == 0.0:
+        return reject("quiet", "no signal once its DC offset is removed")
     if dbfs(a.peak_without_dc) < cfg.min_peak_dbfs:
         return reject(
             "quiet", f"peak {dbfs(a.peak_without_dc):.1f} dBFS < {cfg.min_peak_dbfs} dBFS"
