@@ -44,6 +44,7 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
     nothing. The stamp is written before any other file, so a killed run's OUT is ours."""
     if out.exists() and not out.is_dir():
         raise OutputConflict(f"--output {out} is a file; choose a directory")
+    differs = ""
     if out.is_dir() and any(out.iterdir()):
         previous = _previous_run(out)
         if previous is None:
@@ -57,10 +58,10 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
                 f"{out} holds the output of {differs}; pass --overwrite to replace it, "
                 "or choose another --output"
             )
-        if differs:
-            clear_output(out, keep_work=False)
     stamp = {"tool": TOOL, "input": str(input_root), "config_digest": cfg.digest()}
     try:
+        if differs:
+            clear_output(out, keep_work=False)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
     except OSError as exc:  # read-only filesystem, no permission, a file in the way

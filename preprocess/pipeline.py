@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from preprocess.config import PreprocessConfig
@@ -40,7 +39,7 @@ from preprocess.plan import (
 )
 from preprocess.ray_session import ray_session
 from preprocess.records import file_record
-from preprocess.schedule import ActorTasks, run_on_pool, utilization
+from preprocess.schedule import ActorTasks, fingerprint_on, run_on_pool, utilization
 from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
 from preprocess.unit import (
     WARM_UP_DIR,
@@ -141,9 +140,12 @@ def _process_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) -> list[InputFile]:
-    """List, hash and probe every file (on the worker actors), then dedupe and split.
-    Entries that cannot be read (bad names, FIFOs, broken links…) join with their reason."""
+def _plan(
+    input_root: Path, cfg: PreprocessConfig, work: Path, actors: list[Any]
+) -> list[InputFile]:
+    """List, hash and probe every file (on the worker actors; a batch whose worker died is
+    sent again), then dedupe and split. Entries that cannot be read (bad names, FIFOs,
+    broken links…) join with their reason."""
     listing = list_inputs(input_root)
     paths = listing.files
     cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
@@ -156,7 +158,7 @@ def _plan(input_root: Path, cfg: PreprocessConfig, work: Path, pool: ActorPool) 
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        for recs in pool.map_unordered(lambda a, b: a.fingerprint.remote(b), batches):
+        for recs in fingerprint_on(ActorTasks(actors), batches):
             for rec in recs:
                 cached[rec["path"]] = rec
                 bar.update(1)
@@ -379,8 +381,7 @@ def _run_on_ray(
     try:
         for warning in sorted({w for w in ray.get([a.started.remote() for a in actors]) if w}):
             print(warning, file=sys.stderr)
-        pool = ActorPool(actors)
-        files = _plan(input_root, cfg, work, pool)
+        files = _plan(input_root, cfg, work, actors)
         digest = input_digest(files)
         check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)

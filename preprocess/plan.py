@@ -37,8 +37,10 @@ _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
 UNIT_SECONDS = 120.0
 
 
-# 1 kbit/s: under any codec libsndfile decodes (GSM 6.10 13, MP3 8, Opus 6 kbit/s), with
-# room for silence-compressed stretches; PCM headers never come near it.
+# 1 kbit/s: under any codec libsndfile decodes (GSM 6.10 13, MP3 8, Opus 6 kbit/s) and
+# under FLAC of anything but digital silence (47 B/s at 16 kHz, measured; such a file is
+# rejected `silent` anyway, and files.jsonl takes a decoded file's seconds from its
+# samples). PCM never comes near it.
 MIN_AUDIO_BYTES_PER_SECOND = 125.0
 
 

@@ -49,7 +49,7 @@ def file_record(
         "channels": h.channels if h else hd.get("channels"),
         "format": h.format if h else hd.get("format"),
         "subtype": h.subtype if h else hd.get("subtype"),
-        "seconds": _num(f.plausible(h.seconds) if h else f.est_seconds if hd else None),
+        "seconds": _num(_seconds(f, analysis) if h else f.est_seconds if hd else None),
         "peak": None,
         "peak_without_dc": None,
         "rms": None,
@@ -94,3 +94,12 @@ def file_record(
 
 def dumps_record(rec: dict[str, Any]) -> str:
     return json.dumps(rec, ensure_ascii=False, sort_keys=False, separators=(",", ":"))
+
+
+def _seconds(f: InputFile, a: FileAnalysis) -> float:
+    """A decoded file's length from its samples (a truncated one's is what decoded); the
+    header's, within what the file's size holds, when decoding stopped early."""
+    h = a.header
+    if a.error is None and not (a.nonfinite or a.overflow) and h.sample_rate:
+        return a.frames_read / h.sample_rate
+    return f.plausible(h.seconds)

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from preprocess.measure.stage_times import add_times
 from preprocess.plan import InputFile, WorkUnit
+from preprocess.unit import take_file_in_progress
 
 # Worker deaths a run survives before it stops with an error: a worker that cannot even
 # start (its warm-up crashing) must not restart forever.
@@ -77,7 +78,9 @@ class ActorTasks:
         actor, tag = self._running.pop(ref)
         try:
             result = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
+        # OutOfMemoryError: Ray's memory monitor killed the worker (it acts before the
+        # kernel's OOM killer), a RayError but not a RayActorError.
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
             _wait_until_alive(actor)  # else a task sent now fails on the dead process too
             self._free.append(actor)
             raise TaskFailed(tag, exc) from exc
@@ -98,8 +101,12 @@ def _wait_until_alive(actor: Any) -> None:
         try:
             ray.get(actor.__ray_ready__.remote(), timeout=10)
             return
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        except ray.exceptions.RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):  # dead for good: no restart comes
+                raise WorkerDeaths(f"a worker process could not start again: {exc}") from exc
             time.sleep(0.2)
+        except ray.exceptions.GetTimeoutError:
+            pass
     raise WorkerDeaths(
         f"a worker process died and did not come back within {RESTART_WAIT_S:g} s; "
         "finished units are kept: run the same command again to resume"
@@ -128,8 +135,10 @@ def run_on_pool(
     hours, t0 = 0.0, time.perf_counter()
 
     by_id = {u.unit_id: u for u in todo}
+    for unit in todo:  # a marker left by a killed run names nothing this run read
+        take_file_in_progress(work, unit.unit_id)
     crashed: dict[str, str] = {}  # files that killed a worker twice → their detail
-    deaths: dict[tuple[int, str | None], int] = {}  # (unit, file in progress) → deaths
+    deaths: dict[tuple[str, int, str | None], int] = {}  # (kind, id, file read) → deaths
 
     def next_task() -> tuple[Callable, tuple[str, int]] | None:
         if ready:
@@ -159,19 +168,17 @@ def run_on_pool(
                 "Finished units are kept: run the same command again to resume"
             )
         if kind == "group":
-            deaths[(-1 - ident, None)] = deaths.get((-1 - ident, None), 0) + 1
+            deaths[(kind, ident, None)] = deaths.get((kind, ident, None), 0) + 1
             ready.appendleft(ident)
             tqdm.write(
                 f"preprocess: warning: a worker died writing {where}; sending it again",
                 file=sys.stderr,
             )
             return
-        from preprocess.unit import take_file_in_progress  # the driver has it loaded already
-
         path = take_file_in_progress(work, ident)
-        deaths[(ident, path)] = deaths.get((ident, path), 0) + 1
+        deaths[(kind, ident, path)] = deaths.get((kind, ident, path), 0) + 1
         reading = f"reading {path}" if path else "before its first file"
-        if path and deaths[(ident, path)] >= 2:
+        if path and deaths[(kind, ident, path)] >= 2:
             crashed[path] = CRASHED_DETAIL
             tqdm.write(
                 f"preprocess: warning: a worker died twice {reading} ({where}): "
@@ -220,6 +227,30 @@ def run_on_pool(
             log.write(json.dumps(entry) + "\n")
             log.flush()
     return figures
+
+
+def fingerprint_on(pool: Any, batches: list[list[str]]) -> Iterator[list[dict]]:
+    """Hash-and-probe records of every batch, in completion order, on `pool` (an
+    ActorTasks); a batch whose worker died goes out again (within MAX_WORKER_DEATHS)."""
+    todo, died = deque(batches), 0
+    while todo or pool.has_next():
+        while pool.has_free() and todo:
+            pool.submit(lambda a, batch: a.fingerprint.remote(batch), todo.popleft())
+        try:
+            yield pool.get_next_unordered()
+        except TaskFailed as failed:
+            died += 1
+            if died > MAX_WORKER_DEATHS:
+                raise WorkerDeaths(
+                    f"worker processes died {died} times while hashing and probing: out "
+                    "of memory? Run the same command again to resume"
+                ) from failed
+            tqdm.write(
+                f"preprocess: warning: a worker died probing {failed.tag[0]} or a file "
+                "after it in its batch; sending the batch again",
+                file=sys.stderr,
+            )
+            todo.appendleft(failed.tag)
 
 
 def utilization(spans: dict[str, list[tuple[float, float]]], workers: int) -> dict[str, float]:

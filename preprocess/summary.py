@@ -30,6 +30,6 @@ def print_summary(index: dict[str, Any]) -> None:
     if not any(s["segments"] for s in t["splits"].values()):
         print(
             "preprocess: warning: no segment was kept, so OUT holds no audio to train on: "
-            "see the reasons above (and the report) for why",
+            "the reasons are above",
             file=sys.stderr,
         )

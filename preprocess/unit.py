@@ -194,11 +194,11 @@ def process_unit(
             frame_rms.append(rms)
             per_file_samples.append(samples)
             seconds_in += rec["seconds"] or 0.0
+        (tmp / IN_PROGRESS).unlink(missing_ok=True)  # a death from here on is no file's
         if not scan_only:
             encoded.save(per_file_samples)
     finally:
         encoded.close()
-    (tmp / IN_PROGRESS).unlink(missing_ok=True)
     _write_unit_stats(tmp, records, frame_rms)
     done = {
         "unit_id": unit.unit_id,
@@ -213,6 +213,9 @@ def process_unit(
         "seconds": seconds_in,
         "kept": sum(r["status"] == "kept" for r in records),
         "segments": sum(r["segments"] for r in records),
+        # Files rejected because a worker died reading them (this unit is reused by
+        # reruns as it is; a new OUT reads them again).
+        "crashed": sorted(crashed or ()),
     }
     atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
     commit_dir(tmp, udir)

@@ -179,8 +179,7 @@ def clipped_reference(x: np.ndarray, level: float, min_run: int) -> int:
     """Samples in runs of ≥ min_run consecutive |x| ≥ level, per channel, whole signal."""
     total = 0
     for ch in np.atleast_2d(x.T):
-        mag = np.abs(ch)
-        hot = np.concatenate([[0], ((mag >= level) & (mag <= 1.0)).astype(np.int8), [0]])
+        hot = np.concatenate([[0], (np.abs(ch) >= level).astype(np.int8), [0]])
         edges = np.diff(hot)
         lengths = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
         total += int(lengths[lengths >= min_run].sum())
@@ -215,13 +214,16 @@ def test_count_clipped_is_independent_of_block_splitting(seed):
     assert state.fraction == pytest.approx(state.clipped / x.size)
 
 
-def test_float_headroom_above_full_scale_is_not_clipping():
-    """An intact float WAV peaking at 8.0: its loud stretches are headroom, not a flat top
-    (read as 12.8 % clipped before); a run at exactly full scale still counts."""
+def test_a_ceiling_keeps_float_headroom_out_of_the_clip_count():
+    """An intact float WAV peaking at 8.0: with the float files' ceiling of 1 its loud
+    stretches are headroom (12.8 % clipped before); a run at exactly full scale still
+    counts. Without a ceiling (integer PCM, lossy decoders that overshoot a clipped
+    source past 1) every run at ≥ 0.99 counts."""
     loud = f32(8.0 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000)).reshape(-1, 1)
-    assert count_clipped(loud, 0.99, 3, np.zeros(1, np.int64)) == 0
+    assert count_clipped(loud, 0.99, 3, np.zeros(1, np.int64), ceiling=1.0) == 0
+    assert count_clipped(loud, 0.99, 3, np.zeros(1, np.int64)) == clipped_reference(loud, 0.99, 3)
     flat = f32([0.5, 1.0, 1.0, 1.0, 1.0, 0.2, -1.0, -1.0, -1.0]).reshape(-1, 1)
-    assert count_clipped(flat, 0.99, 3, np.zeros(1, np.int64)) == 7
+    assert count_clipped(flat, 0.99, 3, np.zeros(1, np.int64), ceiling=1.0) == 7
 
 
 def test_clip_state_counts_one_sample_blocks_like_one_block():
@@ -421,12 +423,11 @@ def _segment_pcm_reference(src, dc, gain, segment):
 def test_segment_pcm_is_bit_identical_to_the_numpy_chain(gain):
     rng = np.random.default_rng(8)
     src = f32(rng.uniform(-1, 1, 9000) * rng.uniform(0, 1, 9000) ** 3)
-    # Exact .5 LSB products, where round-half-even and a float32 round would differ.
-    src[:64] = (np.arange(64, dtype=np.float64) + 0.5) / 32767.0
-    src[64:66] = [1.0, -1.0]
-    got = segment_pcm(src, 0.0013, gain, 16000)
-    assert got.dtype == np.int16 and got.shape == (16000,)
-    np.testing.assert_array_equal(got, _segment_pcm_reference(src, 0.0013, gain, 16000))
+    src[:6] = [-0.0, 0.5, -0.5, 1.0, -1.0, 1.5 / gain]  # zero's sign, full scale, a clip
+    for dc in (0.0, 0.0013):
+        got = segment_pcm(src, dc, gain, 16000)
+        assert got.dtype == np.int16 and got.shape == (16000,)
+        np.testing.assert_array_equal(got, _segment_pcm_reference(src, dc, gain, 16000))
     assert not got[9000:].any()  # the padding is silence
 
 

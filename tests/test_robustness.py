@@ -221,7 +221,12 @@ def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
         text=True,
     )
     killed, deadline = None, time.monotonic() + 120
+    markers = tmp_path / "killed" / ".work" / "units"
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        reading = [m.read_text() for m in markers.glob("*.partial/in-progress")]
+        if "long/30min.wav" not in reading:
+            continue  # kill while the long file is being read, not between files
         for pid in _descendants(proc.pid):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -231,7 +236,6 @@ def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
                 break
-        time.sleep(0.02)
     out, err = proc.communicate(timeout=600)
     assert killed, "no worker was seen processing a unit"
     assert proc.returncode == 0, err[-3000:]
@@ -272,3 +276,24 @@ def test_a_header_rate_under_1_khz_is_corrupt_not_upsampled(tmp_path):
     )
     rec = json.loads((tmp_path / "w/units/unit-000000/files.jsonl").read_text())
     assert rec["reason"] == "corrupt" and "invalid header: 1 Hz" in rec["detail"]
+
+
+def test_headroom_is_only_a_float_files_and_a_clipped_mp3_stays_clipped(tmp_path):
+    """Speech peaking at 8.0 in a FLOAT WAV is headroom (kept); the same speech hard-clipped
+    and encoded as MP3 decodes past 1.0 (the decoder overshoots the flat tops), and its
+    runs at ≥ 0.99 are still clipping."""
+    root = tmp_path / "in"
+    root.mkdir()
+    speech = _speechlike(4.0, 16000, seed=6)
+    sf.write(root / "headroom.wav", speech / np.abs(speech).max() * 8.0, 16000, subtype="FLOAT")
+    # Driven 1.1× into the rails: 2.8 % of samples in flat runs, 0.45 % under a ceiling of 1.
+    clipped = np.clip(speech / np.abs(speech).max() * 1.1, -1, 1)
+    sf.write(root / "clipped.mp3", clipped, 16000, format="MP3")
+    names = ["clipped.mp3", "headroom.wav"]
+    unit_mod.process_unit(
+        WorkUnit(0, "train", names), _files(root, names), root, tmp_path / "w", PreprocessConfig()
+    )
+    lines = (tmp_path / "w/units/unit-000000/files.jsonl").read_text().splitlines()
+    recs = {r["path"]: r for r in map(json.loads, lines)}
+    assert recs["headroom.wav"]["status"] == "kept", recs["headroom.wav"]["detail"]
+    assert recs["clipped.mp3"]["reason"] == "clipped", recs["clipped.mp3"]["detail"]

@@ -16,6 +16,7 @@ from preprocess.schedule import (
     MAX_WORKER_DEATHS,
     TaskFailed,
     WorkerDeaths,
+    fingerprint_on,
     run_on_pool,
     utilization,
 )
@@ -187,3 +188,30 @@ def test_a_failed_warm_up_is_one_warning_and_leaves_no_laps(tmp_path):
     assert stage_times.CLOCK.take() == {"cpu": {}, "wall": {}}
     assert start_worker(cfg, tmp_path) is None  # good: its decode/segment laps discarded too
     assert stage_times.CLOCK.take() == {"cpu": {}, "wall": {}}
+
+
+def test_a_probe_batch_whose_worker_died_goes_out_again():
+    class Probes:
+        def __init__(self):
+            self.sent, self.running, self.failed_once = [], [], False
+
+        def has_free(self):
+            return not self.running
+
+        def submit(self, fn, batch):
+            self.sent.append(batch)
+            self.running.append(batch)
+
+        def has_next(self):
+            return bool(self.running)
+
+        def get_next_unordered(self):
+            batch = self.running.pop()
+            if batch == ["b.wav"] and not self.failed_once:
+                self.failed_once = True
+                raise TaskFailed(batch, RuntimeError("actor died"))
+            return [{"path": p} for p in batch]
+
+    pool = Probes()
+    got = [r["path"] for recs in fingerprint_on(pool, [["a.wav"], ["b.wav"]]) for r in recs]
+    assert got == ["a.wav", "b.wav"] and pool.sent == [["a.wav"], ["b.wav"], ["b.wav"]]

@@ -443,7 +443,8 @@ def section_integrity(f: Findings) -> str:
             descending=True,
         ),
         "## Non-finite samples",
-        f"NaN or Inf samples in {f.links.files('reason-nonfinite', nonfinite)} "
+        "NaN, Inf or overflowing (beyond ±32768) samples in "
+        f"{f.links.files('reason-nonfinite', nonfinite)} "
         "(rejected `nonfinite`).",
         top_table(
             f,

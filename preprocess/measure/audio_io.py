@@ -92,7 +92,9 @@ class AudioHeader:
 
 
 # libsndfile refuses a path of SF_FILENAME_LEN (1024) bytes or more ("Supplied filename too
-# long"), which ~340 Telugu characters reach; such files are opened by descriptor instead.
+# long"), which ~340 Telugu characters reach; such files are opened by descriptor instead
+# (libsndfile then has no extension to guess a format from: an MP3 with junk before its
+# first frame, readable by path, is corrupt under such a path).
 _SNDFILE_MAX_PATH_BYTES = 1000
 
 
@@ -106,15 +108,20 @@ def _sndfile_source(path: str | Path) -> str | int:
 
 def probe(path: str | Path) -> AudioHeader:
     """Read the header only; raises DecodeError with the decoder's message."""
+    source = _sndfile_source(path)
     try:
-        info = sf.info(_sndfile_source(path))
+        info = sf.info(source)
     except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError, TypeError…
-        raise DecodeError(_decoder_message(exc)) from exc
+        raise DecodeError(_decoder_message(exc, source, path)) from exc
     return AudioHeader(info.samplerate, info.channels, info.frames, info.format, info.subtype)
 
 
-def _decoder_message(exc: Exception) -> str:
+def _decoder_message(exc: Exception, source: str | int = "", path: str | Path = "") -> str:
+    """The decoder's message on one line; an open by descriptor names the path, not the
+    descriptor's number (which depends on the process)."""
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(source, int):
+        text = text.replace(f"Error opening {source}:", f"Error opening {str(path)!r}:")
     return " ".join(text.split())
 
 
@@ -154,23 +161,28 @@ def stream_mono_16k(
     block_frames: int,
     on_source_block: Callable[[np.ndarray], bool] | None = None,
     target_rate: int = 16000,
+    on_open: Callable[[AudioHeader], None] | None = None,
 ) -> Iterator[np.ndarray | DecodeResult]:
     """Yield float32 mono blocks at `target_rate`, then one final DecodeResult.
 
     `on_source_block(block)` sees every decoded source-rate block (float32[n, C]) before
     downmixing — for checks that must run on the original samples (clipping, NaN). If it
     returns False, decoding stops early (e.g. after NaN, which a resampler would smear).
+    `on_open(header)` sees the header before the first block.
     Raises DecodeError when the file cannot be opened or a block cannot be decoded.
     """
+    source = _sndfile_source(path)
     try:
-        f = sf.SoundFile(_sndfile_source(path))
+        f = sf.SoundFile(source)
     except Exception as exc:
-        raise DecodeError(_decoder_message(exc)) from exc
+        raise DecodeError(_decoder_message(exc, source, path)) from exc
     with f:
         header = AudioHeader(f.samplerate, f.channels, f.frames, f.format, f.subtype)
         result = DecodeResult(header, truncated=truncation_detail(f.extra_info))
         if header.sample_rate < MIN_SOURCE_RATE or header.channels <= 0:
             raise DecodeError(f"invalid header: {header.sample_rate} Hz, {header.channels} ch")
+        if on_open is not None:
+            on_open(header)
         resampler = None
         if header.sample_rate != target_rate:
             resampler = soxr.ResampleStream(

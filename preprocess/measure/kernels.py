@@ -187,13 +187,13 @@ def count_invalid(block: np.ndarray) -> tuple[int, int]:
 
 
 @njit(cache=True)
-def _count_clipped(block, level, min_run, run_len):
+def _count_clipped(block, level, ceiling, min_run, run_len):
     counted = 0
     for c in range(block.shape[1]):
         run = run_len[c]
         for i in range(block.shape[0]):
             v = abs(block[i, c])
-            if v >= level and v <= 1.0:
+            if v >= level and v <= ceiling:
                 run += 1
                 if run == min_run:
                     counted += run  # the run just qualified: count it from its start
@@ -205,11 +205,20 @@ def _count_clipped(block, level, min_run, run_len):
     return counted
 
 
-def count_clipped(block: np.ndarray, level: float, min_run: int, run_len: np.ndarray) -> int:
-    """Samples in runs of ≥ `min_run` consecutive `level` ≤ |x| ≤ 1, streaming across blocks.
+def count_clipped(
+    block: np.ndarray,
+    level: float,
+    min_run: int,
+    run_len: np.ndarray,
+    ceiling: float = math.inf,
+) -> int:
+    """Samples in runs of ≥ `min_run` consecutive `level` ≤ |x| ≤ `ceiling`, streaming
+    across blocks.
 
-    Full scale is where a converter clips; a float file's samples above 1 are headroom
-    (an intact float WAV peaking at 8.0 read as 12.8 % clipped), not a flat top.
+    `ceiling` 1.0 for float PCM files: their samples above full scale are headroom (an
+    intact float WAV peaking at 8.0 read as 12.8 % clipped), not a flat top. Lossy
+    decoders overshoot a clipped source past 1.0 (27–31 % of its samples, measured on
+    MP3/Vorbis), so for them and for integer PCM there is no ceiling.
 
     block: float32[n, C] (or [n] for mono); run_len: int64[C], the open run length per
     channel, updated in place. A run straddling blocks is counted exactly once and whole:
@@ -229,7 +238,7 @@ def count_clipped(block: np.ndarray, level: float, min_run: int, run_len: np.nda
         )
     if min_run < 1:
         raise ValueError(f"count_clipped: min_run must be ≥ 1, got {min_run}")
-    return int(_count_clipped(b, np.float32(level), int(min_run), run_len))
+    return int(_count_clipped(b, np.float32(level), np.float32(ceiling), int(min_run), run_len))
 
 
 class ClipState:

@@ -24,6 +24,10 @@ from preprocess.measure.stage_times import lap
 _QUARTER_SECONDS = 0.1  # BS.1770 block hop; a 400 ms block is four quarters
 
 
+# libsndfile subtypes of float PCM, whose samples may legitimately exceed full scale.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
 @dataclass
 class FileAnalysis:
     """Everything pass 1 learned about a file; `error` is set when decoding failed."""
@@ -123,6 +127,12 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     meter = LoudnessMeter(cfg.sample_rate)
     run_len: np.ndarray | None = None
     lo, hi = math.inf, -math.inf
+    clip_ceiling = math.inf
+
+    def on_open(header: AudioHeader) -> None:
+        nonlocal clip_ceiling
+        if header.subtype in FLOAT_SUBTYPES:  # above full scale is headroom, not a clip
+            clip_ceiling = 1.0
 
     def check_source(block: np.ndarray) -> bool:
         nonlocal run_len
@@ -134,13 +144,14 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         if run_len is None:
             run_len = np.zeros(block.shape[1], dtype=np.int64)
         a.clipped_samples += int(
-            kernels.count_clipped(block, cfg.clip_level, cfg.clip_min_run, run_len)
+            kernels.count_clipped(block, cfg.clip_level, cfg.clip_min_run, run_len, clip_ceiling)
         )
         lap("analysis")
         return True
 
     try:
-        for item in stream_mono_16k(path, cfg.block_frames_16k, check_source, cfg.sample_rate):
+        blocks = stream_mono_16k(path, cfg.block_frames_16k, check_source, cfg.sample_rate, on_open)
+        for item in blocks:
             if isinstance(item, DecodeResult):
                 a.header, a.frames_read = item.header, item.frames_read
                 a.truncated = item.truncated
