@@ -43,13 +43,13 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
     """Make `out` this run's OUT before Ray starts, or raise OutputConflict having written
     nothing. The stamp is written before any other file, so a killed run's OUT is ours."""
     if out.exists() and not out.is_dir():
-        raise OutputConflict(f"--output {out} is a file; choose a directory")
+        raise OutputConflict(f"output {out} is a file; choose a directory")
     differs = ""
     if out.is_dir() and any(out.iterdir()):
         previous = _previous_run(out)
         if previous is None:
             raise OutputConflict(
-                f"--output {out} is not empty and was not written by preprocess.run (no "
+                f"output {out} is not empty and was not written by preprocess.run (no "
                 f"{STAMP} or index.json of ours); choose a new or empty directory"
             )
         differs = _differences(previous, input_root, cfg)
@@ -65,14 +65,14 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
     except OSError as exc:  # read-only filesystem, no permission, a file in the way
-        raise OutputConflict(f"--output {out} cannot be written: {exc.strerror or exc}") from exc
+        raise OutputConflict(f"output {out} cannot be written: {exc.strerror or exc}") from exc
 
 
 def _previous_run(out: Path) -> dict[str, Any] | None:
     """{input, config_digest} of the run that wrote `out`, or None if no run of ours did."""
     stamp = out / STAMP
     if stamp.exists() and not stamp.is_file():
-        raise OutputConflict(f"{stamp} is not a file; choose another --output")
+        raise OutputConflict(f"{stamp} is not a file; choose another output folder")
     if stamp.is_file():
         try:
             data = json.loads(stamp.read_text(encoding="utf-8"))

@@ -128,7 +128,7 @@ def list_inputs(root: str | Path) -> Listing:
             with os.scandir(root / rel_dir if rel_dir else root) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            detail = f"directory cannot be listed ({exc.strerror}); fix its permissions"
+            detail = f"directory cannot be listed ({exc.strerror}){_advice(exc)}"
             skipped.append(_skipped(f"{rel_dir}/", "unreadable", detail))
             continue
         for entry in entries:
@@ -143,6 +143,15 @@ def list_inputs(root: str | Path) -> Listing:
             else:
                 skipped.append(_skipped(rel, kind, detail))
     return Listing(sorted(files), sorted(skipped, key=lambda f: f.path))
+
+
+def _advice(exc: OSError) -> str:
+    """What to do about an entry the listing cannot read, by its errno ("" if unknown)."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "; fix its permissions"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "; its path is longer than the system allows (PATH_MAX): shorten it"
+    return ""
 
 
 def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
@@ -163,7 +172,7 @@ def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
                     "loop); copy or bind-mount the directory into the corpus instead"
                 )
     except OSError as exc:
-        return "unreadable", f"cannot stat ({exc.strerror}); fix its permissions"
+        return "unreadable", f"cannot stat ({exc.strerror}){_advice(exc)}"
     if stat.S_ISREG(mode):
         return "file", None
     return "not_regular_file", f"{_file_type(mode)}, not a regular file: never opened"
@@ -271,7 +280,7 @@ def fingerprint(
             out.append(rec)
             continue
         except OSError as exc:
-            detail = f"cannot be read ({exc.strerror}); fix its permissions"
+            detail = f"cannot be read ({exc.strerror}){_advice(exc)}"
             rec.update(bytes=0, sha256="", plan_reason="unreadable", probe_error=detail)
             out.append(rec)
             continue

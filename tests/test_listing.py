@@ -84,6 +84,29 @@ def test_unreadable_directory_and_file_get_reason_unreadable(tmp_path, monkeypat
     [secret] = [InputFile(**r) for r in fingerprint(tmp_path, ["secret.wav"])]
     decision = plan_decision(secret)
     assert decision.reason == "unreadable" and "Permission denied" in decision.detail
+    assert decision.detail.endswith("fix its permissions")
+
+
+def test_a_folder_deeper_than_path_max_is_unreadable_with_the_right_advice(tmp_path):
+    """Made through directory descriptors: no path to it fits PATH_MAX (4096 bytes). The
+    detail said "fix its permissions", which cannot help."""
+    (tmp_path / "spk").mkdir()
+    write_wav(tmp_path / "spk/ok.wav", seed=1)
+    fd = os.open(tmp_path / "spk", os.O_RDONLY)
+    try:
+        for _ in range(17):  # 17 × 251 bytes
+            os.mkdir("d" * 250, dir_fd=fd)
+            deeper = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.close(os.open("x.wav", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+    listing = list_inputs(tmp_path)
+    assert listing.files == ["spk/ok.wav"]
+    [deep] = listing.skipped
+    assert deep.plan_reason == "unreadable"
+    assert "shorten it" in deep.probe_error and "permissions" not in deep.probe_error
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod 000 entries anyway")
