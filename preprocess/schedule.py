@@ -103,7 +103,8 @@ def _wait_until_alive(actor: Any) -> None:
             return
         except ray.exceptions.RayActorError as exc:
             if getattr(exc, "actor_init_failed", False):  # dead for good: no restart comes
-                raise WorkerDeaths(f"a worker process could not start again: {exc}") from exc
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise WorkerDeaths(f"a worker process could not start again: {first_line}") from exc
             time.sleep(0.2)
         except ray.exceptions.GetTimeoutError:
             pass
