@@ -294,7 +294,7 @@ def _run_units(
     actors: list[Any],
     scan_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the units not yet committed and write the shard groups not yet committed, on a
+    """Run the units not yet committed and write the shard groups not yet committed, on
     the worker actors (`schedule.run_on_pool`: each group as soon as its units are done;
     a dead worker's task goes out again).
 

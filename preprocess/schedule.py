@@ -52,6 +52,18 @@ class WorkerDeaths(RuntimeError):
     """Workers kept dying; the message is one line for the CLI."""
 
 
+def _count_death(died: int, where: str) -> int:
+    """`died` + 1, or WorkerDeaths once that passes MAX_WORKER_DEATHS (one budget per run
+    phase, so a worker that cannot start does not restart forever)."""
+    died += 1
+    if died > MAX_WORKER_DEATHS:
+        raise WorkerDeaths(
+            f"worker processes died {died} times (the last {where}): out of memory? "
+            "Finished work is kept: run the same command again to resume"
+        )
+    return died
+
+
 class ActorTasks:
     """Ray's ActorPool submit/has_free/has_next/get_next_unordered over `actors`, except
     that a task whose actor died raises TaskFailed with its tag (ActorPool drops the
@@ -103,7 +115,7 @@ def _wait_until_alive(actor: Any) -> None:
             return
         except ray.exceptions.RayActorError as exc:
             if getattr(exc, "actor_init_failed", False):  # dead for good: no restart comes
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise WorkerDeaths(f"a worker process could not start again: {first_line}") from exc
             time.sleep(0.2)
         except ray.exceptions.GetTimeoutError:
@@ -139,7 +151,8 @@ def run_on_pool(
     for unit in todo:  # a marker left by a killed run names nothing this run read
         take_file_in_progress(work, unit.unit_id)
     crashed: dict[str, str] = {}  # files that killed a worker twice → their detail
-    deaths: dict[tuple[str, int, str | None], int] = {}  # (kind, id, file read) → deaths
+    died_reading: dict[tuple[int, str], int] = {}  # (unit, file in progress) → deaths
+    died = 0
 
     def next_task() -> tuple[Callable, tuple[str, int]] | None:
         if ready:
@@ -160,16 +173,11 @@ def run_on_pool(
         return None
 
     def send_again(tag: tuple[str, int]) -> None:
+        nonlocal died
         kind, ident = tag
-        died = sum(deaths.values()) + 1
         where = f"shard group {ident}" if kind == "group" else f"unit {ident}"
-        if died > MAX_WORKER_DEATHS:
-            raise WorkerDeaths(
-                f"worker processes died {died} times (the last on {where}): out of memory? "
-                "Finished units are kept: run the same command again to resume"
-            )
+        died = _count_death(died, f"on {where}")
         if kind == "group":
-            deaths[(kind, ident, None)] = deaths.get((kind, ident, None), 0) + 1
             ready.appendleft(ident)
             tqdm.write(
                 f"preprocess: warning: a worker died writing {where}; sending it again",
@@ -177,9 +185,10 @@ def run_on_pool(
             )
             return
         path = take_file_in_progress(work, ident)
-        deaths[(kind, ident, path)] = deaths.get((kind, ident, path), 0) + 1
         reading = f"reading {path}" if path else "before its first file"
-        if path and deaths[(kind, ident, path)] >= 2:
+        if path:
+            died_reading[(ident, path)] = died_reading.get((ident, path), 0) + 1
+        if path and died_reading[(ident, path)] >= 2:
             crashed[path] = CRASHED_DETAIL
             tqdm.write(
                 f"preprocess: warning: a worker died twice {reading} ({where}): "
@@ -240,12 +249,7 @@ def fingerprint_on(pool: Any, batches: list[list[str]]) -> Iterator[list[dict]]:
         try:
             yield pool.get_next_unordered()
         except TaskFailed as failed:
-            died += 1
-            if died > MAX_WORKER_DEATHS:
-                raise WorkerDeaths(
-                    f"worker processes died {died} times while hashing and probing: out "
-                    "of memory? Run the same command again to resume"
-                ) from failed
+            died = _count_death(died, "while hashing and probing")
             tqdm.write(
                 f"preprocess: warning: a worker died probing {failed.tag[0]} or a file "
                 "after it in its batch; sending the batch again",

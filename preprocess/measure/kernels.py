@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
+from shards.format import INT16_SCALE
+
 __all__ = [
     "ClipState",
     "HighPass",
@@ -526,7 +528,7 @@ def segment_plan(start: int, end: int, segment: int, min_valid: int) -> np.ndarr
 
 
 @njit(cache=True)
-def _segment_pcm(src, dc, gain, out):
+def _segment_pcm(src, dc, gain, scale, out):
     """0 when done, 1 at a non-finite sample (out is then partly written)."""
     n = src.shape[0]
     for i in range(n):
@@ -537,7 +539,7 @@ def _segment_pcm(src, dc, gain, out):
             v = np.float32(1.0)
         elif v < -1.0:
             v = np.float32(-1.0)
-        out[i] = np.int16(np.rint(np.float64(v) * 32767.0))
+        out[i] = np.int16(np.rint(np.float64(v) * scale))
     for i in range(n, out.shape[0]):
         out[i] = 0
     return 0
@@ -556,6 +558,7 @@ def segment_pcm(src: np.ndarray, dc: float, gain: float, segment: int) -> np.nda
     if src.shape[0] > segment:
         raise ValueError(f"segment_pcm: {src.shape[0]} samples do not fit a {segment} segment")
     out = np.empty(segment, np.int16)
-    if _segment_pcm(src, np.float32(dc), np.float32(gain), out):
+    # The scale is an argument, not a global: Numba's cache would keep a stale global.
+    if _segment_pcm(src, np.float32(dc), np.float32(gain), np.float64(INT16_SCALE), out):
         raise ValueError("segment_pcm: non-finite sample")
     return out
