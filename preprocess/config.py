@@ -56,7 +56,7 @@ class PreprocessConfig:
     split_by: str = "dir"  # dir | file | re:PATTERN | manifest:FILE (docs/PREPROCESS.md)
     val_fraction: float = 0.05
     # Val gets at least this much audio (capped at a quarter of the corpus, see
-    # preprocess.split): 5 % of a 1 h corpus is 3 minutes, too few for a stable SNR.
+    # preprocess.plan.split): 5 % of a 1 h corpus is 3 minutes, too few for a stable SNR.
     min_val_seconds: float = 300.0
     split_seed: int = 0
     shard_mb: float = 32.0
@@ -227,8 +227,8 @@ def _checked_split(cfg: PreprocessConfig) -> str:
     """split_by's syntax, and the manifest's hash (read from the file when not given)."""
     # Imported here, not at the top: config is the data every part reads (measure and the
     # diagnosis included), and the split rules belong to the orchestration; a module-level
-    # import would pull preprocess.split into measure's imports (tests/test_layout.py).
-    from preprocess.split import manifest_sha256, parse_split_by
+    # import would pull preprocess.plan.split into measure's imports (tests/test_layout.py).
+    from preprocess.plan.split import manifest_sha256, parse_split_by
 
     try:
         rule = parse_split_by(cfg.split_by)

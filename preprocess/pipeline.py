@@ -21,12 +21,23 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
+from preprocess.actors.ray_session import ray_session
+from preprocess.actors.records import file_record
+from preprocess.actors.schedule import ActorTasks, fingerprint_on, run_on_pool, utilization
+from preprocess.actors.shard_group import group_is_done, group_key, shard_groups, write_group
+from preprocess.actors.unit import (
+    WARM_UP_DIR,
+    process_unit,
+    start_worker,
+    unit_is_done,
+    unit_key,
+)
 from preprocess.config import PreprocessConfig
 from preprocess.measure import stage_times
 from preprocess.measure.policy import Decision, reject
 from preprocess.measure.stage_times import add_times
-from preprocess.outdir import OutputConflict, check_input_unchanged, claim_output
-from preprocess.plan import (
+from preprocess.out.outdir import OutputConflict, check_input_unchanged, claim_output
+from preprocess.plan.planner import (
     InputFile,
     WorkUnit,
     assign_splits,
@@ -36,17 +47,6 @@ from preprocess.plan import (
     make_units,
     mark_duplicates,
     needs_decoding,
-)
-from preprocess.ray_session import ray_session
-from preprocess.records import file_record
-from preprocess.schedule import ActorTasks, fingerprint_on, run_on_pool, utilization
-from preprocess.shard_group import group_is_done, group_key, shard_groups, write_group
-from preprocess.unit import (
-    WARM_UP_DIR,
-    process_unit,
-    start_worker,
-    unit_is_done,
-    unit_key,
 )
 from shards.atomic import atomic_write_text
 
@@ -240,7 +240,7 @@ def run_pipeline(
     `stop_ray_in_background` (the CLIs) lets assembly and the report overlap a local Ray's
     shutdown; see `ray_session`.
     """
-    from preprocess.assemble import assemble
+    from preprocess.out.assemble import assemble
 
     input_root = Path(input_root).resolve()
     out = Path(output).resolve()

@@ -13,11 +13,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from preprocess.actors.ray_session import RayStartError, wait_for_stop  # noqa: E402
+from preprocess.actors.schedule import WorkerDeaths  # noqa: E402
 from preprocess.config import load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
-from preprocess.ray_session import RayStartError, wait_for_stop  # noqa: E402
-from preprocess.schedule import WorkerDeaths  # noqa: E402
 from preprocess.summary import print_summary  # noqa: E402
 
 

@@ -4,12 +4,18 @@ Bytes go to a temp file beside the target, are fsynced, then renamed over it (re
 atomic within a filesystem), and the directory entry is fsynced, so a kill at any moment
 leaves either the old file or the new one, never a torn one that a rerun or a reader
 could take for whole.
+
+A directory (a preprocess work unit, a shard group, stats.zarr) is committed the same way:
+filled under a temporary name, every file and directory in it fsynced, renamed to its final
+name, the parent fsynced (`commit_dir`). A rename is only as durable as what it points to,
+so a power cut cannot leave a committed name over torn contents.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +51,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> None:
     """JSON with a trailing newline; `dumps_kwargs` go to json.dumps (indent, sort_keys…)."""
     atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (deepest first), and `root` itself."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Make `tmp` durable, replace `final` (if any) with it, and make the rename durable."""
+    fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.provenance import code_version
+from preprocess.plan.provenance import code_version
 from tests.conftest import REPO
 
-ORCHESTRATION = {
-    f"preprocess.{m.name}"
-    for m in pkgutil.iter_modules([str(REPO / "preprocess")])
-    if not m.ispkg and m.name != "config"  # config is data every part may read
-}
+# The stages of a run, in the order their arrows point: each imports only earlier ones.
+STAGES = ("preprocess.plan", "preprocess.actors", "preprocess.out")
 
 
 def modules_of(package: str) -> list[str]:
@@ -27,6 +24,13 @@ def modules_of(package: str) -> list[str]:
     return [
         f"{package}.{m.name}" for m in pkgutil.iter_modules([str(path)]) if m.name != "__main__"
     ]
+
+
+ORCHESTRATION = {
+    f"preprocess.{m.name}"
+    for m in pkgutil.iter_modules([str(REPO / "preprocess")])
+    if not m.ispkg and m.name != "config"  # config is data every part may read
+}.union(*(modules_of(stage) for stage in STAGES))
 
 
 def loaded_after_importing(modules: list[str]) -> set[str]:
@@ -52,6 +56,13 @@ def config_and_its_needs() -> set[str]:
     return loaded_after_importing(["preprocess.config"]) & ORCHESTRATION
 
 
+@pytest.mark.parametrize("stage", range(len(STAGES)))
+def test_each_stage_imports_only_the_stages_before_it(stage):
+    loaded = loaded_after_importing(modules_of(STAGES[stage]))
+    later = set(STAGES[stage + 1 :]) | {"preprocess.pipeline", "preprocess.run"}
+    assert not under(loaded, *later)
+
+
 def test_measure_imports_nothing_but_config_and_no_ray():
     loaded = loaded_after_importing(modules_of("preprocess.measure"))
     assert not under(loaded, "preprocess.diagnose", "preprocess.synth", "ray")
@@ -69,7 +80,7 @@ def test_the_diagnosis_library_reads_outputs_without_the_pipeline_or_ray():
     loaded = loaded_after_importing(library)
     assert "preprocess.measure.policy" in loaded  # decisions re-made by the real rules
     assert not under(loaded, "preprocess.synth", "ray")
-    assert not loaded & (ORCHESTRATION - {"preprocess.stats_store"} - config_and_its_needs())
+    assert not loaded & (ORCHESTRATION - {"preprocess.out.stats_store"} - config_and_its_needs())
 
 
 def test_the_demo_generator_imports_nothing_of_the_pipeline():
@@ -94,8 +105,8 @@ def source_copy(tmp_path) -> Path:
         "preprocess/synth/classes.py",
         "preprocess/run.py",
         "preprocess/summary.py",
-        "preprocess/ray_session.py",
-        "preprocess/schedule.py",
+        "preprocess/actors/ray_session.py",
+        "preprocess/actors/schedule.py",
         "preprocess/__init__.py",
         "preprocess/measure/stage_times.py",
         "shards/loader.py",
@@ -113,8 +124,11 @@ def test_code_version_ignores_code_that_shapes_no_output_byte(source_copy, edite
     [
         "preprocess/measure/policy.py",
         "preprocess/measure/kernels.py",
-        "preprocess/unit.py",
-        "preprocess/shard_group.py",
+        "preprocess/actors/unit.py",
+        "preprocess/actors/shard_group.py",
+        "preprocess/plan/split.py",
+        "preprocess/out/assemble.py",
+        "shards/atomic.py",
         "preprocess/config.py",
         "shards/writer.py",
         "shards/format.py",
@@ -135,5 +149,21 @@ def test_code_version_is_the_same_for_a_copy_of_the_sources(source_copy):
 def test_preprocessing_workers_never_import_torch():
     """Workers write shards without webdataset's tar writer or gopen: importing either
     pulls in torch (~3 CPU-s and ~160 MB per worker) for nothing."""
-    loaded = loaded_after_importing(["preprocess.pipeline", "preprocess.unit", "shards"])
+    loaded = loaded_after_importing(["preprocess.pipeline", "preprocess.actors.unit", "shards"])
     assert not under(loaded, "torch", "webdataset")
+
+
+def test_importing_the_bitstream_does_not_load_torch():
+    """`telucodec` exports its API lazily: a tool that only parses .tcq headers stays light."""
+    loaded = loaded_after_importing(["telucodec", "telucodec.bitstream"])
+    assert not under(loaded, "torch")
+
+
+def test_the_public_api_resolves_to_the_defining_modules():
+    import telucodec
+    from telucodec.checkpoint import load_codec
+    from telucodec.model import Codec
+
+    assert telucodec.Codec is Codec and telucodec.load_codec is load_codec
+    with pytest.raises(AttributeError):
+        telucodec.no_such_name  # noqa: B018

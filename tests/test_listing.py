@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from preprocess.out.stats_store import read_stats
 from preprocess.pipeline import plan_decision
-from preprocess.plan import InputFile, fingerprint, list_inputs
-from preprocess.stats_store import read_stats
+from preprocess.plan.planner import InputFile, fingerprint, list_inputs
 from tests.conftest import preprocess, read_jsonl
 from tests.test_rerun import write_wav
 

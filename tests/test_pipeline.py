@@ -198,7 +198,7 @@ def test_other_config_on_same_output_is_refused(synth_corpus, synth_out):
 
 
 def test_stats_store_aligns_with_files_jsonl(synth_out):
-    from preprocess.stats_store import read_stats
+    from preprocess.out.stats_store import read_stats
 
     stats = read_stats(synth_out / "stats.zarr")
     records = read_jsonl(synth_out / "files.jsonl")
@@ -220,7 +220,7 @@ def test_stats_store_aligns_with_files_jsonl(synth_out):
 def test_index_states_each_split_and_val_lands_within_one_group(synth_out):
     """totals.splits holds files, groups, hours and the share asked vs achieved; val is
     whole speaker folders, within one folder of its target, none shared with train."""
-    from preprocess.split import val_target_seconds
+    from preprocess.plan.split import val_target_seconds
 
     index = json.loads((synth_out / "index.json").read_text())
     records = read_jsonl(synth_out / "files.jsonl")

@@ -270,7 +270,7 @@ def test_dnsmos_run_is_byte_identical_on_1_and_2_workers(quality_runs, tmp_path)
 
 
 def test_stats_zarr_holds_the_scores_aligned_with_files_jsonl(quality_runs):
-    from preprocess.stats_store import read_stats
+    from preprocess.out.stats_store import read_stats
 
     stats = read_stats(quality_runs["out"] / "stats.zarr")
     cols, records = stats["files"], quality_runs["records"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from preprocess.ray_session import available_cpus, ray_session
+from preprocess.actors.ray_session import available_cpus, ray_session
 from tests.conftest import REPO, read_jsonl, run_cmd
 
 
@@ -115,7 +115,7 @@ def test_a_ray_stopped_in_the_background_is_gone_after_wait_for_stop(leaves_noth
     finishes by `wait_for_stop`, and a new session in the same process waits for it."""
     import ray
 
-    from preprocess.ray_session import wait_for_stop
+    from preprocess.actors.ray_session import wait_for_stop
 
     with ray_session(workers=1, stop_in_background=True) as first:
         assert ray.get(_worker_env.remote())["OMP_NUM_THREADS"] == "1"
@@ -157,7 +157,7 @@ def test_a_ray_that_cannot_start_is_one_line_exit_1_and_leaves_nothing(
 def test_a_killed_runs_temp_dir_is_reaped_and_live_ones_are_not(tmp_path):
     """kill -9 skips ray_session's clean-up; the next run removes what it left, and only
     that: not a live run's dir, not a dir a live process names, not a dir it did not make."""
-    from preprocess.ray_session import OWNER_FILE, reap_stale_temp_dirs
+    from preprocess.actors.ray_session import OWNER_FILE, reap_stale_temp_dirs
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

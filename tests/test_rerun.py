@@ -145,7 +145,7 @@ def test_an_input_inside_the_output_is_refused_before_overwrite_clears_it(
     """--overwrite removes OUT's report/, shards/, .work: an input in there went with it."""
     from preprocess import run
     from preprocess.config import load_config
-    from preprocess.outdir import claim_output
+    from preprocess.out.outdir import claim_output
 
     _no_ray(monkeypatch)
     out = tmp_path / "out"
@@ -175,9 +175,9 @@ def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
 
     import pytest
 
+    from preprocess.actors.unit import process_unit, unit_dir, unit_is_done, unit_key
     from preprocess.config import PreprocessConfig
-    from preprocess.plan import InputFile, WorkUnit, fingerprint
-    from preprocess.unit import process_unit, unit_dir, unit_is_done, unit_key
+    from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 
     root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2})
     files = {
@@ -193,7 +193,7 @@ def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
     assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
     # A .work committed by other code (e.g. tars with PAX headers) is redone, not mixed in.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("preprocess.unit.running_code_version", lambda: "0.0+src.older")
+        mp.setattr("preprocess.actors.unit.running_code_version", lambda: "0.0+src.older")
         assert unit_key(unit, files, cfg) != key
     (unit_dir(work, 0) / done["parts"][0]["name"]).unlink()
     assert not unit_is_done(work, 0, key)
@@ -210,16 +210,16 @@ def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_
 
     import pytest
 
-    from preprocess.config import PreprocessConfig
-    from preprocess.plan import InputFile, WorkUnit, fingerprint
-    from preprocess.shard_group import (
+    from preprocess.actors.shard_group import (
         StaleUnitError,
         group_dir,
         group_is_done,
         group_key,
         write_group,
     )
-    from preprocess.unit import process_unit, unit_dir, unit_key
+    from preprocess.actors.unit import process_unit, unit_dir, unit_key
+    from preprocess.config import PreprocessConfig
+    from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 
     root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2, "c.wav": 3})
     files = {
@@ -267,7 +267,7 @@ def test_a_damaged_fingerprint_cache_is_a_cache_miss_not_an_error(tmp_path):
 
 def test_a_stamp_that_is_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
     from preprocess import run
-    from preprocess.outdir import STAMP
+    from preprocess.out.outdir import STAMP
 
     _no_ray(monkeypatch)
     corpus = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1})

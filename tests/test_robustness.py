@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from preprocess import unit as unit_mod
+from preprocess.actors import unit as unit_mod
 from preprocess.config import PreprocessConfig
-from preprocess.plan import InputFile, WorkUnit, fingerprint
+from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 from tests.conftest import run_cmd
 
 
@@ -70,9 +70,9 @@ def test_an_exception_on_one_file_becomes_its_reason_and_others_go_on(tmp_path, 
 _RSS_PROBE = r"""
 import json, resource, sys
 from pathlib import Path
-from preprocess import unit as u
+from preprocess.actors import unit as u
 from preprocess.config import PreprocessConfig
-from preprocess.plan import InputFile, WorkUnit, fingerprint
+from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 root, name, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 f = InputFile(**fingerprint(root, [name])[0]); f.split = "train"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,4 +1,4 @@
-"""Work order on the actor pool (preprocess/schedule.py) and the actors' warm-up, without
+"""Work order on the actor pool (preprocess/actors/schedule.py) and the actors' warm-up, without
 Ray: a pool stand-in runs each task when it is taken back."""
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ from types import SimpleNamespace
 import pytest
 from tqdm import tqdm
 
-from preprocess.config import load_config
-from preprocess.measure import stage_times
-from preprocess.plan import InputFile, WorkUnit
-from preprocess.schedule import (
+from preprocess.actors.schedule import (
     MAX_WORKER_DEATHS,
     TaskFailed,
     WorkerDeaths,
@@ -20,7 +17,10 @@ from preprocess.schedule import (
     run_on_pool,
     utilization,
 )
-from preprocess.unit import IN_PROGRESS, WARM_UP_DIR, start_worker, warm_up
+from preprocess.actors.unit import IN_PROGRESS, WARM_UP_DIR, start_worker, warm_up
+from preprocess.config import load_config
+from preprocess.measure import stage_times
+from preprocess.plan.planner import InputFile, WorkUnit
 
 _TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
 

@@ -9,8 +9,8 @@ import random
 import pytest
 
 from preprocess.config import ConfigError, PreprocessConfig
-from preprocess.plan import InputFile, assign_splits, mark_duplicates
-from preprocess.split import MIN_VAL_MAX_SHARE, group_hash, val_target_seconds
+from preprocess.plan.planner import InputFile, assign_splits, mark_duplicates
+from preprocess.plan.split import MIN_VAL_MAX_SHARE, group_hash, val_target_seconds
 
 
 def audio(path: str, seconds: float, sha: str | None = None) -> InputFile:

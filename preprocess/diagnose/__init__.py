@@ -8,7 +8,7 @@
 
 Imports: `preprocess.measure` (decisions are re-made by `measure.policy` itself, never a
 copy of the rules), the read side of the orchestration (`preprocess.config`,
-`preprocess.stats_store.read_stats`) and `shards` — never the pipeline, except `cli`,
+`preprocess.out.stats_store.read_stats`) and `shards` — never the pipeline, except `cli`,
 which runs it in scan-only mode when PATH is a raw corpus. Nothing outside this package
 imports it but the preprocess CLI (`run.py`), which writes the report after a run.
 """

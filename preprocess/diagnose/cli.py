@@ -13,12 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from preprocess.actors.ray_session import RayStartError, wait_for_stop
+from preprocess.actors.schedule import WorkerDeaths
 from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
-from preprocess.ray_session import RayStartError, wait_for_stop
-from preprocess.schedule import WorkerDeaths
 from shards import Index
 
 

@@ -162,7 +162,7 @@ def _frame_hist(out: Path, records: list[dict[str, Any]]) -> Any:
     store = out / "stats.zarr"
     if not store.exists():
         return None
-    from preprocess.stats_store import read_stats
+    from preprocess.out.stats_store import read_stats
 
     stats = read_stats(store)
     paths = list(stats["files"]["path"])

@@ -1,10 +1,10 @@
 """Process one work unit: scan, decide, segment and encode its files; commit atomically.
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
-(`samples.bin` + `samples.json`, which `preprocess.shard_group` later copies into the
+(`samples.bin` + `samples.json`, which `preprocess.actors.shard_group` later copies into the
 shard of the unit's shard group, then deletes), `files.jsonl`, `frame_rms.npy`, and last
 `done.json`. The directory is built as `unit-NNNNNN.partial` and committed by one rename
-(`dir_commit`). A unit without `done.json` is wiped and redone on rerun; one whose
+(`shards.atomic.commit_dir`). A unit without `done.json` is wiped and redone on rerun; one whose
 `done.json` holds the same `unit_key` (config, unit, and the path, size and sha256 of every
 file it read) is skipped, provided its encoded samples are all there whenever its shard
 group still has to be written. That is what makes kill -9 and rerun byte-identical, and a
@@ -24,19 +24,18 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from preprocess.actors.records import dumps_record, file_record
 from preprocess.config import PreprocessConfig
-from preprocess.dir_commit import commit_dir
 from preprocess.measure import stage_times
 from preprocess.measure.policy import decide, reject
 from preprocess.measure.scan import analyze_file
 from preprocess.measure.segment import cut_segments, plan_segments, trim_range
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
-from preprocess.plan import InputFile, WorkUnit
-from preprocess.provenance import running_code_version
-from preprocess.records import dumps_record, file_record
+from preprocess.plan.planner import InputFile, WorkUnit
+from preprocess.plan.provenance import running_code_version
 from shards import encode_sample, sample_key
-from shards.atomic import atomic_write_json
+from shards.atomic import atomic_write_json, commit_dir
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:

@@ -1,6 +1,6 @@
 """Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
 
-Shard parts of the shard groups (`preprocess.shard_group`) are hard-linked (copied where
+Shard parts of the shard groups (`preprocess.actors.shard_group`) are hard-linked (copied where
 links are not supported) to contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in group
 order, so names depend only on the plan, never on which worker finished first. Parts stay
 in their group until the run ends, so every step is idempotent: a rerun after a kill
@@ -21,17 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from preprocess.actors.records import dumps_record
+from preprocess.actors.shard_group import group_dir, shard_groups
+from preprocess.actors.unit import unit_dir
 from preprocess.config import PreprocessConfig
-from preprocess.dir_commit import commit_dir
-from preprocess.plan import WorkUnit
-from preprocess.provenance import running_code_version
-from preprocess.records import dumps_record
-from preprocess.shard_group import group_dir, shard_groups
-from preprocess.split import groups_of
-from preprocess.stats_store import write_stats
-from preprocess.unit import unit_dir
+from preprocess.out.stats_store import write_stats
+from preprocess.plan.planner import WorkUnit
+from preprocess.plan.provenance import running_code_version
+from preprocess.plan.split import groups_of
 from shards import FORMAT_VERSION, SHARD_DIR, write_index
-from shards.atomic import atomic_write_text, fsync_dir
+from shards.atomic import atomic_write_text, commit_dir, fsync_dir
 
 # Names place_shards writes (and its temp links): anything else in shards/ is not ours.
 _SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")

@@ -24,7 +24,7 @@ from preprocess.measure.audio_io import (
     audio_extensions,
     probe,
 )
-from preprocess.split import SplitItem, SplitPlan, plan_splits
+from preprocess.plan.split import SplitItem, SplitPlan, plan_splits
 from shards.index import SPLITS
 
 _HASH_CHUNK = 1 << 20
@@ -316,7 +316,7 @@ def _unit_hash(text: str, seed: int) -> int:
 
 
 def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
-    """Set each file's split by group (preprocess.split): whole groups in a seeded hash
+    """Set each file's split by group (preprocess.plan.split): whole groups in a seeded hash
     order until val holds `val_fraction` (at least `min_val_seconds`) of the header hours of
     files that will be decoded, or the manifest's split as given.
 

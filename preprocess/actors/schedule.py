@@ -27,9 +27,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from preprocess.actors.unit import take_file_in_progress
 from preprocess.measure.stage_times import add_times
-from preprocess.plan import InputFile, WorkUnit
-from preprocess.unit import take_file_in_progress
+from preprocess.plan.planner import InputFile, WorkUnit
 
 # Worker deaths a run survives before it stops with an error: a worker that cannot even
 # start (its warm-up crashing) must not restart forever.

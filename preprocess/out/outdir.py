@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.config import PreprocessConfig
-from preprocess.plan import InputFile
+from preprocess.plan.planner import InputFile
 from shards import Index
 from shards.atomic import atomic_write_json
 from shards.index import IndexFormatError

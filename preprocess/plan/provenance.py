@@ -1,16 +1,16 @@
 """`code_version`: which code shaped an OUT's bytes, stamped into its index.json.
 
 The version is the package version plus a hash of the sources that decide what lands in
-OUT — the modules at the top of preprocess/ that plan, process units and assemble (and
-the config), everything in preprocess/measure/, and the write side of shards/ (sample
-format, tar writer, index, atomic writes). It is the same wherever the code runs (a
+OUT — the config and pipeline, preprocess/plan/, actors/ (but how Ray starts and the order
+work is scheduled in), out/ and measure/, and the write side of shards/ (sample format, tar
+writer, index, atomic writes). It is the same wherever the code runs (a
 checkout, a `ray job` upload, an install) and changes whenever that code does, committed
 or not.
 
 Left out, because they never change an output byte: the diagnosis (preprocess/diagnose/,
 whose report is regenerated from OUT at any time), the demo-corpus generator
 (preprocess/synth/, never imported by the pipeline), the CLI's text, the summary printer,
-how Ray is started, the order work is scheduled in (schedule.py), the benchmark's lap
+how Ray is started, the order work is scheduled in (actors/schedule.py), the lap
 timers (preprocess/measure/stage_times.py: they time stages, their figures go to the
 driver, never into OUT), docstring-only package files, and the shard readers
 (shards/reader.py, shards/loader.py). Rewording a report or the training loader therefore
@@ -24,23 +24,36 @@ import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Modules at the top of preprocess/ that shape no output byte.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Paths under preprocess/ that shape no output byte: the CLI, the printer, how Ray starts and
+# the order work is scheduled in, the lap timers, docstring-only package files, and the
+# diagnosis and demo generator as a whole.
 _PREPROCESS_NOT_OUTPUT = frozenset(
-    {"__init__.py", "run.py", "summary.py", "ray_session.py", "schedule.py"}
+    {
+        "run.py",
+        "summary.py",
+        "actors/ray_session.py",
+        "actors/schedule.py",
+        "measure/stage_times.py",
+    }
 )
-# Modules in preprocess/measure/ that shape no output byte.
-_MEASURE_NOT_OUTPUT = frozenset({"__init__.py", "stage_times.py"})
+_PREPROCESS_NOT_OUTPUT_DIRS = ("diagnose", "synth")
 _SHARDS_READ_SIDE = frozenset({"reader.py", "loader.py"})
 
 
 def output_sources(root: Path = REPO_ROOT) -> list[Path]:
     """The source files `code_version` hashes, in a fixed order."""
     pre, shards = root / "preprocess", root / "shards"
-    files = [p for p in sorted(pre.glob("*.py")) if p.name not in _PREPROCESS_NOT_OUTPUT]
-    files += [
-        p for p in sorted((pre / "measure").rglob("*.py")) if p.name not in _MEASURE_NOT_OUTPUT
-    ]
+    files = []
+    for path in sorted(pre.rglob("*.py")):
+        rel = path.relative_to(pre).as_posix()
+        if (
+            path.name == "__init__.py"
+            or rel in _PREPROCESS_NOT_OUTPUT
+            or rel.split("/", 1)[0] in _PREPROCESS_NOT_OUTPUT_DIRS
+        ):
+            continue
+        files.append(path)
     files += [p for p in sorted(shards.glob("*.py")) if p.name not in _SHARDS_READ_SIDE]
     return files
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from preprocess.measure.policy import Decision
 from preprocess.measure.scan import FileAnalysis
-from preprocess.plan import InputFile
+from preprocess.plan.planner import InputFile
 from shards import SAMPLE_RATE
 
 

@@ -6,7 +6,7 @@ shard boundaries and bytes depend only on the plan, never on the worker count. A
 written by an actor once all of its units are committed: samples are copied from the
 units' spools (no re-encoding, memory bounded by one sample) in a seeded interleave over
 all of the group's files. Output lives in `OUT/.work/groups/group-NNNNNN/` and commits
-like a unit (`.partial` dir → `dir_commit`, `done.json` last).
+like a unit (`.partial` dir → `shards.atomic.commit_dir`, `done.json` last).
 
 Reruns: a group's `group_key` is built from the `unit_key` of each of its units (with the
 group id, which seeds the interleave, and the config). A committed group is reused only if
@@ -23,14 +23,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from preprocess.actors.interleave import interleave
+from preprocess.actors.unit import SPOOL_INDEX_NAME, SPOOL_NAME, EncodedSpool, unit_dir
 from preprocess.config import PreprocessConfig
-from preprocess.dir_commit import commit_dir
-from preprocess.interleave import interleave
 from preprocess.measure.stage_times import lap
-from preprocess.plan import WorkUnit
-from preprocess.unit import SPOOL_INDEX_NAME, SPOOL_NAME, EncodedSpool, unit_dir
+from preprocess.plan.planner import WorkUnit
 from shards import ShardWriter
-from shards.atomic import atomic_write_json
+from shards.atomic import atomic_write_json, commit_dir
 from shards.writer import TAR_MEMBER_HEADER_BYTES
 
 
