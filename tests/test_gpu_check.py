@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_train import (
-    _import_train_ds,
     _train_args,
     clean_shm,  # noqa: F401  (fixture)
     make_shard_dir,
@@ -212,13 +211,13 @@ def test_compile_in_place_keeps_the_state_dict_keys_and_the_module_copyable():
     from telucodec.configs import get_config
     from telucodec.discriminator import MultiScaleSTFTDiscriminator
     from telucodec.model import Codec
+    from training.engines import compile_in_place
 
-    train_ds = _import_train_ds()
     cfg = get_config("base")
     model, disc = Codec(cfg), MultiScaleSTFTDiscriminator(cfg)
     keys = list(model.state_dict()), list(disc.state_dict())
-    train_ds.compile_in_place(model.encoder, model.decoder)
-    train_ds.compile_in_place(disc)
+    compile_in_place(model.encoder, model.decoder)
+    compile_in_place(disc)
     assert (list(model.state_dict()), list(disc.state_dict())) == keys
     assert model.encoder._compiled_call_impl is not None
     assert model.quantizer._compiled_call_impl is None  # stays eager

@@ -11,7 +11,6 @@ reports, and eval reproduces training's final validation.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -33,6 +32,15 @@ from shards import Index, ShardWriter, loader
 from shards.format import encode_sample
 from telucodec.configs import get_config
 from telucodec.evaluate import MetricSums, evaluate
+from training import loop
+from training.args import parse_args
+from training.checkpoint_files import rng_state, set_rng_state, verify_manifest
+from training.checkpoints import TrainState
+from training.engines import Engines
+from training.outputs import init_record
+from training.report import headline, succeeded, verdict
+from training.setup import resolve_ds_config, set_schedule_length
+from training.validate import val_coverage
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -158,14 +166,6 @@ def run_training(
 
 def metrics_of(ckpt: Path, name: str) -> dict:
     return json.loads((ckpt / name / "metrics.json").read_text())
-
-
-def _import_train_ds():
-    spec = importlib.util.spec_from_file_location("train_ds", REPO / "train_ds.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_ds"] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 # -------------------------------------------------------------------------- loader units
@@ -297,24 +297,22 @@ def test_ds_config_is_zero1_with_explicit_clipping_torch_adam_and_auto_precision
     assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["torch_adam"]
     assert cfg["scheduler"]["type"] == "WarmupDecayLR"
     assert cfg["tensorboard"]["enabled"]
-    train_ds = _import_train_ds()
-    args = train_ds.parse_args(["--data-dir", "x", "--learning-rate", "0.002", "--batch-size", "3"])
-    cpu = train_ds.resolve_ds_config(args.deepspeed_config, args, False, Path("tb"))
-    gpu = train_ds.resolve_ds_config(args.deepspeed_config, args, True, Path("tb"))
-    train_ds.set_schedule_length(cpu, 50)
+    args = parse_args(["--data-dir", "x", "--learning-rate", "0.002", "--batch-size", "3"])
+    cpu = resolve_ds_config(args.deepspeed_config, args, False, Path("tb"))
+    gpu = resolve_ds_config(args.deepspeed_config, args, True, Path("tb"))
+    set_schedule_length(cpu, 50)
     assert cpu["bf16"]["enabled"] is False and gpu["bf16"]["enabled"] is True
     assert cpu["train_micro_batch_size_per_gpu"] == 3 and "train_batch_size" not in cpu
     assert cpu["optimizer"]["params"]["lr"] == cpu["scheduler"]["params"]["warmup_max_lr"] == 0.002
     assert cpu["scheduler"]["params"]["total_num_steps"] == 50
     assert cpu["scheduler"]["params"]["warmup_num_steps"] <= 10
-    defaults = train_ds.parse_args(["--data-dir", "x"])
-    from_file = train_ds.resolve_ds_config(defaults.deepspeed_config, defaults, False, Path("tb"))
+    defaults = parse_args(["--data-dir", "x"])
+    from_file = resolve_ds_config(defaults.deepspeed_config, defaults, False, Path("tb"))
     assert from_file["train_micro_batch_size_per_gpu"] == cfg["train_micro_batch_size_per_gpu"]
     assert from_file["optimizer"]["params"]["lr"] == cfg["optimizer"]["params"]["lr"]
 
 
 def test_original_train_codec_command_line_means_the_same_as_the_kebab_case_one():
-    train_ds = _import_train_ds()
     # The command line of the original instructions, then the launchers' own flags.
     original = [
         "--data_dir",
@@ -345,7 +343,7 @@ def test_original_train_codec_command_line_means_the_same_as_the_kebab_case_one(
     kebab = [a.replace("_", "-") if a.startswith("--") else a for a in original]
     kebab[kebab.index("6,1.5,3")] = "1.5 3 6"
     kebab = " ".join(kebab).split()  # --kbps 1.5 3 6: three tokens
-    old, new = train_ds.parse_args(original), train_ds.parse_args(kebab)
+    old, new = parse_args(original), parse_args(kebab)
     assert vars(old) == vars(new)
     assert old.data_dir == "/workspace/telugu_data/filtered" and old.batch_size == 16
     assert old.num_epochs == 100 and old.learning_rate == 1e-5 and old.local_rank == 1
@@ -353,14 +351,13 @@ def test_original_train_codec_command_line_means_the_same_as_the_kebab_case_one(
 
 
 def test_headline_decides_snr_above_or_below_zero_only_with_95_percent_confidence():
-    train_ds = _import_train_ds()
 
     def line(*snr_db: float) -> str:
         tally = MetricSums()
         tally.add_values("masked_snr_db", snr_db)
         figures = tally.summary()
-        assert train_ds.succeeded(figures) == (train_ds.verdict(figures) == "SUCCESS")
-        return train_ds.headline("6", figures)
+        assert succeeded(figures) == (verdict(figures) == "SUCCESS")
+        return headline("6", figures)
 
     assert line(3.0, 4.0, 5.0, 4.5).endswith("SUCCESS: SNR > 0 dB with 95 % confidence (n = 4)")
     assert "FAILURE: SNR < 0 dB with 95 % confidence (n = 4)" in line(-3.0, -4.0, -5.0, -4.5)
@@ -667,12 +664,11 @@ def test_resume_wins_over_init_from_so_a_requeued_job_can_pass_both(single_run, 
 def test_a_resumed_fine_tune_keeps_the_record_of_its_source_weights(tmp_path):
     """A requeued session resumes from its checkpoint without reading --init-from again;
     run_config.json, rewritten each session, must still name the weights it started from."""
-    train_ds = _import_train_ds()
     record = {"directory": "/gone", "model_id": "0123abcd0123abcd", "step": 3, "experiment": "e"}
     (tmp_path / "run_config.json").write_text(json.dumps({"init_from": record}))
     resumed = SimpleNamespace(init=None, exp_dir=tmp_path)
-    assert train_ds.init_record(resumed) == record
-    assert train_ds.init_record(SimpleNamespace(init=None, exp_dir=tmp_path / "new")) is None
+    assert init_record(resumed) == record
+    assert init_record(SimpleNamespace(init=None, exp_dir=tmp_path / "new")) is None
 
 
 def _tiny_export(directory: Path) -> Path:
@@ -729,9 +725,8 @@ def test_init_from_a_mismatched_missing_or_damaged_export_is_one_line_exit_2(
     ],
 )
 def test_out_of_range_flag_is_one_line_naming_it_and_its_range_exit_2(flag, value, allowed, capsys):
-    train_ds = _import_train_ds()
     with pytest.raises(SystemExit) as exc:
-        train_ds.parse_args(["--data-dir", "x", flag, value])
+        parse_args(["--data-dir", "x", flag, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -740,9 +735,8 @@ def test_out_of_range_flag_is_one_line_naming_it_and_its_range_exit_2(flag, valu
 
 
 def test_a_bitrate_the_codec_cannot_serve_is_one_line_exit_2(capsys):
-    train_ds = _import_train_ds()
     with pytest.raises(SystemExit) as exc:
-        train_ds.parse_args(["--data-dir", "x", "--model-config", "tiny", "--kbps", "3", "99"])
+        parse_args(["--data-dir", "x", "--model-config", "tiny", "--kbps", "3", "99"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("train_ds.py: error: --kbps 99: ")
@@ -750,30 +744,28 @@ def test_a_bitrate_the_codec_cannot_serve_is_one_line_exit_2(capsys):
 
 
 def test_zero_stage_2_or_3_is_refused_at_config_resolution_naming_the_file(tmp_path):
-    train_ds = _import_train_ds()
-    args = train_ds.parse_args(["--data-dir", "x"])
+    args = parse_args(["--data-dir", "x"])
     for stage in (2, 3):
         cfg = json.loads((REPO / "ds_config.json").read_text())
         cfg["zero_optimization"]["stage"] = stage
         path = tmp_path / f"zero{stage}.json"
         path.write_text(json.dumps(cfg))
         with pytest.raises(SystemExit) as exc:
-            train_ds.resolve_ds_config(str(path), args, False, Path("tb"))
+            resolve_ds_config(str(path), args, False, Path("tb"))
         message = str(exc.value.code)
         assert str(path) in message and f"stage {stage}" in message and "0 or 1" in message
         assert "\n" not in message
     cfg["zero_optimization"]["stage"] = 0
     path.write_text(json.dumps(cfg))
-    assert train_ds.resolve_ds_config(str(path), args, False, Path("tb"))
+    assert resolve_ds_config(str(path), args, False, Path("tb"))
 
 
 def test_rng_state_is_json_data_and_round_trips():
     import random
 
-    train_ds = _import_train_ds()
-    state = json.loads(json.dumps(train_ds.rng_state()))  # plain JSON, no pickle
+    state = json.loads(json.dumps(rng_state()))  # plain JSON, no pickle
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    train_ds.set_rng_state(state)
+    set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
@@ -795,10 +787,9 @@ class _Engine:
         self.calls.append("step")
 
 
-def test_nonfinite_loss_is_skipped_counted_and_stops_the_run_after_the_limit(capsys):
-    train_ds = _import_train_ds()
+def test_nonfinite_loss_is_skipped_counted_and_stops_the_run_after_the_limit(capsys, monkeypatch):
     losses = iter([float("nan"), 1.0, float("inf"), float("nan"), float("nan")])
-    engines = train_ds.Engines(
+    engines = Engines(
         generator=_Engine(),
         discriminator=None,
         loss=lambda *a, **k: {"loss": torch.tensor(next(losses))},
@@ -806,14 +797,14 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_the_run_after_the_limit(cap
         ds_config={},
     )
     batch = {"audio": torch.zeros(2, 8), "mask": torch.ones(2, 8, dtype=torch.bool)}
-    guard = train_ds.NonFiniteGuard(limit=3)
-    state = train_ds.TrainState()
+    guard = loop.NonFiniteGuard(limit=3)
+    state = TrainState()
     run = SimpleNamespace(rank=0)
-    train_ds.print0 = lambda *a, **k: print(*a, **k)  # no process group in this test
+    monkeypatch.setattr(loop, "print0", print)  # no process group in this test
     outcomes = []
     with pytest.raises(SystemExit) as exc:
         for _ in range(5):
-            terms = train_ds.train_step(engines, batch, torch.device("cpu"), guard)
+            terms = loop.train_step(engines, batch, torch.device("cpu"), guard)
             state.batches += 1
             outcomes.append(terms is not None)
             guard.count(run, state, terms)
@@ -846,20 +837,19 @@ def test_tampered_checkpoint_is_refused_on_resume_and_its_pickle_never_runs(tmp_
     tag_dir = ckpt_dir / "step00000002"
     assert (tag_dir / "manifest.sha256.json").is_file()
     assert (tag_dir / "rng_rank000.json").is_file() and not list(tag_dir.glob("rng*.pt"))
-    train_ds = _import_train_ds()
-    train_ds.verify_manifest(ckpt_dir, "step00000002")  # untouched: accepted
+    verify_manifest(ckpt_dir, "step00000002")  # untouched: accepted
 
     # An edited RNG file, and a stray old-style pickle beside it: both refused by name.
     rng = tag_dir / "rng_rank000.json"
     original = rng.read_bytes()
     rng.write_bytes(original.replace(b"[", b"[ ", 1))
     with pytest.raises(SystemExit, match="rng_rank000.json: sha256 does not match"):
-        train_ds.verify_manifest(ckpt_dir, "step00000002")
+        verify_manifest(ckpt_dir, "step00000002")
     rng.write_bytes(original)
     marker = tmp_path / "pwned"
     torch.save({"x": _Payload(marker)}, tag_dir / "rng_rank000.pt")
     with pytest.raises(SystemExit, match="rng_rank000.pt: not in the manifest"):
-        train_ds.verify_manifest(ckpt_dir, "step00000002")
+        verify_manifest(ckpt_dir, "step00000002")
     (tag_dir / "rng_rank000.pt").unlink()
 
     # DeepSpeed's model file replaced by a pickle payload: --resume refuses before loading.
@@ -901,12 +891,32 @@ def test_bad_shards_are_reported_once_per_shard_per_epoch_by_name(tmp_path, capf
     assert len(err) == 1 and "val-000000.tar" in err[0] and tally.bad_shards == 1
 
 
+def test_epoch_data_errors_are_printed_only_when_some_were_skipped(capsys, monkeypatch):
+    """A clean epoch prints nothing (it used to print "skipped 0 … and 0 …" every epoch); a
+    dirty one names the shard, then the totals. Both go into the history."""
+    monkeypatch.setattr(loop, "all_reduce_sum", lambda values: values)  # one rank, no group
+    monkeypatch.setattr(loop, "print0", print)
+    run, state = SimpleNamespace(world=1), TrainState(step=3)
+    errors = loader.EpochErrors()
+    errors.update({"worker": 0, "bad_samples": 0, "bad_shards": 0})
+    loop.report_epoch(run, state, 0, errors)
+    assert capsys.readouterr().out == ""
+    bad = {"worker": 0, "bad_samples": 2, "bad_shards": 1}
+    errors.update({**bad, "bad_by_shard": {"train-000007.tar": [2, 1]}})
+    loop.report_epoch(run, state, 1, errors)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1: train-000007.tar: skipped 2")
+    assert lines[1] == "epoch 1 (step 3): skipped 2 corrupt samples and 1 unreadable shard reads"
+    reported = state.history["data_errors"]
+    history = [(e["epoch"], e["bad_samples"], e["bad_shards"]) for e in reported]
+    assert history == [(0, 0, 0), (1, 2, 1)]
+
+
 def test_final_line_states_how_many_listed_val_items_were_scored():
-    train_ds = _import_train_ds()
     data = SimpleNamespace(index=SimpleNamespace(samples=lambda split: 55))
     args = SimpleNamespace(max_val_items=0)
-    coverage = train_ds.val_coverage(data, args, {"items": 35})
+    coverage = val_coverage(data, args, {"items": 35})
     assert coverage == "; scored 35 of 55 listed val items (20 unreadable)"
-    assert train_ds.val_coverage(data, args, {"items": 55}) == "; scored 55 of 55 listed val items"
+    assert val_coverage(data, args, {"items": 55}) == "; scored 55 of 55 listed val items"
     args.max_val_items = 10
-    assert train_ds.val_coverage(data, args, {"items": 10}) == "; scored 10 of 10 listed val items"
+    assert val_coverage(data, args, {"items": 10}) == "; scored 10 of 10 listed val items"

@@ -3,7 +3,7 @@ final line, and curves.png.
 
 Pure functions of the figures (`telucodec.evaluate` summaries, metrics.json's history):
 no engine, no process group, no I/O but the PNG bytes `plot_curves` writes atomically, so
-train_ds.py's loop stays the procedure and these read without it.
+the training loop stays the procedure and these read without it.
 """
 
 from __future__ import annotations

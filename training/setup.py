@@ -1,0 +1,154 @@
+"""What a run is set up from: the flags and this rank's place (`Run`), the resolved DeepSpeed
+config and the schedule length, and the OUT directory's training stream (`Data`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shards import Index, loader
+from telucodec.configs import DEFAULT_KBPS, CodecConfig, get_config
+from training.args import experiment_dir
+from training.init_source import InitSource
+
+SUPPORTED_ZERO_STAGES = (0, 1)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every step reads: the flags, this rank's place, the codec and where outputs go."""
+
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    cfg: CodecConfig
+    kbps: list[float]  # validation bitrates, ascending; the last one is the headline
+    n_quantizers: list[int]
+    exp_dir: Path  # CKPT/NAME
+    started: float  # time.time() at start, for --max-seconds
+    init: InitSource | None = None  # --init-from, when it applies
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.exp_dir / "checkpoints"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.exp_dir / "tb"
+
+
+def make_run(
+    args: argparse.Namespace,
+    rank: int,
+    world: int,
+    device: torch.device,
+    init: InitSource | None = None,
+) -> Run:
+    """Codec config and bitrates (checked against it), and CKPT/NAME made on rank 0."""
+    cfg = get_config(args.model_config)
+    if args.use_discriminator:
+        cfg = cfg.replace(use_discriminator=True)
+    kbps = args.kbps or [k for k in DEFAULT_KBPS if k <= cfg.max_kbps]
+    exp_dir = experiment_dir(args)
+    if rank == 0:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    nqs = [cfg.n_quantizers_for_kbps(k) for k in kbps]
+    return Run(args, rank, world, device, cfg, kbps, nqs, exp_dir, time.time(), init)
+
+
+def resolve_ds_config(
+    path: str, args: argparse.Namespace, on_gpu: bool, tb_dir: Path
+) -> dict[str, Any]:
+    """ds_config.json with what the command line and the machine decide filled in: micro
+    batch and LR (when given), bf16 on GPU / fp32 on CPU, TensorBoard under the experiment.
+    The schedule's length follows from the data (`set_schedule_length`). The result is
+    stored with the run and summarized on the terminal (write_run_config)."""
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage not in SUPPORTED_ZERO_STAGES:
+        raise SystemExit(
+            f"{path}: zero_optimization.stage {stage} is not supported; use 0 or 1 (stages 2/3 "
+            "partition weights and gradients, which validation on engine.module with uneven "
+            "per-rank batches, the export's deepcopy and the second critic engine cannot use)"
+        )
+    cfg.pop("train_batch_size", None)  # DeepSpeed derives it: micro x accumulation x world
+    if args.batch_size is not None:
+        cfg["train_micro_batch_size_per_gpu"] = args.batch_size
+    cfg.setdefault("train_micro_batch_size_per_gpu", 16)
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    if "gradient_clipping" not in cfg:
+        raise ValueError(f"{path}: set gradient_clipping explicitly (0 disables it)")
+    opt = cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    opt.setdefault("params", {}).setdefault("torch_adam", True)  # no JIT-built fused kernel
+    if args.learning_rate is not None:
+        opt["params"]["lr"] = args.learning_rate
+    sched = cfg.get("scheduler")
+    if sched and sched.get("type") == "WarmupDecayLR":
+        sched.setdefault("params", {})["warmup_max_lr"] = opt["params"].get("lr", 1e-3)
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": bool(on_gpu)}
+    cfg["fp16"] = {"enabled": False}
+    tb = cfg.setdefault("tensorboard", {"enabled": True})
+    tb["output_path"] = str(tb_dir)
+    tb.setdefault("job_name", "deepspeed")
+    return cfg
+
+
+def set_schedule_length(ds_config: dict[str, Any], total_steps: int) -> None:
+    """The LR schedule spans the whole run (not one session); a short run still decays:
+    warmup takes at most a fifth of it."""
+    sched = ds_config.get("scheduler")
+    if sched and sched.get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
+        params = sched.setdefault("params", {})
+        params["total_num_steps"] = max(1, total_steps)
+        params["warmup_num_steps"] = max(
+            1, min(params.get("warmup_num_steps", 0), max(1, total_steps) // 5)
+        )
+
+
+@dataclass(frozen=True)
+class Data:
+    """The OUT directory's index, this rank's training stream and the schedule it implies."""
+
+    index: Index
+    stream: loader.TrainStream
+    micro_batch: int  # per rank
+    accumulation: int  # micro-batches per optimizer step
+    samples_per_step: int  # micro batch x accumulation x world
+    batches_per_epoch: int  # per rank: train samples // (micro batch x world)
+    total_steps: int  # optimizer steps in the whole run
+    val_batch_size: int
+
+
+def load_data(run: Run, ds_config: dict[str, Any]) -> Data:
+    """Shard lists from OUT/index.json, batch sizes from the resolved DeepSpeed config;
+    every rank runs the same number of steps."""
+    args = run.args
+    index = Index.load(args.data_dir)
+    if not index.entries("train"):
+        raise SystemExit(f"{Path(args.data_dir) / 'index.json'} lists no train shards")
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    accumulation = ds_config["gradient_accumulation_steps"]
+    per_epoch = loader.batches_per_epoch(index.samples("train"), micro, run.world)
+    if args.max_steps is not None:
+        total_steps = args.max_steps
+    else:
+        total_steps = max(1, args.num_epochs * per_epoch // accumulation)
+    stream = loader.TrainStream(
+        index.paths("train"),
+        batch_size=micro,
+        batches_per_epoch=per_epoch,
+        crop_samples=int(round(args.segment_seconds * run.cfg.sample_rate)),
+        shuffle_buffer=args.shuffle_buffer,
+        seed=args.seed,
+    )
+    samples = micro * accumulation * run.world
+    val_batch = args.val_batch_size or micro
+    return Data(index, stream, micro, accumulation, samples, per_epoch, total_steps, val_batch)

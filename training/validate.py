@@ -1,0 +1,97 @@
+"""Validation during and after training: every val item once over all ranks, scored at
+every bitrate by `telucodec.evaluate`, logged on rank 0."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from shards import loader
+from telucodec.evaluate import debug_block, evaluate, perceptual_subset
+from training.checkpoints import TrainState
+from training.distributed import all_reduce_sum, print0
+from training.engines import Engines
+from training.report import plot_curves, validation_line
+from training.setup import Data, Run
+
+
+def val_coverage(data: Data, args: argparse.Namespace, figures: dict[str, Any]) -> str:
+    """How many val items were scored of those index.json lists (capped at --max-val-items),
+    appended to the final line: `; scored 35 of 55 listed val items (20 unreadable)`."""
+    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
+    scored = figures["items"]
+    missing = f" ({listed - scored} unreadable)" if scored < listed else ""
+    return f"; scored {scored} of {listed} listed val items{missing}"
+
+
+def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> dict[str, dict]:
+    """Every val item exactly once over all ranks (loader.val_batches), scored at every
+    bitrate (telucodec.evaluate); one all-reduce of the tallies gives the figures of the
+    whole set, the same for any world size. Appends to the history; returns the figures."""
+    args = run.args
+    tally = loader.ErrorTally()
+    batches = loader.val_batches(
+        data.index.paths("val"),
+        data.val_batch_size,
+        run.rank,
+        run.world,
+        args.max_val_items,
+        tally,
+    )
+    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
+    result = evaluate(
+        engines.generator.module,
+        batches,
+        run.kbps,
+        run.device,
+        engines.dtype,
+        n_worst=5 if args.debug_validation else 0,
+        n_examples=args.audio_examples if run.rank == 0 else 0,
+        perceptual_items=perceptual_subset(listed, args.perceptual_items),
+    )
+    result.load_vector(all_reduce_sum(torch.from_numpy(result.vector())).numpy())
+    errors = all_reduce_sum(
+        torch.tensor([tally.bad_samples, tally.bad_shards], dtype=torch.float64)
+    )
+    figures = result.figures()
+    record = {
+        "step": state.step,
+        "kbps": figures,
+        "bad_samples": int(errors[0]),
+        "bad_shards": int(errors[1]),
+    }
+    state.history["val"].append(record)
+    if args.debug_validation:
+        worst = [None] * run.world
+        dist.all_gather_object(worst, result.worst)
+        for item in sorted(sum(worst, []), key=lambda w: w.snr_db)[:5]:
+            print0(debug_block(item))
+    if run.rank == 0:
+        log_validation(run, state, record, result.examples, tb)
+    return figures
+
+
+def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb) -> None:
+    """Rank 0: one line per bitrate, TensorBoard scalars and audio, curves.png."""
+    step = record["step"]
+    for kbps, fig in record["kbps"].items():
+        print(validation_line(step, kbps, fig), flush=True)
+        for name, value in fig.items():
+            if value is not None:
+                tb.add_scalar(f"val_{kbps}kbps/{name}", value, step)
+    if record["bad_samples"] or record["bad_shards"]:
+        print(
+            f"step {step} val: skipped {record['bad_samples']} corrupt samples, "
+            f"{record['bad_shards']} unreadable shards",
+            flush=True,
+        )
+    sr = run.cfg.sample_rate
+    for ex in examples:
+        tb.add_audio(f"audio/{ex.key}/input", ex.ref[None], step, sr)
+        for kbps, est in ex.est.items():
+            tb.add_audio(f"audio/{ex.key}/{kbps:g}kbps", est.clamp(-1, 1)[None], step, sr)
+    tb.flush()
+    plot_curves(state.history, run.exp_dir / "curves.png")
