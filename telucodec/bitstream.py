@@ -22,9 +22,11 @@ their `Header.model_id` is None, so a decoder cannot check which checkpoint enco
 Payload order: frame 0's Nq codes (codebook 0 first), then frame 1's, …; each code is `bits`
 bits, most significant bit first, and the last byte is padded with zero bits.
 
-Frame-major order lets a stream be cut after any frame. The payload is exactly
-F·Nq·bits bits rounded up to a byte, so its bitrate is Nq·bits·frame_rate: 0.5 kbps per
-codebook at 50 frames/s. No file I/O here; the CLI reads and writes the bytes.
+Frame-major order lets a stream be cut after any frame, and lets a reader unpack any run of
+frames from their own bytes (`Bitstream.frames`): a long stream is decoded chunk by chunk
+without ever holding all its codes unpacked. The payload is exactly F·Nq·bits bits rounded
+up to a byte, so its bitrate is Nq·bits·frame_rate: 0.5 kbps per codebook at 50 frames/s.
+No file I/O here; the CLI reads and writes the bytes.
 """
 
 from __future__ import annotations
@@ -80,17 +82,39 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
 
 def unpack_codes(payload: bytes, n_codebooks: int, n_frames: int, bits: int) -> np.ndarray:
     """Inverse of pack_codes -> int64[Nq x F]. The payload length must be exact."""
+    check_payload_size(payload, n_codebooks, n_frames, bits)
+    return unpack_frames(payload, n_codebooks, bits, 0, n_frames)
+
+
+def check_payload_size(payload: bytes, n_codebooks: int, n_frames: int, bits: int) -> None:
+    """BitstreamError unless `payload` is exactly the ceil(F·Nq·bits / 8) bytes of F frames."""
     expected = payload_bytes(n_frames, n_codebooks, bits)
     if len(payload) != expected:
         raise BitstreamError(
             f"payload is {len(payload)} bytes, expected {expected} for {n_frames} frames x "
             f"{n_codebooks} codebooks x {bits} bits"
         )
-    count = n_frames * n_codebooks
-    bit_array = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * bits]
+
+
+def unpack_frames(
+    payload: bytes | memoryview, n_codebooks: int, bits: int, start: int, stop: int
+) -> np.ndarray:
+    """Frames [start, stop) of a payload -> int64[Nq x (stop - start)], unpacked from their
+    own bytes only, so memory is bounded by the frames asked for, not by the stream."""
+    if not 0 <= start <= stop:
+        raise ValueError(f"frame range [{start}, {stop}) is not a range")
+    first, end = start * n_codebooks * bits, stop * n_codebooks * bits  # bit offsets
+    first_byte, end_byte = first // 8, -(-end // 8)
+    if end_byte > len(payload):
+        raise BitstreamError(
+            f"frames [{start}, {stop}) need {end_byte} payload bytes, it has {len(payload)}"
+        )
+    raw = np.frombuffer(payload, dtype=np.uint8, count=end_byte - first_byte, offset=first_byte)
+    count = (stop - start) * n_codebooks
+    bit_array = np.unpackbits(raw)[first % 8 : first % 8 + count * bits]
     weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
     values = bit_array.reshape(count, bits).astype(np.int64) @ weights
-    return values.reshape(n_frames, n_codebooks).T.copy()
+    return values.reshape(stop - start, n_codebooks).T.copy()
 
 
 def encode_bitstream(codes: np.ndarray, header: Header) -> bytes:
@@ -149,16 +173,43 @@ def read_header(data: bytes) -> Header:
     return Header(sr, hop, nq, bits, frames, samples, version, model_id)
 
 
-def decode_bitstream(data: bytes) -> tuple[Header, np.ndarray]:
-    """.tcq bytes -> (Header, int64[Nq x F] codes). Raises BitstreamError on bad magic or
-    version, a truncated or padded payload, or a CRC mismatch."""
+@dataclass(frozen=True)
+class Bitstream:
+    """A checked .tcq stream whose codes are unpacked on demand, a run of frames at a time.
+
+    >>> stream = open_bitstream(data)            # header, payload size and CRC checked
+    >>> codes = stream.frames(0, 500)            # int64[Nq x 500]: frames 0 .. 499
+    """
+
+    header: Header
+    payload: memoryview  # a view into the caller's bytes: nothing is copied
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Codes of frames [start, stop) -> int64[Nq x (stop - start)]."""
+        if stop > self.header.n_frames:
+            raise ValueError(f"frame {stop} is past the stream's {self.header.n_frames} frames")
+        h = self.header
+        return unpack_frames(self.payload, h.n_codebooks, h.codebook_bits, start, stop)
+
+
+def open_bitstream(data: bytes) -> Bitstream:
+    """Check .tcq bytes (header, exact payload size, CRC) without unpacking any code.
+    Raises BitstreamError on bad magic or version, a truncated or padded payload, or a CRC
+    mismatch: every check runs before the first frame is decoded."""
     header = read_header(data)
-    payload = data[_HEADER_SIZES[header.version] :]
-    codes = unpack_codes(payload, header.n_codebooks, header.n_frames, header.codebook_bits)
+    payload = memoryview(data)[_HEADER_SIZES[header.version] :]
+    check_payload_size(payload, header.n_codebooks, header.n_frames, header.codebook_bits)
     crc = _HEADER_V1.unpack_from(data)[-1]
     if zlib.crc32(payload) != crc:
         raise BitstreamError(f"payload CRC-32 {zlib.crc32(payload):08x}, header says {crc:08x}")
-    return header, codes
+    return Bitstream(header, payload)
+
+
+def decode_bitstream(data: bytes) -> tuple[Header, np.ndarray]:
+    """.tcq bytes -> (Header, int64[Nq x F] codes), all frames at once (for short streams;
+    `open_bitstream` reads long ones a chunk at a time). Raises as `open_bitstream`."""
+    stream = open_bitstream(data)
+    return stream.header, stream.frames(0, stream.header.n_frames)
 
 
 def check_compatible(

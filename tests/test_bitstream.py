@@ -4,6 +4,7 @@ BitstreamError for every way a stream can be corrupt, truncated or meant for ano
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -17,6 +18,7 @@ from telucodec.bitstream import (
     check_compatible,
     decode_bitstream,
     encode_bitstream,
+    open_bitstream,
     pack_codes,
     payload_bytes,
     read_header,
@@ -85,6 +87,45 @@ def test_first_frames_of_a_stream_are_a_prefix_of_its_payload():
     codes = np.random.default_rng(1).integers(0, 1024, (4, 20))  # 4 x 10 bits = 5 bytes/frame
     full = pack_codes(codes, 10)
     assert full[: 5 * 7] == pack_codes(codes[:, :7], 10)
+
+
+@pytest.mark.parametrize("bits,nq", [(3, 1), (10, 1), (10, 5), (13, 3), (16, 2)])
+def test_any_run_of_frames_unpacks_from_its_own_bytes_equal_to_the_whole(bits, nq):
+    frames = 37
+    codes = np.random.default_rng(bits + nq).integers(0, 1 << bits, (nq, frames))
+    stream = open_bitstream(
+        encode_bitstream(codes, Header(16000, 320, nq, bits, frames, 320 * frames))
+    )
+    for start in range(frames + 1):  # every bit offset a frame can start at
+        for stop in (start, start + 1, start + 9, frames):
+            stop = min(stop, frames)
+            got = stream.frames(start, stop)
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, codes[:, start:stop])
+    with pytest.raises(ValueError, match="past the stream's 37 frames"):
+        stream.frames(30, 38)
+
+
+def test_a_four_hour_stream_is_checked_and_read_a_chunk_at_a_time_in_bounded_memory():
+    """The issue's case: 0.9 MB, one codebook, 4 h. Unpacking it whole takes 65 MB (int64
+    codes and a byte per bit); opening it allocates nothing, a 500-frame chunk ~50 kB."""
+    frames = 4 * 3600 * 50
+    payload = np.random.default_rng(0).bytes(payload_bytes(frames, 1, 10))
+    head = Header(16000, 320, 1, 10, frames, 320 * frames, model_id=MODEL)
+    fields = (b"TCQ\x00", 2, 10, 1, 16000, 320, frames, 320 * frames, zlib.crc32(payload), MODEL)
+    data = struct.pack("<4sBBHIIIQI8s", *fields) + payload  # any 10-bit pattern is a code
+    tracemalloc.start()
+    try:
+        stream = open_bitstream(data)
+        opened = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        chunk = stream.frames(frames - 777, frames - 277)
+        per_chunk = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stream.header == head and chunk.shape == (1, 500)
+    assert opened < 10_000 and per_chunk < 100_000, (opened, per_chunk)
+    np.testing.assert_array_equal(chunk, unpack_codes(payload, 1, frames, 10)[:, -777:-277])
 
 
 def test_pack_rejects_codes_that_do_not_fit():
