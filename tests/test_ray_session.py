@@ -208,3 +208,68 @@ def test_decoder_chatter_from_workers_stays_off_the_terminal(tmp_path, leaves_no
     relayed = [line for line in (proc.stdout + proc.stderr).splitlines() if "pid=" in line]
     assert not relayed, relayed[:3]
     assert len(read_jsonl(out / "files.jsonl")) == 3
+
+
+def _wildcard_listeners(pids: set[int]) -> list[str]:
+    """`PID:PORT` of the TCP sockets these processes listen on at 0.0.0.0 (IPv4 wildcard:
+    plain HTTP servers; Ray's gRPC servers listen on the IPv6 wildcard, token-guarded)."""
+    inodes = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and local.startswith("00000000:"):  # LISTEN on 0.0.0.0
+            inodes[f"socket:[{inode}]"] = int(local.split(":")[1], 16)
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        found += [f"{pid}:{inodes[link]}" for link in links if link in inodes]
+    return found
+
+
+def test_a_local_ray_serves_no_unauthenticated_metrics_on_the_network(leaves_nothing_behind):
+    """Ray's Prometheus exporters speak plain HTTP without a token; a local Ray must not
+    open them beyond loopback (the agent's, the dashboard's and the autoscaler's)."""
+    from preprocess.actors.ray_watchdog import processes_using
+
+    with ray_session(workers=1) as session:
+        ray.get(_worker_env.remote())
+        pids = set(processes_using(session.temp_dir))
+        assert len(pids) >= 3  # gcs, raylet, agents: the scan sees the session
+        assert _wildcard_listeners(pids) == []
+
+
+def test_a_local_ray_is_stopped_when_its_driver_is_killed(leaves_nothing_behind):
+    """kill -9 skips every `finally`; the watchdog ends the session's daemons and removes
+    its temp dir at once, instead of agents living on for minutes."""
+    import signal
+    import time
+
+    from preprocess.actors.ray_watchdog import processes_using
+
+    code = (
+        "import sys, time\n"
+        "from preprocess.actors.ray_session import ray_session\n"
+        "with ray_session(workers=1) as s:\n"
+        "    print(s.temp_dir, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    env = {**os.environ, **leaves_nothing_behind}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        temp = Path(driver.stdout.readline().strip())
+        assert temp.is_dir() and processes_using(temp)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while (temp.exists() or processes_using(temp)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not processes_using(temp), "a Ray daemon outlived its killed driver"
+        assert not temp.exists()
+    finally:
+        driver.kill()
+        driver.wait()

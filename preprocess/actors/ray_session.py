@@ -10,14 +10,22 @@ started it.
 Ray 2.60's gRPC servers (GCS, raylet, workers) bind the wildcard address whatever the node
 IP (`GrpcServer::Run` hard-codes 0.0.0.0), so a local Ray is reachable from the network;
 Ray's token authentication, which a new local Ray enables unless RAY_AUTH_MODE says
-otherwise, is what guards it. docs/PREPROCESS.md says so.
+otherwise, is what guards them. Its plain-HTTP Prometheus exporters have no token: the
+agent's (on 0.0.0.0, a random port) is switched off with metrics collection, and the
+dashboard's and autoscaler's (0.0.0.0:44227 and :44217; Ray resolves 127.0.0.1 to the
+node's address, so they never bind loopback) are given a port no socket can take, the one
+way Ray 2.60 leaves to keep them closed: each logs the failure to its own log and goes on.
+docs/PREPROCESS.md says so. A watchdog (`ray_watchdog`) stops a local Ray whose driver was
+killed with SIGKILL.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +42,13 @@ WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "NUMBA_NUM_THREADS": "1",
 }
+# A local Ray's daemons read these at start. 65536 cannot be bound, so the dashboard's and
+# the autoscaler's unauthenticated metrics servers fail to start (module docstring).
+CLOSED_METRICS_PORTS = {"DASHBOARD_METRIC_PORT": "65536", "AUTOSCALER_METRIC_PORT": "65536"}
+LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}  # no metrics HTTP on the agent
+# Ray warns on every start that it enabled token auth: for a local run that is the intended
+# state, not news (docs/PREPROCESS.md says it once).
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def available_cpus() -> int:
@@ -111,56 +126,105 @@ def ray_session(
     reap_stale_temp_dirs(Path(root or tempfile.gettempdir()))
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
     (temp / OWNER_FILE).write_text(str(os.getpid()))
+    watchdog = Watchdog.start(temp)
 
     try:
         # A local Ray's workers inherit the raylet's environment, which is this process's
         # at ray.init: setting the caps here costs nothing, where a runtime_env made every
         # actor wait ~5 s for Ray's runtime-env agent (measured, 2 cores).
         hint = "a busy machine can time Ray's start-up out: run the command again"
-        with start_errors("could not start a local Ray", hint), environment(WORKER_ENV):
+        with (
+            start_errors("could not start a local Ray", hint),
+            environment({**WORKER_ENV, **CLOSED_METRICS_PORTS}),
+            quiet_logger(_TOKEN_NOTICE_LOGGER),
+        ):
             ray.init(
                 num_cpus=workers,
                 _temp_dir=str(temp),
                 _node_ip_address="127.0.0.1",
                 dashboard_host="127.0.0.1",
+                _system_config=LOCAL_SYSTEM_CONFIG,
                 **common,
             )
         yield RaySession(workers, local=True, temp_dir=temp)
     except BaseException:
-        _stop_local(temp)  # an error or Ctrl-C: stop now, with nothing else running
+        _stop_local(temp, watchdog)  # an error or Ctrl-C: stop now, with nothing else running
         raise
     else:
         if stop_in_background:
-            _stop_in_thread(temp)
+            _stop_in_thread(temp, watchdog)
         else:
-            _stop_local(temp)
+            _stop_local(temp, watchdog)
 
 
 _stopping: threading.Thread | None = None  # a local Ray being stopped in the background
 
 
-def _stop_local(temp: Path) -> None:
+class Watchdog:
+    """The `ray_watchdog` process of one local Ray and the pipe that keeps it waiting."""
+
+    def __init__(self, process: subprocess.Popen | None, pipe: int | None):
+        self.process, self.pipe = process, pipe
+
+    @classmethod
+    def start(cls, temp: Path) -> Watchdog:
+        """Best effort: without /proc (not Linux) or if it cannot start, the next run's
+        `reap_stale_temp_dirs` is what is left for a killed run."""
+        if not Path("/proc/self/fd").is_dir():
+            return cls(None, None)
+        read_end, write_end = os.pipe()  # not inheritable: Ray's daemons never hold it
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", str(Path(__file__).with_name("ray_watchdog.py")), str(temp)],
+                stdin=read_end,
+                start_new_session=True,  # a terminal's Ctrl-C is the driver's to handle
+            )
+        except OSError:
+            os.close(write_end)
+            return cls(None, None)
+        finally:
+            os.close(read_end)
+        return cls(process, write_end)
+
+    def release(self) -> None:
+        """Let it go once the Ray is stopped and its dir removed: it finds nothing to do."""
+        if self.pipe is not None:
+            os.close(self.pipe)
+            self.pipe = None
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def _stop_local(temp: Path, watchdog: Watchdog) -> None:
     import ray
 
-    ray.shutdown()
-    # Only once Ray is down: a dir removed under live daemons would hide them from the
-    # next run's reaper.
-    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        ray.shutdown()
+        # Only once Ray is down: a dir removed under live daemons would hide them from the
+        # next run's reaper.
+        shutil.rmtree(temp, ignore_errors=True)
+    finally:
+        watchdog.release()
 
 
-def _stop_quietly(temp: Path) -> None:
+def _stop_quietly(temp: Path, watchdog: Watchdog) -> None:
     """`_stop_local` for the background thread: a failure is one line, not a thread
     traceback (the run's output is complete by then; kill -9 leftovers are reaped by the
     next run)."""
     try:
-        _stop_local(temp)
+        _stop_local(temp, watchdog)
     except Exception as exc:
         print(f"preprocess: warning: stopping the local Ray failed: {exc}", file=sys.stderr)
 
 
-def _stop_in_thread(temp: Path) -> None:
+def _stop_in_thread(temp: Path, watchdog: Watchdog) -> None:
     global _stopping
-    _stopping = threading.Thread(target=_stop_quietly, args=(temp,), name="ray-stop")
+    _stopping = threading.Thread(target=_stop_quietly, args=(temp, watchdog), name="ray-stop")
     _stopping.start()
 
 
@@ -197,6 +261,18 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """The logger `name` shows errors only inside the block."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 TEMP_PREFIX = "tcray-"
