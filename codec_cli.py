@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,14 @@ import soundfile as sf
 import torch
 
 from audio_files import MIN_CHUNK_SECONDS, Recordings, list_recordings, read_audio
-from shards import Index, loader
-from shards.atomic import atomic_write_text
+from shards import Index, ShardRef, loader
+from shards.atomic import atomic_write_text, fsync_dir
 from telucodec.bitstream import (
     BitstreamError,
     Header,
     check_compatible,
-    decode_bitstream,
     encode_bitstream,
+    open_bitstream,
 )
 from telucodec.checkpoint import CheckpointError, load_codec
 from telucodec.configs import DEFAULT_KBPS, kbps_values
@@ -75,9 +77,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    """Every check (header, payload size, CRC, checkpoint) runs before a sample is written;
+    then the stream is decoded a chunk of frames at a time (`Codec.decode_blocks`) straight
+    into the output file, so memory is bounded by a chunk, not by the stream's length."""
     model = load_codec(args.checkpoint)
     cfg = model.cfg
-    header, codes = decode_bitstream(Path(args.input).read_bytes())
+    stream = open_bitstream(Path(args.input).read_bytes())
+    header = stream.header
     if header.model_id is None:
         print(
             f"telucodec decode: warning: {args.input} (version {header.version}) records no "
@@ -98,46 +104,99 @@ def cmd_decode(args: argparse.Namespace) -> int:
         n_codebooks=cfg.n_codebooks,
         model_id=None if args.force else model.identity,
     )
+
+    def codes_of(start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(stream.frames(start, stop))[None]
+
     with torch.inference_mode():
-        audio = model.decode(torch.from_numpy(codes)[None], header.n_samples)[0, 0].numpy()
-    sf.write(args.output, np.clip(audio, -1.0, 1.0), cfg.sample_rate, subtype="PCM_16")
+        blocks = model.decode_blocks(codes_of, header.n_samples)
+        write_pcm16(args.output, (block[0, 0].numpy() for block in blocks), cfg.sample_rate)
     print(f"{args.input} → {args.output}: {header.n_samples} samples at {cfg.sample_rate} Hz")
     return 0
+
+
+def write_pcm16(path: str, blocks: Iterable[np.ndarray], sample_rate: int) -> None:
+    """Stream float blocks, clipped to [-1, 1], into a mono 16-bit file in the format its
+    extension names (as `soundfile.write` does): memory holds one block. The file appears
+    under `path` only when complete (a temp file beside it, renamed), so a decode that fails
+    midway leaves nothing and one killed midway at most `path.tmp-PID`, never torn audio."""
+    out = Path(path)
+    fmt = out.suffix[1:].upper()
+    if fmt not in sf.available_formats():
+        raise ValueError(
+            f"{path}: cannot tell the audio format from the extension {out.suffix!r}; "
+            "expected .wav, .flac or another libsndfile format"
+        )
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        with sf.SoundFile(tmp, "w", sample_rate, 1, "PCM_16", format=fmt) as f:
+            for block in blocks:
+                f.write(np.clip(block, -1.0, 1.0))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(out.parent)
 
 
 # ------------------------------------------------------------- a preprocess output: eval/compare
 
 
-def load_split(data_dir: str, split: str) -> tuple[Index, list[str]]:
+def load_split(data_dir: str, split: str) -> tuple[Index, list[ShardRef]]:
     """OUT/index.json and the shards of `split` it lists (a stray tar in shards/ is not
-    data); ValueError when it lists none."""
+    data), as entries the loader reads as local files and checks against index.json;
+    ValueError when it lists none."""
     index = Index.load(data_dir)
-    paths = index.paths(split)
-    if not paths:
+    entries = index.entries(split)
+    if not entries:
         raise ValueError(f"{Path(data_dir) / 'index.json'} lists no {split} shards")
-    return index, paths
+    return index, entries
 
 
 def report_skipped(command: str, tally: loader.ErrorTally) -> dict[str, int]:
-    if tally.bad_samples or tally.bad_shards:
-        print(
-            f"telucodec {command}: skipped {tally.bad_samples} corrupt samples and "
-            f"{tally.bad_shards} unreadable shard reads",
-            file=sys.stderr,
-        )
-    return {"bad_samples": tally.bad_samples, "bad_shards": tally.bad_shards}
+    """Print what the read skipped or found different from index.json (a line per bad
+    shard, then the totals); the totals for the JSON report."""
+    totals = tally.totals()
+    if any(totals):
+        for message in tally.messages:
+            print(f"telucodec {command}: {message}", file=sys.stderr)
+        print(f"telucodec {command}: {loader.describe_counts(totals)}", file=sys.stderr)
+    return {
+        "bad_samples": tally.bad_samples,
+        "bad_shards": tally.bad_shards,
+        **dict(zip(loader.SHARD_COUNTS[2:], totals[2:], strict=True)),
+    }
+
+
+def nothing_scored(command: str, listed: int, split: str, tally: loader.ErrorTally) -> int:
+    """Exit status 1 and one line when no item was scored (every shard missing or bad):
+    an empty table with status 0 would read as success."""
+    why = f"; first problem: {tally.messages[0]}" if tally.messages else ""
+    print(
+        f"telucodec {command}: error: scored none of the {listed} {split} items "
+        f"index.json lists{why}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from telucodec.evaluate import evaluate, perceptual_subset
 
     model = load_codec(args.checkpoint)
-    index, paths = load_split(args.data_dir, args.split)
+    index, entries = load_split(args.data_dir, args.split)
     listed = loader.listed_items(index.samples(args.split), args.max_items)
-    tally = loader.ErrorTally()
-    batches = loader.val_batches(paths, args.batch_size, max_items=args.max_items, tally=tally)
+    tally = loader.ErrorTally(quiet=True)  # printed here, with the command's name
+    batches = loader.val_batches(entries, args.batch_size, max_items=args.max_items, tally=tally)
     subset = perceptual_subset(listed, args.perceptual_items)
     figures = evaluate(model, batches, args.kbps, perceptual_items=subset).figures()
+    scored = max((fig["items"] for fig in figures.values()), default=0)
+    if not scored:
+        return nothing_scored("eval", listed, args.split, tally)
     report = {
         "checkpoint": str(args.checkpoint),
         "data_dir": str(args.data_dir),
@@ -182,7 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from_folder = args.audio is not None
     files = list_recordings(args.audio) if from_folder else None  # refused before the model
     model = load_codec(args.checkpoint)
-    paths = None if from_folder else load_split(args.data_dir, args.split)[1]
+    index, entries = (None, None) if from_folder else load_split(args.data_dir, args.split)
     why_not = missing_opus()
     if why_not:
         print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)
@@ -193,10 +252,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results = compare(model, recordings.items(), args.kbps, opus)
         source = recordings.report("compare")
     else:
-        tally = loader.ErrorTally()
-        batches = loader.val_batches(paths, 1, max_items=args.max_items, tally=tally)
+        tally = loader.ErrorTally(quiet=True)  # printed here, with the command's name
+        batches = loader.val_batches(entries, 1, max_items=args.max_items, tally=tally)
         items = ((b["audio"][0].numpy(), b["mask"][0].numpy()) for b in batches)
         results = compare(model, items, args.kbps, opus)
+        scored = max((fig["items"] for fig in results["telucodec"].values()), default=0)
+        if not scored:
+            listed = loader.listed_items(index.samples(args.split), args.max_items)
+            return nothing_scored("compare", listed, args.split, tally)
         source = {
             "data_dir": str(args.data_dir),
             "split": args.split,

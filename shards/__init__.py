@@ -4,6 +4,7 @@
 `ShardWriter`, training reads them with `read_samples` (or the torch loader in
 `shards.loader`). The on-disk format is documented in `docs/SHARDS.md`; the
 output directory's manifest, and the only way to list its shards, is `shards.Index`.
+Readers given its entries (`Index.entries(split)`) check what they read against it.
 """
 
 from shards.format import (
@@ -11,6 +12,7 @@ from shards.format import (
     DEFAULT_AUDIO_ENCODING,
     SAMPLE_RATE,
     ShardFormatError,
+    SplitMismatchError,
     decode_sample,
     encode_sample,
     mask_from_runs,
@@ -27,7 +29,7 @@ from shards.index import (
     ShardRef,
     write_index,
 )
-from shards.reader import read_samples
+from shards.reader import ShardMismatchError, read_samples
 from shards.writer import ShardInfo, ShardWriter
 
 __all__ = [
@@ -39,10 +41,12 @@ __all__ = [
     "IndexFormatError",
     "SHARD_DIR",
     "SPLITS",
+    "SplitMismatchError",
     "ShardRef",
     "SAMPLE_RATE",
     "ShardFormatError",
     "ShardInfo",
+    "ShardMismatchError",
     "ShardWriter",
     "decode_sample",
     "encode_sample",

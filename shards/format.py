@@ -29,6 +29,11 @@ class ShardFormatError(ValueError):
     """A sample or shard that does not follow the format; the message names shard and key."""
 
 
+class SplitMismatchError(ShardFormatError):
+    """A sample whose meta `split` is not the split index.json lists its shard under: a
+    shard copied over another (a val shard over a train one must not be trained on)."""
+
+
 def sample_key(file_id: str, segment: int) -> str:
     """Key of segment `segment` of file `file_id`; '.' is reserved by tar member naming."""
     if "." in file_id or "/" in file_id:
@@ -122,10 +127,14 @@ def _decode_audio(name: str, data: bytes) -> np.ndarray:
     return pcm.astype(np.float32) / np.float32(INT16_SCALE)
 
 
-def decode_sample(members: dict[str, bytes], shard: str = "?") -> dict[str, Any]:
+def decode_sample(
+    members: dict[str, bytes], shard: str = "?", split: str | None = None
+) -> dict[str, Any]:
     """Tar members of one key → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`.
 
-    Raises ShardFormatError naming the shard and key on any missing or undecodable member.
+    Raises ShardFormatError naming the shard and key on any missing or undecodable member;
+    SplitMismatchError when `split` is given and the meta's `split` is another (checked
+    before the audio is decoded).
     """
     key = members.get("__key__", "?")
     audio_names = [n for n in members if n.startswith("audio.")]
@@ -138,6 +147,12 @@ def decode_sample(members: dict[str, bytes], shard: str = "?") -> dict[str, Any]
         meta = json.loads(bytes(members["json"]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc}") from exc
+    if split is not None and (not isinstance(meta, dict) or meta.get("split") != split):
+        found = meta.get("split") if isinstance(meta, dict) else None
+        raise SplitMismatchError(
+            f"{shard}: sample {key!r} has split {found!r}, but index.json lists this shard "
+            f"under {split!r}"
+        )
     try:
         audio = _decode_audio(audio_names[0], bytes(members[audio_names[0]]))
     except Exception as exc:  # soundfile raises several types; all mean a bad member

@@ -36,7 +36,8 @@ class IndexFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One shard listed in index.json, with its path under OUT."""
+    """One shard listed in index.json, with its absolute path under OUT. Readers take it as
+    a local file (never a URL) and check what they read against the other fields."""
 
     name: str
     split: str
@@ -79,6 +80,8 @@ class Index:
             raise IndexFormatError(f"{path}: not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
             raise IndexFormatError(f"{path}: expected an object with a 'shards' list")
+        # Absolute, so a relative OUT such as `pipe:cmd` or `data:v2` can never read as a URL.
+        shard_dir = root.absolute() / SHARD_DIR
         refs = []
         for i, s in enumerate(data["shards"]):
             try:
@@ -89,7 +92,7 @@ class Index:
                     samples=int(s["samples"]),
                     bytes=int(s["bytes"]),
                     sha256=str(s["sha256"]),
-                    path=str(root / SHARD_DIR / name),
+                    path=str(shard_dir / name),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise IndexFormatError(f"{path}: shards[{i}] is malformed: {exc!r}") from exc
@@ -129,6 +132,8 @@ class Index:
         return [r for r in self.shards if r.split == split]
 
     def paths(self, split: str) -> list[str]:
+        """Absolute local paths of a split's shards. Readers given `entries(split)` instead
+        also check each read against index.json (shards/reader.py)."""
         return [r.path for r in self.entries(split)]
 
     def samples(self, split: str) -> int:

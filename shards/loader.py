@@ -1,7 +1,11 @@
 """Torch loaders over a preprocess output directory: a training stream and a validation split.
 
-Both take shard paths as `shards.Index` lists them (`Index.load(out).paths(split)`, from
-OUT/index.json); nothing here lists a folder.
+Both take the shards `shards.Index` lists (`Index.load(out).entries(split)`, from
+OUT/index.json); nothing here lists a folder. Given those `ShardRef`s, every read is checked
+against index.json (shards/reader.py): each sample's `split` must be the split read (a val
+shard copied over a train one is skipped, counted per sample), and a shard read whole must
+give the listed sample count and sha256 (a shortfall or mismatch is counted as a bad read,
+with the samples it lacks). Plain paths or URLs (`Index.paths`, a bucket) are read unchecked.
 
 Training is a WebDataset pipeline of small stages, each a plain function over an iterator:
 
@@ -21,15 +25,17 @@ Validation is not resampled: items are read in sorted shard order, grouped into 
 of a fixed size, and batch j goes to rank j % world, so every item is evaluated exactly
 once and inside the same batch whatever the world size.
 
-A corrupt sample or an unreadable shard is skipped and counted (`ErrorTally`), never fatal;
-the counts ride along with each batch so the trainer can report them per epoch.
+A corrupt sample, a sample of another split or an unreadable shard is skipped and counted
+(`ErrorTally`), never fatal, and so is every shortfall or mismatch against index.json; the
+per-shard counts ride along with each batch so the trainer reports them per epoch.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -39,15 +45,31 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.format import ShardFormatError, decode_sample
-from shards.reader import iter_raw_samples, shard_name
+from shards.format import ShardFormatError, SplitMismatchError, decode_sample
+from shards.index import ShardRef
+from shards.reader import (
+    ShardMismatchError,
+    ShardSource,
+    check_source,
+    iter_raw_samples,
+    shard_name,
+)
 
 # After this many consecutive shard reads or sample decodes without one good sample, the
 # data is not "partly corrupt" any more and training must stop with a clear message.
 MAX_CONSECUTIVE_FAILURES = 1000
-# How many skip messages one tally prints: one per bad shard (its first error), at most this
-# many shards; the per-shard counts cover the rest.
+# How many messages one tally prints: one per bad shard and kind of problem (its first), at
+# most this many in all; the per-shard counts cover the rest.
 MAX_ERROR_MESSAGES = 5
+# What ErrorTally.by_shard counts per shard, in the order of its lists (batches carry them,
+# metrics.json keeps them). The last two are parts of the first two.
+SHARD_COUNTS = (
+    "skipped_samples",  # samples skipped: undecodable, or of another split
+    "bad_reads",  # reads that broke, were refused, or differ from index.json
+    "missing_samples",  # samples index.json lists that the reads did not give
+    "other_split",  # of skipped_samples: meta `split` is not the split index.json lists
+    "sha256_mismatches",  # of bad_reads: whole reads whose bytes differ from index.json
+)
 
 
 # ------------------------------------------------------------------------- error counts
@@ -55,87 +77,156 @@ MAX_ERROR_MESSAGES = 5
 
 @dataclass
 class ErrorTally:
-    """Skipped samples and shard reads, per shard name ({name: [bad samples, bad reads]}),
-    with one message per bad shard (its first error) for the log; `quiet` prints none (the
-    training stream: the trainer reports per shard per epoch, `shard_report`)."""
+    """What reads skipped or found wrong, per shard name ({name: counts in SHARD_COUNTS
+    order}), with one message per bad shard and kind (its first) for the log; `quiet`
+    prints none (the training stream: the trainer reports per shard per epoch,
+    `shard_report`). `bad_samples` and `bad_shards` are the first two columns' totals."""
 
     bad_samples: int = 0
     bad_shards: int = 0
     messages: list[str] = field(default_factory=list)
     by_shard: dict[str, list[int]] = field(default_factory=dict)
     quiet: bool = False
+    _told: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
-    def record(self, kind: str, exc: Exception, shard: str = "?") -> None:
-        counts = self.by_shard.setdefault(shard, [0, 0])
-        first = counts == [0, 0]
+    def record(self, kind: str, exc: Exception, shard: str = "?", missing: int = 0) -> None:
+        """Count one skipped sample (`kind` "sample") or one bad shard read ("shard"; of
+        the samples index.json lists for it, `missing` were not read)."""
+        counts = self.by_shard.setdefault(shard, [0] * len(SHARD_COUNTS))
         if kind == "sample":
             self.bad_samples += 1
             counts[0] += 1
+            other = isinstance(exc, SplitMismatchError)
+            counts[3] += int(other)
+            what = "skipped samples of another split" if other else "skipped a corrupt sample"
         else:
             self.bad_shards += 1
             counts[1] += 1
-        if first and len(self.messages) < MAX_ERROR_MESSAGES:
-            message = f"skipped {kind} in {shard}: {exc}"
+            counts[2] += missing
+            differs = isinstance(exc, ShardMismatchError)
+            counts[4] += int(differs and exc.sha256_differs)
+            what = "shard differs from index.json" if differs else "bad shard read"
+        if missing:
+            exc = f"{exc} ({missing} samples index.json lists not read)"
+        if (shard, what) not in self._told and len(self.messages) < MAX_ERROR_MESSAGES:
+            self._told.add((shard, what))
+            message = f"{what}: {exc}"
             self.messages.append(message)
             if not self.quiet:
                 print(f"[shards.loader] {message}", file=sys.stderr, flush=True)
 
+    def totals(self) -> list[int]:
+        """SHARD_COUNTS summed over shards."""
+        columns = range(len(SHARD_COUNTS))
+        return [sum(counts[i] for counts in self.by_shard.values()) for i in columns]
+
+    def total(self, column: str) -> int:
+        """One SHARD_COUNTS column summed over shards."""
+        return self.totals()[SHARD_COUNTS.index(column)]
+
 
 def merge_by_shard(*tallies: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Sum {shard: [bad samples, bad reads]} dicts (workers, ranks)."""
+    """Sum {shard: counts in SHARD_COUNTS order} dicts (workers, ranks); shorter lists (two
+    columns, from before index.json checks) count as zeros in the rest."""
     merged: dict[str, list[int]] = {}
     for by_shard in tallies:
-        for name, (samples, reads) in by_shard.items():
-            counts = merged.setdefault(name, [0, 0])
-            counts[0] += samples
-            counts[1] += reads
+        for name, counts in by_shard.items():
+            total = merged.setdefault(name, [0] * len(SHARD_COUNTS))
+            for i, value in enumerate(counts):
+                total[i] += value
     return merged
 
 
+def describe_counts(counts: Sequence[int]) -> str:
+    """SHARD_COUNTS (shorter lists: zeros for the rest) in words: `skipped 2 corrupt samples
+    and 1 unreadable reads; 40 samples index.json lists not read; sha256 differs from
+    index.json in 1 reads`."""
+    skipped, reads, missing, other, sha = [*counts, 0, 0, 0, 0, 0][: len(SHARD_COUNTS)]
+    skips = [
+        (skipped - other, "corrupt samples"),
+        (other, "samples of another split"),
+        (reads - sha, "unreadable reads"),
+    ]
+    parts = []
+    if any(n for n, _ in skips):
+        parts.append("skipped " + " and ".join(f"{n} {what}" for n, what in skips if n))
+    if missing:
+        parts.append(f"{missing} samples index.json lists not read")
+    if sha:
+        parts.append(f"sha256 differs from index.json in {sha} reads")
+    return "; ".join(parts)
+
+
 def shard_report(by_shard: dict[str, list[int]]) -> list[str]:
-    """One line per bad shard, sorted by name: what was skipped in it."""
-    lines = []
-    for name, (samples, reads) in sorted(by_shard.items()):
-        parts = [f"{samples} corrupt samples"] if samples else []
-        parts += [f"{reads} unreadable reads"] if reads else []
-        lines.append(f"{name}: skipped " + " and ".join(parts))
-    return lines
+    """One line per bad shard, sorted by name: what was skipped in it and how its reads
+    differ from index.json (`describe_counts`)."""
+    return [f"{name}: {describe_counts(counts)}" for name, counts in sorted(by_shard.items())]
 
 
 # ------------------------------------------------------------------ pipeline stages
 
 
-def read_shards(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator[dict[str, Any]]:
-    """`{"url"}` → raw members of each sample. A tar that breaks part-way yields the samples
-    before the break; the break is counted as one bad shard read."""
+def read_shard(source: ShardSource, tally: ErrorTally) -> Iterator[dict[str, Any]]:
+    """Raw members of each sample of one shard, tagged with `__shard__` (its name) and, for
+    a ShardRef, `__split__` (the split index.json lists it under). Nothing is raised: a
+    break, a refused URL, or a whole read that differs from index.json (count, sha256) is
+    counted in `tally` as one bad read, with the listed samples it did not give. Closing
+    the generator early (a max-items or epoch cut) is a partial read: nothing is counted."""
+    name = shard_name(source)
+    tags = {"__shard__": name}
+    if isinstance(source, ShardRef):
+        tags["__split__"] = source.split
+    got = 0
+    try:
+        for members in iter_raw_samples(source):
+            members.update(tags)
+            got += 1
+            yield members
+    except (ShardFormatError, OSError) as exc:
+        listed = source.samples if isinstance(source, ShardRef) else got
+        tally.record("shard", exc, name, missing=max(0, listed - got))
+
+
+def read_shards(
+    src: Iterable[dict[str, Any]],
+    tally: ErrorTally,
+    listed: Mapping[str, ShardSource] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """`{"url"}` → raw members of each sample (`read_shard`). A tar that breaks part-way
+    yields the samples before the break; the break is counted as one bad shard read.
+    `listed` maps a drawn url back to the ShardRef (or path object) it stands for, which
+    is then read as a local file and checked against index.json."""
     failures = 0
     for item in src:
-        url = item["url"]
+        source = item["url"]
+        if listed and isinstance(source, str):
+            source = listed.get(source, source)
         yielded = 0
-        try:
-            for members in iter_raw_samples(url):
-                members["__shard__"] = shard_name(url)
-                yielded += 1
-                yield members
-        except (ShardFormatError, OSError) as exc:
-            tally.record("shard", exc, shard_name(url))
+        for members in read_shard(source, tally):
+            yielded += 1
+            yield members
         failures = 0 if yielded else failures + 1
         if failures >= MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(f"{failures} shard reads in a row gave no sample; last {url}")
+            raise RuntimeError(
+                f"{failures} shard reads in a row gave no sample; last {shard_name(source)}"
+            )
 
 
 def decode_samples(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator[dict[str, Any]]:
-    """Raw members → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`; bad samples
-    are counted and dropped."""
+    """Raw members → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`; bad samples,
+    and samples whose `split` is not their shard's (`__split__`), are counted and dropped."""
     failures = 0
     for members in src:
+        shard = members.get("__shard__", "?")
         try:
-            sample = decode_sample(members, shard=members.get("__shard__", "?"))
+            sample = decode_sample(members, shard=shard, split=members.get("__split__"))
         except ShardFormatError as exc:
-            tally.record("sample", exc, members.get("__shard__", "?"))
+            tally.record("sample", exc, shard)
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{failures} samples in a row failed to decode") from exc
+                raise RuntimeError(
+                    f"{failures} samples in a row were skipped; last: {exc}"
+                ) from exc
             continue
         failures = 0
         yield sample
@@ -215,12 +306,17 @@ class TrainStream(IterableDataset):
     the DataLoader; workers then replay the exact batches an uninterrupted run would see.
     Rank and world come from RANK/WORLD_SIZE (or torch.distributed), as for wds.split_by_node.
     Each batch also carries `epoch`, `worker` and the worker's running `bad_samples` /
-    `bad_shards` counts for that epoch.
+    `bad_shards` counts for that epoch, and `bad_by_shard` (SHARD_COUNTS per shard).
+
+    `urls`: the shards to draw from. `Index.entries("train")` (ShardRefs) are read as local
+    files and checked against index.json (split of every sample; count and sha256 of every
+    whole read); plain paths and URLs are read unchecked. A `pipe:` URL is refused here
+    unless TELUCODEC_ALLOW_PIPE=1.
     """
 
     def __init__(
         self,
-        urls: list[str],
+        urls: Sequence[ShardSource],
         batch_size: int,
         batches_per_epoch: int,
         crop_samples: int = 0,
@@ -230,7 +326,14 @@ class TrainStream(IterableDataset):
         super().__init__()
         if not urls:
             raise ValueError("no training shards")
-        self.urls = list(urls)
+        for source in urls:
+            check_source(source)
+        # ResampledShards draws strings: a ShardRef or path object is found again by its
+        # path, so it is never taken for a URL.
+        self.urls = [u.path if isinstance(u, ShardRef) else os.fspath(u) for u in urls]
+        self.listed = {
+            url: u for url, u in zip(self.urls, urls, strict=True) if not isinstance(u, str)
+        }
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
         self.crop_samples = crop_samples
@@ -255,7 +358,7 @@ class TrainStream(IterableDataset):
             # …dealt out so every (rank, slot) reads different draws.
             wds.split_by_node,
             lambda src: split_by_slot(src, slot, num_slots),
-            lambda src: read_shards(src, tally),
+            lambda src: read_shards(src, tally, self.listed),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=slot_seed),
             lambda src: decode_samples(src, tally),
             lambda src: random_crops(src, self.crop_samples, np.random.default_rng(slot_seed)),
@@ -343,7 +446,7 @@ def listed_items(samples: int, max_items: int = 0) -> int:
 
 
 def val_batches(
-    paths: Iterable[str | os.PathLike],
+    paths: Iterable[ShardSource],
     batch_size: int,
     rank: int = 0,
     world: int = 1,
@@ -358,34 +461,37 @@ def val_batches(
     or repeated. A corrupt item or shard is skipped and counted in `tally`. `max_items` > 0
     keeps only the first items. Each batch carries its items' ordinals as `"item"`, so a
     fixed subset (evaluate's perceptual items) is the same for any world size.
+
+    Given `Index.entries("val")`, each read is checked against index.json: an item of
+    another split is skipped and counted like a corrupt one (keeping its ordinal); a shard
+    read whole must give its listed count and sha256. Every rank reads every shard, but a
+    bad read is counted on rank 0 only and a bad item on the rank that owns it, so tallies
+    summed over ranks count each problem once. A shard the `max_items` cut stops in is read
+    in part and not checked for count or sha256.
     """
     tally = tally if tally is not None else ErrorTally()
+    reads = tally if rank == 0 else ErrorTally(quiet=True)  # the same reads on every rank
     index = 0
     current, samples = -1, []
     for path in paths:
-        shard = shard_name(path)
-        raw = iter_raw_samples(path)
-        while True:
-            try:
-                members = next(raw)
-            except StopIteration:
-                break
-            except (ShardFormatError, OSError) as exc:
-                tally.record("shard", exc, shard)
-                break
-            if max_items and index >= max_items:
-                break
-            batch_index, index = index // batch_size, index + 1
-            if batch_index % world != rank:
-                continue
-            if batch_index != current and samples:
-                yield collate(samples)
-                samples = []
-            current = batch_index
-            try:
-                samples.append({**decode_sample(members, shard=shard), "item": index - 1})
-            except ShardFormatError as exc:
-                tally.record("sample", exc, shard)
+        with closing(read_shard(path, reads)) as raw:
+            for members in raw:
+                if max_items and index >= max_items:
+                    break
+                batch_index, index = index // batch_size, index + 1
+                if batch_index % world != rank:
+                    continue
+                if batch_index != current and samples:
+                    yield collate(samples)
+                    samples = []
+                current = batch_index
+                shard = members["__shard__"]
+                try:
+                    sample = decode_sample(members, shard=shard, split=members.get("__split__"))
+                except ShardFormatError as exc:
+                    tally.record("sample", exc, shard)
+                    continue
+                samples.append({**sample, "item": index - 1})
         if max_items and index >= max_items:
             break
     if samples:

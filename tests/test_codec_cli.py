@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ from codec_cli import parse_args
 from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, model_identity, save_codec
+from telucodec.configs import get_config
 from telucodec.evaluate import MetricSums, evaluate
 from telucodec.metrics import PERCEPTUAL
+from telucodec.model import Codec, aten_convolutions
 from tests.test_codec_model import speechlike, trained_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +207,27 @@ def test_decode_reads_a_version_1_stream_with_a_warning(work, checkpoint, encode
     assert sf.info(work / "v1.wav").frames == decode_bitstream(data)[0].n_samples
 
 
+def test_decoded_wav_is_byte_identical_to_decoding_the_whole_stream_at_once(
+    work, checkpoint, encoded
+):
+    """Chunked decoding changes memory, not output: the same bytes as one `Codec.decode`."""
+    out = work / "chunked.wav"
+    ok(telucodec("decode", encoded, out, "--checkpoint", checkpoint))
+    header, codes = decode_bitstream(encoded.read_bytes())
+    with torch.inference_mode():
+        whole = load_codec(checkpoint).decode(torch.from_numpy(codes)[None], header.n_samples)
+    reference = work / "whole.wav"
+    sf.write(reference, np.clip(whole[0, 0].numpy(), -1, 1), 16000, subtype="PCM_16")
+    assert out.read_bytes() == reference.read_bytes()
+    assert not list(work.glob("*.tmp-*"))  # the temp file was renamed into place
+
+
+def test_decode_to_an_unknown_extension_is_one_line(work, checkpoint, encoded):
+    proc = telucodec("decode", encoded, work / "out.xyz", "--checkpoint", checkpoint)
+    fails_clearly(proc, "out.xyz", "cannot tell the audio format", "'.xyz'")
+    assert not list(work.glob("out.xyz*"))
+
+
 def test_checkpoint_config_out_of_bounds_is_refused_before_building_the_model(work, checkpoint):
     from telucodec.checkpoint import CheckpointError, read_checkpoint_config
 
@@ -218,6 +242,136 @@ def test_checkpoint_config_out_of_bounds_is_refused_before_building_the_model(wo
             read_checkpoint_config(bad)
     proc = telucodec("decode", "x.tcq", work / "x.wav", "--checkpoint", work / "bad_codebook_size")
     fails_clearly(proc, "codebook_size 68719476736 outside the allowed 2..65536")
+
+
+# ---------------------------------------------------------------- decode in bounded memory
+
+# Decoders whose output samples see several frames: a residual kernel of 3 frames plus
+# de-emphasis on the frame pair, and a SEANet of `base`'s shape (rates 8·5·4·2, dilated units).
+MULTI_FRAME = {
+    "frame_k3_emphasis": get_config("small").replace(
+        frame_channels=64, frame_residual_layers=2, frame_residual_kernel=3, emphasis=0.9
+    ),
+    "seanet": get_config("base").replace(
+        encoder_dim=4, decoder_dim=32, latent_dim=16, codebook_dim=8, n_codebooks=4, emphasis=0.68
+    ),
+}
+
+
+def random_codec(cfg) -> Codec:
+    torch.manual_seed(0)
+    return Codec(cfg).eval()
+
+
+def chunked(model: Codec, codes: torch.Tensor, length: int, chunk: int) -> torch.Tensor:
+    with torch.inference_mode():
+        blocks = model.decode_blocks(lambda a, b: codes[..., a:b], length, chunk)
+        return torch.cat(list(blocks), dim=-1)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_chunked_decode_is_bit_identical_to_the_whole_decode(name):
+    model = random_codec(get_config(name))
+    frames, length = 157, 157 * 320 - 123  # a prime frame count and a part frame at the end
+    codes = torch.randint(0, 1024, (2, 6, frames), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole = model.decode(codes, length)
+    for chunk in (1, 2, 7, 50, 156, 157, 500):  # none but 1 and 157 divides 157
+        assert torch.equal(chunked(model, codes, length, chunk), whole), chunk
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_FRAME))
+def test_chunked_decode_of_a_multi_frame_decoder_does_not_depend_on_the_chunk(name):
+    """Bit-identical for every chunk size and to the whole decode on the same conv path;
+    oneDNN's whole decode rounds differently, by under 1e-6 of the peak."""
+    model = random_codec(MULTI_FRAME[name])
+    frames = 61
+    length = frames * model.hop_length - 7
+    codes = torch.randint(0, 1024, (1, 3, frames), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode(), aten_convolutions():
+        whole = model.decode(codes, length)
+    with torch.inference_mode():
+        default = model.decode(codes, length)
+    left, right = model.decode_context()
+    assert left > right > 1  # several frames of context, and de-emphasis looks back further
+    for chunk in (1, 5, 13, 60, 61, 100):
+        out = chunked(model, codes, length, chunk)
+        assert torch.equal(out, whole), chunk
+        assert (out - default).abs().max() <= 1e-6 * default.abs().max()
+    # The context is what makes the seams exact: without it, they show.
+    model.decode_context = lambda: (0, 0)
+    assert (chunked(model, codes, length, 13) - whole).abs().max() > 1e-3
+
+
+def test_chunked_decode_asks_for_at_most_a_chunk_plus_context_at_a_time():
+    model = random_codec(get_config("tiny"))
+    frames, chunk = 2000, 64
+    length = frames * 320 - 5
+    left, right = model.decode_context()
+    asked = []
+
+    def codes_of(start: int, stop: int) -> torch.Tensor:
+        asked.append((start, stop))
+        return torch.zeros(1, 1, stop - start, dtype=torch.long)
+
+    with torch.inference_mode():
+        sizes = [block.shape[-1] for block in model.decode_blocks(codes_of, length, chunk)]
+    assert max(stop - start for start, stop in asked) <= chunk + left + right
+    assert asked[0][0] == 0 and asked[-1][1] == frames
+    assert max(sizes) == chunk * 320 and sum(sizes) == length
+
+
+def craft_stream(path: Path, frames: int, model_id: bytes, header_frames: int = 0) -> None:
+    """A valid one-codebook .tcq of `frames` frames (every 10-bit pattern is a code); with
+    `header_frames` its header claims that many frames (and samples to match) instead."""
+    codes = np.random.default_rng(5).integers(0, 1024, (1, frames))
+    header = Header(16000, 320, 1, 10, frames, 320 * frames, model_id=model_id)
+    data = bytearray(encode_bitstream(codes, header))
+    if header_frames:
+        struct.pack_into("<IQ", data, 16, header_frames, 320 * header_frames)
+    path.write_bytes(bytes(data))
+
+
+def test_decoding_ten_minutes_grows_memory_by_a_chunk_not_by_the_stream(work, checkpoint):
+    """A crafted 10-minute one-codebook stream (37.5 kB) decodes to 9.6 M samples, 38 MB as
+    float32; whole-stream decoding grew the peak RSS by 156 MB, chunked by ~3 MB."""
+    model_id = model_identity(checkpoint)
+    craft_stream(work / "warm.tcq", 1200, model_id)  # three chunks: the allocator warmed up
+    craft_stream(work / "ten_min.tcq", 30_000, model_id)
+    probe = (
+        "import resource, sys, torch, codec_cli\n"
+        "torch.set_num_threads(1)\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "ckpt, warm, long, out = sys.argv[1:]\n"
+        "assert codec_cli.main(['decode', warm, out, '--checkpoint', ckpt]) == 0\n"
+        "before = peak()\n"
+        "assert codec_cli.main(['decode', long, out, '--checkpoint', ckpt]) == 0\n"
+        "print('growth_kb', peak() - before)\n"
+    )
+    args = (checkpoint, work / "warm.tcq", work / "ten_min.tcq", work / "ten_min.wav")
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    growth_kb = int(proc.stdout.split("growth_kb")[-1])
+    assert sf.info(work / "ten_min.wav").frames == 9_600_000
+    float32_output_kb = 9_600_000 * 4 / 1024
+    assert growth_kb < float32_output_kb / 4, f"peak RSS grew {growth_kb} kB"
+
+
+def test_header_whose_frames_disagree_with_the_payload_is_one_line(work, checkpoint):
+    """A header claiming 4 h over a 10-minute payload: refused before any sample is written."""
+    stream = work / "claims_4h.tcq"
+    craft_stream(stream, 30_000, model_identity(checkpoint), header_frames=720_000)
+    proc = telucodec("decode", stream, work / "claims_4h.wav", "--checkpoint", checkpoint)
+    fails_clearly(proc, "payload is 37500 bytes, expected 900000 for 720000 frames")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(work.glob("claims_4h.wav*"))
 
 
 # ------------------------------------------------------------------------------ eval

@@ -1,5 +1,6 @@
-"""Shards from anywhere: the readers take webdataset URLs (`file:`, `pipe:`, `http:`), every
-error still names the shard, and Hugging Face `datasets` loads the same shards."""
+"""Shards from anywhere: the readers take webdataset URLs (`file:`, `http:`, and `pipe:` when
+TELUCODEC_ALLOW_PIPE=1), every error still names the shard, and Hugging Face `datasets`
+loads the same shards."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import soundfile as sf
 
 import shards
 from shards import ShardFormatError, ShardWriter, read_samples
-from shards.loader import ErrorTally, read_shards
-from shards.reader import shard_name
+from shards.loader import ErrorTally, TrainStream, read_shards
+from shards.reader import ALLOW_PIPE_ENV, shard_name
 
 
 def _write(path: Path, n: int = 3) -> Path:
@@ -59,7 +60,13 @@ def serve(directory: Path, seconds: float = 60.0) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def test_pipe_and_file_urls_read_the_same_samples_as_the_path(tmp_path):
+@pytest.fixture
+def allow_pipe(monkeypatch):
+    """`pipe:` URLs run a shell command: readers refuse them without this opt-in."""
+    monkeypatch.setenv(ALLOW_PIPE_ENV, "1")
+
+
+def test_pipe_and_file_urls_read_the_same_samples_as_the_path(tmp_path, allow_pipe):
     path = _write(tmp_path / "train-000000.tar")
     expected = _keys_and_audio(path)
     for url in (f"pipe:cat {path}", f"file:{path}"):
@@ -75,7 +82,7 @@ def test_http_url_reads_the_same_samples(tmp_path):
     assert [k for k, _ in got] == [k for k, _ in _keys_and_audio(path)]
 
 
-def test_loader_stage_reads_urls_and_names_the_shard(tmp_path):
+def test_loader_stage_reads_urls_and_names_the_shard(tmp_path, allow_pipe):
     path = _write(tmp_path / "train-000002.tar")
     tally = ErrorTally()
     raw = list(read_shards([{"url": f"pipe:cat {path}"}], tally))
@@ -83,7 +90,7 @@ def test_loader_stage_reads_urls_and_names_the_shard(tmp_path):
     assert tally.bad_shards == 0
 
 
-def test_url_errors_name_the_shard(tmp_path):
+def test_url_errors_name_the_shard(tmp_path, allow_pipe):
     missing = tmp_path / "train-000009.tar"
     with pytest.raises(ShardFormatError, match=r"train-000009\.tar .*pipe:cat"):
         list(read_samples(f"pipe:cat {missing} 2>/dev/null"))
@@ -93,6 +100,31 @@ def test_url_errors_name_the_shard(tmp_path):
         list(read_samples(f"pipe:cat {tmp_path / 'train-000005.tar'}"))
     with serve(tmp_path) as base, pytest.raises(ShardFormatError, match=r"train-000404\.tar"):
         list(read_samples(f"{base}/train-000404.tar"))  # HTTP 404: curl -f fails
+
+
+def test_pipe_url_is_refused_without_the_opt_in_and_never_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv(ALLOW_PIPE_ENV, raising=False)
+    path = _write(tmp_path / "train-000007.tar")
+    marker = tmp_path / "RAN"
+    url = f"pipe:touch {marker}; cat {path}"
+    with pytest.raises(
+        ShardFormatError, match=f"pipe: URL runs a shell command; set {ALLOW_PIPE_ENV}=1"
+    ):
+        list(read_samples(url))
+    tally = ErrorTally(quiet=True)
+    assert list(read_shards([{"url": url}], tally)) == [] and tally.bad_shards == 1
+    with pytest.raises(ShardFormatError, match=ALLOW_PIPE_ENV):
+        TrainStream([url], batch_size=1, batches_per_epoch=1)
+    assert not marker.exists()
+    # A path object is a file whatever its name says; so is a string with no gopen scheme.
+    odd = tmp_path / "pipe:touch RAN;false" / "data:v2"
+    odd.mkdir(parents=True)
+    shard = odd / "train-000008.tar"
+    shard.write_bytes(path.read_bytes())
+    assert len(_keys_and_audio(shard)) == 3
+    monkeypatch.chdir(tmp_path / "pipe:touch RAN;false")
+    assert len(_keys_and_audio("data:v2/train-000008.tar")) == 3
+    assert not marker.exists() and not (tmp_path / "pipe:touch RAN;false" / "RAN").exists()
 
 
 def test_shard_name_is_found_in_paths_and_urls():
