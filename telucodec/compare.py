@@ -3,7 +3,7 @@
 Each item is scored on its valid (unpadded) part after lag alignment, with the evaluation
 tally every other report uses (`telucodec.evaluate.MetricSums`: masked SNR, SI-SDR, mel
 distance, global SNR) plus wideband PESQ (ITU-T P.862.2, `pesq`) and STOI (Taal et al. 2011,
-`pystoi`) as extra per-item figures. Pure functions over arrays; codec_cli.py feeds samples.
+`pystoi`) as extra per-item figures. Pure functions over arrays; telucodec_cli feeds samples.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Codec evaluation: one summable float64 tally of masked and unmasked figures per bitrate.
 
-Training validation (train_ds.py), `eval` and `compare` (codec_cli.py) all score with
+Training validation (train_ds.py), `eval` and `compare` (telucodec_cli) all score with
 `MetricSums`, so metrics.json, eval.json and compare.json share one schema (docs/CODEC.md).
 Everything in a tally is a sum — item counts, the count, Σx and Σx² of each per-item figure,
 signal and error energies, sample counts — so tallies of batches, workers or ranks add up

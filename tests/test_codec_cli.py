@@ -1,4 +1,4 @@
-"""`python -m telucodec encode|decode|eval` (codec_cli.py) run as a user runs them, in a
+"""`python -m telucodec encode|decode|eval` (telucodec_cli) run as a user runs them, in a
 subprocess, with a `tiny` checkpoint saved by the test: any input format/rate/channels in, a
 `.tcq` at the nominal bitrate out, the exact length back, exit status 2 with a one-line
 reason for every bad bitstream, and eval JSON with masked and unmasked figures side by side,
@@ -19,8 +19,6 @@ import soundfile as sf
 import torch
 
 import shards
-from audio_files import read_audio
-from codec_cli import parse_args
 from shards import ShardWriter, read_samples
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, model_identity, save_codec
@@ -28,6 +26,8 @@ from telucodec.configs import get_config
 from telucodec.evaluate import MetricSums, evaluate
 from telucodec.metrics import PERCEPTUAL
 from telucodec.model import Codec, aten_convolutions
+from telucodec_cli.audio_files import read_audio
+from telucodec_cli.main import parse_args
 from tests.test_codec_model import speechlike, trained_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,7 +339,8 @@ def test_decoding_ten_minutes_grows_memory_by_a_chunk_not_by_the_stream(work, ch
     craft_stream(work / "warm.tcq", 1200, model_id)  # three chunks: the allocator warmed up
     craft_stream(work / "ten_min.tcq", 30_000, model_id)
     probe = (
-        "import resource, sys, torch, codec_cli\n"
+        "import resource, sys, torch\n"
+        "from telucodec_cli import main as codec_cli\n"
         "torch.set_num_threads(1)\n"
         "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "ckpt, warm, long, out = sys.argv[1:]\n"

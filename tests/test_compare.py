@@ -173,7 +173,7 @@ def test_audio_folder_is_scored_per_file_and_unusable_files_are_skipped_by_reaso
 
 
 def test_chunks_are_consecutive_and_a_short_last_piece_joins_the_one_before():
-    from audio_files import chunk_bounds
+    from telucodec_cli.audio_files import chunk_bounds
 
     assert chunk_bounds(25_000, 1000, 10) == [(0, 10_000), (10_000, 20_000), (20_000, 25_000)]
     assert chunk_bounds(20_500, 1000, 10) == [(0, 10_000), (10_000, 20_500)]  # 0.5 s tail
@@ -182,7 +182,7 @@ def test_chunks_are_consecutive_and_a_short_last_piece_joins_the_one_before():
 
 
 def test_recordings_are_listed_recursively_in_path_order_and_other_files_left_out(tmp_path):
-    from audio_files import list_recordings
+    from telucodec_cli.audio_files import list_recordings
 
     for name in ("z.wav", "a/b.FLAC", "a/notes.txt", "m.m4a", "a/c/d.ogg", "readme"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +193,8 @@ def test_recordings_are_listed_recursively_in_path_order_and_other_files_left_ou
 
 
 def test_a_recording_is_brought_to_the_corpus_level_or_skipped_with_a_reason(tmp_path):
-    from audio_files import SkipFile, load_recording
     from preprocess.measure.loudness import integrated_loudness
+    from telucodec_cli.audio_files import SkipFile, load_recording
 
     quiet = 0.05 * _speech(2.0, 3)
     sf.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
@@ -230,7 +230,7 @@ def test_a_recording_is_brought_to_the_corpus_level_or_skipped_with_a_reason(tmp
     ],
 )
 def test_compare_takes_exactly_one_source_and_refuses_the_others_flags(argv, expected, capsys):
-    from codec_cli import parse_args
+    from telucodec_cli.main import parse_args
 
     with pytest.raises(SystemExit) as exc:
         parse_args(["compare", "--checkpoint", "C", *argv])
@@ -239,7 +239,7 @@ def test_compare_takes_exactly_one_source_and_refuses_the_others_flags(argv, exp
 
 
 def test_a_folder_without_audio_is_one_line_exit_2_before_the_model_loads(tmp_path, capsys):
-    from codec_cli import main
+    from telucodec_cli.main import main
 
     (tmp_path / "notes.txt").write_text("no audio here")
     missing_checkpoint = tmp_path / "no-checkpoint"  # never read: the folder is refused first

@@ -1,7 +1,7 @@
 """The one-way arrows of the layout: `telucodec` is the model package and reads no corpus, so
 no library module of it imports the data package (`shards`) or the pipeline (`preprocess`).
-The glue that joins them is codec_cli.py and the `training` package behind train_ds.py, whose
-modules import downward only."""
+The glue that joins them is the `telucodec_cli` package and the `training` package behind
+train_ds.py, whose modules import downward only."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ print(json.dumps(loaded))
 
 
 def test_importing_every_telucodec_library_module_loads_neither_shards_nor_preprocess():
-    # __main__ is the application entry (it runs codec_cli), not a library module.
+    # __main__ is the application entry (it runs telucodec_cli), not a library module.
     library = ["telucodec"] + sorted(
         f"telucodec.{path.stem}"
         for path in (REPO / "telucodec").glob("*.py")
@@ -48,6 +48,7 @@ TRAINING_ORDER = [
     "report",
     "checkpoint_files",
     "distributed",
+    "interrupts",
     "args",
     "init_source",
     "setup",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import shards
-from codec_cli import main as telucodec_main
+from telucodec_cli.main import main as telucodec_main
 from shards import Index, ShardWriter, loader, read_samples
 from shards.reader import ALLOW_PIPE_ENV
 from telucodec.checkpoint import save_codec

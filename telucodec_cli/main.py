@@ -8,14 +8,14 @@ preprocess output directory.
     python -m telucodec compare --checkpoint CKPT --audio DIR [--chunk-seconds 10]
                                 [--no-normalize] [--out DIR]
 
-Glue, like train_ds.py, and outside the model package for the same reason: this is where
-data meets the model. encode/decode read and write audio files and .tcq bitstreams; eval and
-compare list shards through `shards.Index` (index.json, never a glob of the folder) and
+Glue, like the `training` package, and outside the model package for the same reason: this
+is where data meets the model. encode/decode read and write audio files and .tcq bitstreams;
+eval and compare list shards through `shards.Index` (index.json, never a glob of the folder) and
 batch them with the loader's deterministic `val_batches`, then hand tensors to
 `telucodec.evaluate` and `telucodec.compare`. `compare --audio` scores a folder of real
 recordings instead (any format and rate, brought to the corpus's -23 LUFS with the
 pipeline's own loudness meter, cut into chunks), and counts the files it cannot score;
-reading files is audio_files.py's part.
+reading files is `telucodec_cli.audio_files`' part.
 `telucodec` imports neither `shards` nor `preprocess`; telucodec/__main__.py only runs
 `main` below.
 """
@@ -34,7 +34,6 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audio_files import MIN_CHUNK_SECONDS, Recordings, list_recordings, read_audio
 from shards import Index, ShardRef, loader
 from shards.atomic import atomic_write_text, fsync_dir
 from telucodec.bitstream import (
@@ -46,6 +45,7 @@ from telucodec.bitstream import (
 )
 from telucodec.checkpoint import CheckpointError, load_codec
 from telucodec.configs import DEFAULT_KBPS, kbps_values
+from telucodec_cli.audio_files import MIN_CHUNK_SECONDS, Recordings, list_recordings, read_audio
 
 # ------------------------------------------------------------------------ files: encode/decode
 

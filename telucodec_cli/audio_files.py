@@ -1,7 +1,7 @@
 """Audio files in, for the codec CLI: `read_audio` (encode, compare --audio) and the folder
 of real recordings that `python -m telucodec compare --audio DIR` scores.
 
-Glue beside codec_cli.py, like it outside the model package: it reads files and uses the
+Glue beside `telucodec_cli.main`, like it outside the model package: it reads files and uses the
 pipeline's loudness meter (`preprocess.measure.loudness`), which `telucodec` must not import.
 """
 
