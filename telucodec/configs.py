@@ -247,12 +247,10 @@ CONFIGS: dict[str, CodecConfig] = {
         frame_channels=512,
         codebook_dim=64,
         n_codebooks=12,
-        # Waveform L1 alone: magnitude-only spectral terms leave phase free and, measured on
-        # the demo corpus (60 s of CPU training), held validation SNR at -0.3 dB with unit
-        # weights, 5.5 dB at 0.02, 7.4 dB at 0. A tiny mel term keeps a spectral signal.
-        # Issue 13 screen (1500 steps, docs/CODEC.md): mel 0.1 / 0.5, STFT 0.1, L1 on the
-        # pre-emphasized error, codec-domain emphasis 0.68-0.95, latent 128 and residual
-        # layers all left real-speech PESQ-WB at 1.07-1.40 (1.39 as is) and cost up to 8 dB.
+        # Waveform L1 dominates: magnitude-only spectral terms leave phase free (val SNR
+        # -0.3 dB at unit weights, 7.4 dB at 0); a tiny mel term keeps a spectral signal.
+        # Larger spectral weights cost up to 8 dB SNR for no real-speech PESQ-WB gain
+        # (docs/CODEC.md "Losses", docs/notes/2026-11-codec-screens.md).
         stft_weight=0.0,
         mel_weight=0.01,
     ),
@@ -269,7 +267,8 @@ CONFIGS: dict[str, CodecConfig] = {
         # DAC's balance (Kumar et al. 2023 §3.4 and its released base.yml): no waveform L1 and
         # no linear-magnitude STFT term; log-mel L1 x15 over seven windows 32 ... 2048 with
         # 5 ... 320 mels, adversarial x1, feature matching x2, commitment 0.25, codebook 1.
-        # GPU-scale only: on `small`, mel weights >= 0.1 cost 2-8 dB of SNR (docs/CODEC.md).
+        # GPU-scale only: on `small`, mel weights >= 0.1 cost 2-8 dB of SNR (docs/CODEC.md,
+        # docs/notes/2026-11-codec-screens.md).
         l1_weight=0.0,
         stft_weight=0.0,
         mel_weight=15.0,
