@@ -32,8 +32,8 @@ per-shard counts ride along with each batch so the trainer reports them per epoc
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -54,6 +54,8 @@ from shards.reader import (
     iter_raw_samples,
     shard_name,
 )
+
+log = logging.getLogger(__name__)
 
 # After this many consecutive shard reads or sample decodes without one good sample, the
 # data is not "partly corrupt" any more and training must stop with a clear message.
@@ -113,7 +115,7 @@ class ErrorTally:
             message = f"{what}: {exc}"
             self.messages.append(message)
             if not self.quiet:
-                print(f"[shards.loader] {message}", file=sys.stderr, flush=True)
+                log.warning("%s", message)
 
     def totals(self) -> list[int]:
         """SHARD_COUNTS summed over shards."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -326,6 +327,9 @@ def add_dataset_flags(p: argparse.ArgumentParser, audio: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m telucodec", description=__doc__.splitlines()[0])
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("encode", help="audio file → .tcq bitstream")
     e.add_argument("input")
@@ -413,8 +417,16 @@ def check_compare_source(args: argparse.Namespace) -> None:
         refuse(f"--chunk-seconds must be >= {MIN_CHUNK_SECONDS:g}, got {args.chunk_seconds}")
 
 
+def configure_logging(args: argparse.Namespace) -> None:
+    """The library's messages (skipped shards, …) as plain lines on stderr; -q/-v set the
+    level."""
+    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging(args)
     try:
         return args.func(args)
     except (BitstreamError, CheckpointError, ValueError, FileNotFoundError) as exc:

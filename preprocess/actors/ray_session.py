@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 # Every worker computes single-threaded: parallelism comes from actors, and nested
 # OpenMP/MKL/Numba threads on the same cores only spin against each other.
 WORKER_ENV = {
@@ -219,7 +221,7 @@ def _stop_quietly(temp: Path, watchdog: Watchdog) -> None:
     try:
         _stop_local(temp, watchdog)
     except Exception as exc:
-        print(f"preprocess: warning: stopping the local Ray failed: {exc}", file=sys.stderr)
+        log.warning("stopping the local Ray failed: %s", exc)
 
 
 def _stop_in_thread(temp: Path, watchdog: Watchdog) -> None:
