@@ -1,5 +1,6 @@
-"""The train/val split: val gets the share asked for, in whole groups, stably, and never
-shares a file or a group with train. Fast: synthetic InputFile lists, no audio, no Ray."""
+"""The train/val split: val is whole groups that stay put as the corpus grows, near the
+share asked, on every layout, and never shares a file or a group with train. Fast:
+synthetic InputFile lists, no audio, no Ray."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.plan.planner import InputFile, assign_splits, mark_duplicates
-from preprocess.plan.split import MIN_VAL_MAX_SHARE, group_hash, val_target_seconds
+from preprocess.plan.split import (
+    MIN_VAL_MAX_SHARE,
+    group_hash,
+    hash_threshold,
+    val_target_seconds,
+)
 
 
 def audio(path: str, seconds: float, sha: str | None = None) -> InputFile:
@@ -58,6 +64,46 @@ def assert_disjoint(files: list[InputFile], cfg: PreprocessConfig) -> None:
     assert {f.split for f in files} <= {"train", "val"}
 
 
+def warnings_of(capsys) -> list[str]:
+    return [
+        line.removeprefix("preprocess: warning: ")
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("preprocess: warning: ")
+    ]
+
+
+def val_groups(files: list[InputFile], plan) -> set[str]:
+    return {plan.group_of[f.path] for f in files if f.split == "val"}
+
+
+def sides(files: list[InputFile], plan) -> dict[str, str]:
+    """group → its split (asserting no group straddles)."""
+    out: dict[str, str] = {}
+    for f in files:
+        assert out.setdefault(plan.group_of[f.path], f.split) == f.split, f.path
+    return out
+
+
+def threshold_groups(groups, cfg: PreprocessConfig) -> set[str]:
+    cut = hash_threshold(cfg.val_fraction)
+    return {g for g in groups if group_hash(g, cfg.split_seed) < cut}
+
+
+# ------------------------------------------------------------------ how much goes to val
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("split_by", ["dir", "file"])
+def test_many_small_groups_give_the_share_within_tolerance(seed, split_by, capsys):
+    corpus = speakers(1500, (2, 6), (2.0, 6.0), seed=seed)  # ~4 h, 1 500 speakers
+    cfg = PreprocessConfig(split_by=split_by, split_seed=seed)
+    val, total, _, target = shares(corpus, cfg)
+    assert target == pytest.approx(0.05 * total)
+    assert 0.8 * target <= val <= 1.25 * target, val / total
+    assert warnings_of(capsys) == []
+    assert_disjoint(corpus, cfg)
+
+
 @pytest.mark.parametrize(
     ("n", "files", "seconds"),
     [
@@ -67,44 +113,79 @@ def assert_disjoint(files: list[InputFile], cfg: PreprocessConfig) -> None:
         (3, (10, 20), (3.0, 8.0)),  # barely any groups
     ],
 )
-def test_val_share_lands_within_one_group_of_the_asked_fraction(n, files, seconds):
+def test_val_lands_within_tolerance_or_one_line_says_what_to_change(n, files, seconds, capsys):
     corpus = speakers(n, files, seconds, seed=n)
     for fraction in (0.05, 0.1, 0.2):
         cfg = PreprocessConfig(val_fraction=fraction, min_val_seconds=0)
-        val, total, largest, target = shares(corpus, cfg)
-        assert target == pytest.approx(fraction * total)
+        capsys.readouterr()
+        plan = assign_splits(corpus, cfg)
+        val, total = plan.seconds["val"], sum(plan.seconds.values())
+        warnings = warnings_of(capsys)
         assert 0 < val < total
-        assert abs(val - target) <= largest, (n, fraction, val / total)
+        if not 0.8 * fraction * total <= val <= 1.25 * fraction * total:
+            said = [w for w in warnings if w.startswith("val ")]
+            assert len(said) == 1, (n, fraction, warnings)
+            assert "--split-by" in said[0] or "shorter files" in said[0]
         assert_disjoint(corpus, cfg)
 
 
-def test_many_small_groups_give_the_share_almost_exactly():
-    corpus = speakers(400, (3, 6), (2.0, 4.0), seed=1)
-    val, total, largest, _ = shares(corpus, PreprocessConfig(min_val_seconds=0))
-    assert abs(val / total - 0.05) <= largest / total / 2 + 1e-9
-    assert abs(val / total - 0.05) < 0.002
+def test_one_folder_of_files_is_split_by_file_and_says_so(capsys):
+    """IN/raw/*.wav, the original project's layout: `split: val 0 of 1 groups` before."""
+    corpus = [audio(f"raw/{i:05d}.wav", 2.0 + (i * 7919) % 600 / 100) for i in range(600)]
+    plan = assign_splits(corpus, PreprocessConfig())
+    out = capsys.readouterr()
+    assert plan.grouping == "file" and plan.groups["val"] > 1
+    assert plan.bounds.floor <= plan.seconds["val"] <= plan.bounds.ceiling
+    assert "by file" in out.out
+    err = out.err.splitlines()
+    assert len(err) == 1 and "all audio is in one folder (raw/)" in err[0]
+    assert "splitting by file" in err[0] and "re:PATTERN" in err[0]
 
 
-def test_split_by_file_gives_the_share_within_one_file():
-    corpus = speakers(2, (300, 300), (1.0, 9.0))
-    cfg = PreprocessConfig(split_by="file", min_val_seconds=0)
-    val, total, _, target = shares(corpus, cfg)
-    assert abs(val - target) <= 9.0
-    assert_disjoint(corpus, cfg)
+def test_folders_too_large_for_val_fall_back_to_files():
+    """Ten speakers of 50 minutes: any one folder is 10 % against an asked 5 %."""
+    corpus = speakers(10, (100, 100), (30.0, 30.0))
+    plan = assign_splits(corpus, PreprocessConfig())
+    assert plan.grouping == "file"
+    assert plan.bounds.floor <= plan.seconds["val"] <= plan.bounds.ceiling
+    assert plan.warnings[0].startswith("split_by dir: the 10 folders holding audio")
 
 
-def test_one_file_folders_do_not_make_a_one_file_val():
-    """The bug of issue 15: 12 folders, the smallest-hash one holding one file."""
-    corpus = speakers(12, (1, 40), (2.0, 10.0), seed=3)
-    corpus += [audio(f"solo{i}/only.wav", 3.0) for i in range(4)]
-    val, total, largest, target = shares(corpus, PreprocessConfig(min_val_seconds=0))
-    assert val / total > 0.025 and abs(val - target) <= largest
+def test_folders_that_can_hold_val_stay_whole(capsys):
+    corpus = speakers(200, (5, 30), (1.0, 15.0), seed=9)
+    plan = assign_splits(corpus, PreprocessConfig())
+    assert plan.grouping == "dir" and "by dir" in capsys.readouterr().out
+    assert_disjoint(corpus, PreprocessConfig())
+    assert not any("split_by dir" in w for w in plan.warnings)
+
+
+def test_an_explicit_grouping_never_falls_back_and_says_what_to_change(capsys):
+    corpus = speakers(10, (100, 100), (30.0, 30.0))
+    cfg = PreprocessConfig(split_by=r"re:^(spk\d+)/")
+    plan = assign_splits(corpus, cfg)
+    assert plan.grouping == cfg.split_by and plan.groups["val"] == 1
+    (line,) = warnings_of(capsys)
+    assert "too large" in line and "--split-by (file, or a speaker regex)" in line
+
+
+def test_a_share_the_hash_threshold_overshoots_is_one_line_saying_why(capsys):
+    """20 equal folders: a seed putting 3 of them under the 5 % threshold gives 15 %.
+    A stable split never moves them out; one line says so and what to change."""
+    names = [f"spk{i:03d}" for i in range(20)]
+    seed = next(
+        s for s in range(1000) if len(threshold_groups(names, PreprocessConfig(split_seed=s))) == 3
+    )
+    corpus = [audio(f"{g}/{j}.wav", 6.0) for g in names for j in range(50)]
+    plan = assign_splits(corpus, PreprocessConfig(split_seed=seed, min_val_seconds=0))
+    assert plan.groups["val"] == 3
+    (line,) = warnings_of(capsys)
+    assert "15.0%" in line and "hash" in line and "--split-by" in line
 
 
 def test_min_val_seconds_raises_val_to_the_floor(capsys):
     corpus = speakers(100, (5, 10), (2.0, 6.0), seed=4)  # ~45 min of audio
     val, total, largest, target = shares(corpus, PreprocessConfig(min_val_seconds=600))
-    assert target == 600 and 600 <= val <= 600 + largest
+    assert target == 600 and 600 <= val <= 1.25 * 600
     assert "warning" not in capsys.readouterr().err
 
 
@@ -124,13 +205,17 @@ def test_min_val_seconds_never_takes_more_than_its_cap():
     assert val_target_seconds(100.0, 0.0, 300.0) == 0.0  # no val asked: none forced
 
 
-def test_train_keeps_a_group_and_one_group_gives_no_val(capsys):
+def test_train_keeps_a_group_and_one_file_gives_no_val(capsys):
     two = [audio("a/1.wav", 50.0), audio("b/1.wav", 50.0)]
     assign_splits(two, PreprocessConfig(val_fraction=0.9, min_val_seconds=0))
     assert sorted(f.split for f in two) == ["train", "val"]
-    one = [audio("a/1.wav", 50.0), audio("a/2.wav", 50.0)]
+    one_folder = [audio("a/1.wav", 50.0), audio("a/2.wav", 50.0)]
+    assign_splits(one_folder, PreprocessConfig())  # by file: one file each side
+    assert sorted(f.split for f in one_folder) == ["train", "val"]
+    capsys.readouterr()
+    one = [audio("a/1.wav", 50.0)]
     assign_splits(one, PreprocessConfig())
-    assert {f.split for f in one} == {"train"}
+    assert one[0].split == "train"
     assert "no val split" in capsys.readouterr().err
 
 
@@ -138,49 +223,84 @@ def test_groups_too_large_for_the_target_give_the_smallest_one_and_say_so(capsys
     corpus = [audio("a/1.wav", 400.0), audio("b/1.wav", 300.0), audio("c/1.wav", 500.0)]
     assign_splits(corpus, PreprocessConfig(min_val_seconds=0))
     assert [f.path for f in corpus if f.split == "val"] == ["b/1.wav"]
-    assert "every group holds ≥ 2 × the target" in capsys.readouterr().err
+    (line,) = warnings_of(capsys)
+    assert "too large for whole ones" in line and "this is the smallest" in line
 
 
-def test_adding_files_moves_only_groups_at_the_boundary():
-    """Val is a prefix of the hash order: files added away from the boundary leave the
-    split alone, and a group changes split only when the totals move the boundary."""
-    cfg = PreprocessConfig(min_val_seconds=0)
-    corpus = speakers(60, (5, 15), (2.0, 8.0), seed=6)
-    assign_splits(corpus, cfg)
-    before = {f.path: f.split for f in corpus}
-    val_before = {f.path.split("/")[0] for f in corpus if f.split == "val"}
-    assert len(val_before) >= 2
-    # A few more utterances for five train speakers, and one new speaker.
-    train_spk = sorted({f.path.split("/")[0] for f in corpus if f.split == "train"})[:5]
-    grown = corpus + [audio(f"{s}/new.wav", 3.0) for s in train_spk]
-    grown += [audio("spk999/new.wav", 4.0)]
-    assign_splits(grown, cfg)
-    assert all(before[f.path] == f.split for f in grown if f.path in before)
-    # A val speaker that doubles in size pushes only the last group(s) of the walk out.
-    first_val = min(val_before, key=lambda g: group_hash(g, 0))
-    doubled = corpus + [audio(f"{first_val}/more{i}.wav", 8.0) for i in range(15)]
-    assign_splits(doubled, cfg)
-    after = {f.path.split("/")[0] for f in doubled if f.split == "val"}
-    assert first_val in after and after < val_before | {first_val}
-    assert is_hash_prefix(after, doubled, cfg)
-
-
-def is_hash_prefix(val: set[str], files: list[InputFile], cfg: PreprocessConfig) -> bool:
-    """Val = the first groups of the hash order (among those under 2 × target)."""
-    seconds: dict[str, float] = {}
-    for f in files:
-        seconds[f.path.split("/")[0]] = seconds.get(f.path.split("/")[0], 0) + f.est_seconds
-    target = cfg.val_fraction * sum(seconds.values())
-    order = sorted((g for g in seconds if seconds[g] < 2 * target), key=lambda g: group_hash(g, 0))
-    return set(order[: len(val)]) == val
+# ------------------------------------------------------------------ stability
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_val_is_a_prefix_of_the_seeded_hash_order(seed):
-    cfg = PreprocessConfig(min_val_seconds=0)
+def test_val_is_the_threshold_groups_then_a_hash_prefix(seed):
+    """Every group hashing under val_fraction is val; a top-up adds the next ones in hash
+    order, so val is every group below one hash cut."""
+    cfg = PreprocessConfig(split_seed=seed)
     corpus = speakers(40, (1, 20), (2.0, 8.0), seed=seed)
-    assign_splits(corpus, cfg)
-    assert is_hash_prefix({f.path.split("/")[0] for f in corpus if f.split == "val"}, corpus, cfg)
+    plan = assign_splits(corpus, cfg)
+    assert plan.grouping == "dir" and not plan.choice.smallest
+    val = val_groups(corpus, plan)
+    assert threshold_groups(plan.group_of.values(), cfg) <= val
+    order = sorted(set(plan.group_of.values()), key=lambda g: group_hash(g, seed))
+    assert set(order[: len(val)]) == val
+
+
+def grow(corpus: list[InputFile], plan, seed: int) -> list[InputFile]:
+    """More files in old groups on both sides, and new groups."""
+    rng = random.Random(seed)
+    side = sides(corpus, plan)
+    val = sorted(g for g, s in side.items() if s == "val")
+    train = sorted(g for g, s in side.items() if s == "train")
+    old = rng.sample(val, min(5, len(val))) + rng.sample(train, 40)
+    more = [audio(f"{g}/grown{j}.wav", rng.uniform(2.0, 6.0)) for g in old for j in range(3)]
+    new = [
+        audio(f"new{i:04d}/{j}.wav", rng.uniform(2.0, 6.0)) for i in range(300) for j in range(4)
+    ]
+    return corpus + more + new
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_adding_files_never_moves_a_group_between_val_and_train(seed):
+    """Speakers gain files and new speakers arrive: no old speaker changes side. (The
+    threshold part holds the floor here, so no top-up is at work; see the next test.)"""
+    cfg = PreprocessConfig(split_seed=seed)
+    corpus = speakers(1500, (2, 6), (2.0, 6.0), seed=seed)
+    before = assign_splits(corpus, cfg)
+    assert before.choice.topped_up == 0
+    old = sides(corpus, before)
+    grown = grow(corpus, before, seed)
+    after = assign_splits(grown, cfg)
+    assert after.choice.topped_up == 0
+    assert {g: s for g, s in sides(grown, after).items() if g in old} == old
+
+
+def test_adding_files_to_one_folder_never_moves_a_file():
+    corpus = [audio(f"raw/{i:05d}.wav", 2.0 + (i * 7919) % 600 / 100) for i in range(3000)]
+    assign_splits(corpus, PreprocessConfig())
+    before = {f.path: f.split for f in corpus}
+    grown = corpus + [audio(f"raw/new{i:05d}.wav", 4.0) for i in range(1000)]
+    plan = assign_splits(grown, PreprocessConfig())
+    assert plan.grouping == "file"
+    assert {f.path: f.split for f in grown if f.path in before} == before
+
+
+def test_growth_under_a_min_val_top_up_never_moves_a_train_group_into_val():
+    """40 minutes: 5 % is 120 s, so min_val_seconds (300 s) tops val up in hash order.
+    Growing to 70 minutes keeps the floor at 300 s: a train group never joins val, and a
+    group leaves val only if the top-up (not the threshold) had put it there."""
+    cfg = PreprocessConfig()
+    corpus = speakers(60, (8, 12), (3.0, 5.0), seed=11)
+    before = assign_splits(corpus, cfg)
+    assert 1200 <= sum(before.seconds.values()) <= 3000 and before.choice.topped_up > 0
+    old = sides(corpus, before)
+    grown = corpus + [audio(f"{g}/more{j}.wav", 4.0) for g in sorted(old)[::3] for j in range(10)]
+    grown += [audio(f"late{i:02d}/{j}.wav", 4.0) for i in range(20) for j in range(10)]
+    after = assign_splits(grown, cfg)
+    assert sum(after.seconds.values()) <= 6000 and after.seconds["val"] >= 300
+    now = sides(grown, after)
+    joined = {g for g, s in old.items() if s == "train" and now[g] == "val"}
+    left = {g for g, s in old.items() if s == "val" and now[g] == "train"}
+    assert joined == set()
+    assert not left & threshold_groups(old, cfg)
 
 
 def test_split_is_deterministic_and_seeded():
@@ -201,6 +321,22 @@ def test_duplicates_and_undecodable_files_add_no_hours():
     mark_duplicates(files)
     plan = assign_splits(files, PreprocessConfig(min_val_seconds=0))
     assert sum(plan.seconds.values()) == pytest.approx(200.0 + 3000.0)
+
+
+def test_a_group_of_only_duplicates_and_undecodable_files_never_counts_toward_val():
+    """Such a folder under the hash threshold would be val with nothing to validate on."""
+    cfg = PreprocessConfig()
+    # Named after every speaker, so its copies are the duplicates, not the originals.
+    name = next(f"zz{i}" for i in range(1000) if threshold_groups([f"zz{i}"], cfg))
+    corpus = speakers(300, (3, 6), (2.0, 6.0), seed=12)
+    dead = [audio(f"{name}/copy{i}.wav", 50.0, sha=corpus[i].sha256) for i in range(5)]
+    dead.append(InputFile(f"{name}/broken.wav", 10, "broken", True, probe_error="truncated"))
+    files = corpus + dead
+    mark_duplicates(files)
+    plan = assign_splits(files, cfg)
+    assert {f.split for f in dead} == {"train"}
+    assert plan.groups["val"] + plan.groups["train"] == 300
+    assert sum(plan.seconds.values()) == pytest.approx(sum(f.est_seconds for f in corpus))
 
 
 # ------------------------------------------------------------------ regex speakers

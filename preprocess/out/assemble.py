@@ -159,12 +159,15 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 
 def _split_totals(
     cfg: PreprocessConfig, shards: list[dict[str, Any]], kept: list[dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], str]:
     """Per split: files, groups, segments, shards, hours (kept files), valid hours (real
     audio in segments), and the share of kept hours achieved next to the share asked
-    (null when a manifest gives the split)."""
+    (null when a manifest gives the split); and the grouping the split was made by."""
     paths = [r["path"] for r in kept]
     group, given = groups_of(paths, cfg.split_by, cfg.split_manifest_sha256)
+    grouping = effective_grouping(cfg, group, kept)
+    if grouping == "file":
+        group = {path: path for path in paths}  # count what the plan grouped by
     kept_seconds = sum(r["seconds"] or 0.0 for r in kept)
     asked = {"val": cfg.val_fraction, "train": 1.0 - cfg.val_fraction}
     totals = {}
@@ -181,7 +184,21 @@ def _split_totals(
             "fraction": round(seconds / kept_seconds, 6) if kept_seconds else 0.0,
             "asked_fraction": None if given else round(asked[split], 6),
         }
-    return totals
+    return totals, grouping
+
+
+def effective_grouping(
+    cfg: PreprocessConfig, group: dict[str, str], kept: list[dict[str, Any]]
+) -> str:
+    """The grouping the split was made by: `split_by`, except that `dir` falls back to
+    `file` when folders cannot hold val (plan/split.py). A folder with kept files on both
+    sides shows the fallback: whole groups never straddle."""
+    if cfg.split_by != "dir":
+        return cfg.split_by
+    sides: dict[str, set[str]] = {}
+    for r in kept:
+        sides.setdefault(group[r["path"]], set()).add(r["split"])
+    return "file" if any(len(s) > 1 for s in sides.values()) else "dir"
 
 
 def build_index(
@@ -199,7 +216,7 @@ def build_index(
     for slot in by_reason.values():
         slot["hours"] = round(slot["hours"], 6)
     kept = [r for r in records if r["status"] == "kept"]
-    split_totals = _split_totals(cfg, shards, kept)
+    split_totals, grouping = _split_totals(cfg, shards, kept)
     return {
         "format_version": FORMAT_VERSION,
         "code_version": running_code_version(),
@@ -216,5 +233,6 @@ def build_index(
             "input_hours": round(sum(r["seconds"] or 0.0 for r in records) / 3600.0, 6),
             "by_reason": dict(sorted(by_reason.items())),
             "splits": split_totals,
+            "split_grouping": grouping,
         },
     }

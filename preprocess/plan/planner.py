@@ -316,12 +316,14 @@ def _unit_hash(text: str, seed: int) -> int:
 
 
 def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
-    """Set each file's split by group (preprocess.plan.split): whole groups in a seeded hash
-    order until val holds `val_fraction` (at least `min_val_seconds`) of the header hours of
-    files that will be decoded, or the manifest's split as given.
+    """Set each file's split by group (preprocess.plan.split): the groups whose seeded hash
+    falls under `val_fraction`, topped up in hash order to `min_val_seconds` (or 0.8 × the
+    share) of the header hours of files that will be decoded; or the manifest's split as
+    given. `dir` falls back to files where whole folders cannot hold val.
 
-    Prints the planned shares and, on stderr, why val could not be what was asked. Call
-    after `mark_duplicates`: duplicates add no hours.
+    Prints the planned shares and, on stderr, the fallback and why val could not be what
+    was asked. Call after `mark_duplicates`: duplicates and undecodable files add no hours,
+    so a group of only such files never counts toward val.
     """
     items = [
         SplitItem(f.path, f.est_seconds if needs_decoding(f) else 0.0, needs_decoding(f))

@@ -2,9 +2,16 @@
 
 A group is what must never straddle the split — a speaker (top-level folder with
 `split_by = "dir"`, a regex capture with `"re:PATTERN"`, a manifest column with
-`"manifest:FILE"`) or the file itself (`"file"`). Val is filled with whole groups, taken in
-a seeded hash order of their names until it holds `val_fraction` of the audio (at least
-`min_val_seconds`), so the share asked for is the share given, within one group.
+`"manifest:FILE"`) or the file itself (`"file"`).
+
+The split stays put as the corpus grows, and that wins over the exact share: a model
+trained on one version must not be scored on its own training data from the next. So a
+group is val when its seeded hash falls below `val_fraction` of the hash space, which looks
+at its name alone; only when those groups hold less than the floor (`min_val_seconds`, or
+0.8 × the share asked) are the next groups in hash order topped up (`choose_val_groups`
+says what can still move). Where the folders of `"dir"` are too few or too large for whole
+ones to hold val (one folder of files, the commonest layout), the split falls back to
+files, and one warning line says so.
 
 The measure is the header duration (`InputFile.est_seconds`) of the files that will be
 decoded (decodable, not duplicates): the split is planned before any file is scanned, so
@@ -97,7 +104,7 @@ def dir_group(path: str) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
-    """column is "split" (taken as given) or "speaker" (groups for the hash walk)."""
+    """column is "split" (taken as given) or "speaker" (groups for the hash split)."""
 
     column: str
     table: dict[str, str]
@@ -171,13 +178,23 @@ def _manifest_table(path: Path, rows: Iterable[tuple[int, dict[str, Any]]]) -> M
 
 
 # ---------------------------------------------------------------------------------------
-# The walk: whole groups in hash order until val holds its share
+# Choosing val: a hash threshold, topped up to the floor
 # ---------------------------------------------------------------------------------------
+
+# The share val may give, as multiples of the share asked: the top-up fills val to the
+# lower one and never takes a group that would carry val past the upper one.
+SHARE_TOLERANCE = (0.8, 1.25)
+_HASH_SPACE = 1 << 64  # group_hash is the first 8 bytes of a sha256
 
 
 def group_hash(name: str, seed: int) -> int:
-    """The seeded order groups are walked in (the same hash as the unit packing's)."""
+    """A group's seeded place in [0, 2**64) (the same hash as the unit packing's)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
+
+
+def hash_threshold(val_fraction: float) -> int:
+    """Groups hashing below this are val, whatever else the corpus holds."""
+    return int(val_fraction * _HASH_SPACE)
 
 
 def val_target_seconds(total: float, val_fraction: float, min_val_seconds: float) -> float:
@@ -188,41 +205,96 @@ def val_target_seconds(total: float, val_fraction: float, min_val_seconds: float
     return max(val_fraction * total, min(min_val_seconds, MIN_VAL_MAX_SHARE * total))
 
 
-def choose_val_groups(
-    seconds: dict[str, float], target: float, seed: int, floor: float = 0.0
-) -> list[str]:
-    """Groups for val, in walk order: a prefix of the hash order, ending within one group
-    of `target`.
+@dataclass(frozen=True)
+class ValBounds:
+    """Seconds of audio: what val should hold (`target`), what a top-up fills it to
+    (`floor`), and what no topped-up group may carry it past (`ceiling`)."""
 
-    Groups holding ≥ 2 × target are skipped (one alone would overshoot more than an empty
-    val misses). The rest are taken whole, in hash order, while the running total stays ≤
-    target; the first one that does not fit (the one straddling the boundary) is taken if
-    that lands closer to the target — or if val is under `floor` (min_val_seconds, a
-    minimum) and taking it keeps val within MIN_VAL_MAX_SHARE of the audio — and the walk
-    stops there. So a group's split moves only when the totals move the boundary across
-    it. Train always keeps one group.
+    target: float
+    floor: float
+    ceiling: float
+
+
+def val_bounds(total: float, val_fraction: float, min_val_seconds: float) -> ValBounds:
+    """target as `val_target_seconds`; floor SHARE_TOLERANCE[0] × the share asked, raised
+    to min_val_seconds (capped alike); ceiling SHARE_TOLERANCE[1] × target. All 0 when no
+    val is asked for."""
+    target = val_target_seconds(total, val_fraction, min_val_seconds)
+    if target <= 0:
+        return ValBounds(0.0, 0.0, 0.0)
+    minimum = min(min_val_seconds, MIN_VAL_MAX_SHARE * total)
+    low, high = SHARE_TOLERANCE
+    return ValBounds(target, max(low * val_fraction * total, minimum), high * target)
+
+
+@dataclass(frozen=True)
+class ValChoice:
+    """The val groups in hash order: the first `threshold` of them by the hash threshold,
+    the rest by the top-up; or, with `smallest`, the one group of the last resort."""
+
+    groups: list[str]
+    threshold: int
+    smallest: bool = False
+
+    @property
+    def topped_up(self) -> int:
+        return 0 if self.smallest else len(self.groups) - self.threshold
+
+
+def choose_val_groups(
+    seconds: dict[str, float], val_fraction: float, seed: int, bounds: ValBounds
+) -> ValChoice:
+    """The val groups of `seconds` (group → audio seconds); groups without audio never.
+
+    1. Threshold: every group whose `group_hash` falls below `hash_threshold(val_fraction)`.
+       Its side depends on its name and the seed alone.
+    2. Top-up, only while val holds less than `bounds.floor`: the next groups in hash
+       order, whole, until val reaches the floor, stopping short at a group that would
+       carry it past `bounds.ceiling`. So val is always every group below one hash cut.
+    3. Last resort, when neither took a group: the smallest group, so a corpus of a few
+       large groups still validates on something (a warning says so).
+    Train always keeps at least one group.
+
+    Stability as the corpus grows (more files in old groups, new groups): a group the
+    threshold placed never changes side. A strict guarantee for the top-up is impossible
+    without remembering the last split (it fills a gap that growth changes), so while a
+    top-up is at work, before or after the growth, these can happen: a topped-up group
+    returns to train once val reaches the floor without it (the threshold part grew, e.g.
+    5 % of the audio outgrew min_val_seconds); a train group is topped up when the floor
+    rose faster than val (the share floor of a growing corpus whose threshold part lags,
+    min_val_seconds capped at a quarter of a corpus under 4 × min_val_seconds, or a split
+    that was short of its floor: a warning said so). While the floor stays put
+    (min_val_seconds on a corpus of 4 × to 1 / val_fraction × min_val_seconds: 20 to 100
+    minutes by default) no train group ever joins val. The last resort follows whichever
+    group is smallest; the one group train keeps (when every group hashes under the
+    threshold) joins val once another group arrives.
     """
-    audio = sorted((g for g, s in seconds.items() if s > 0), key=lambda g: (group_hash(g, seed), g))
-    if target <= 0 or len(audio) < 2:
-        return []
-    val: list[str] = []
-    running = 0.0
-    ceiling = MIN_VAL_MAX_SHARE * sum(seconds.values())
-    for g in (g for g in audio if seconds[g] < 2 * target):
-        if len(val) + 1 == len(audio):
+    hashes = {g: group_hash(g, seed) for g, s in seconds.items() if s > 0}
+    order = sorted(hashes, key=lambda g: (hashes[g], g))
+    if bounds.target <= 0 or len(order) < 2:
+        return ValChoice([], 0)
+    cut = hash_threshold(val_fraction)
+    threshold = min(sum(1 for g in order if hashes[g] < cut), len(order) - 1)
+    val = order[:threshold]
+    held = sum(seconds[g] for g in val)
+    for g in order[threshold : len(order) - 1]:
+        if held >= bounds.floor or held + seconds[g] > bounds.ceiling:
             break
-        s = seconds[g]
-        if running + s <= target:
-            val.append(g)
-            running += s
-            continue
-        closer = running + s - target < target - running
-        if closer or (running < floor and running + s <= ceiling):  # the straddler
-            val.append(g)
-        break
-    if not val:  # every group is ≥ 2 × target: the smallest one, or no validation at all
-        val.append(min(audio, key=lambda g: (seconds[g], group_hash(g, seed), g)))
-    return val
+        val.append(g)
+        held += seconds[g]
+    if not val:
+        return ValChoice([min(order, key=lambda g: (seconds[g], hashes[g], g))], 0, True)
+    return ValChoice(val, threshold)
+
+
+def too_coarse(seconds: dict[str, float], bounds: ValBounds) -> bool:
+    """Whether no choice of whole groups can hold val within bounds: fewer than two groups
+    hold audio, or those that fit under the ceiling (train keeping the largest) hold less
+    than the floor together. Looks at sizes only, not at the seed."""
+    sizes = sorted(s for s in seconds.values() if s > 0)
+    if bounds.target <= 0:
+        return False
+    return len(sizes) < 2 or sum(s for s in sizes[:-1] if s <= bounds.ceiling) < bounds.floor
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +322,10 @@ class SplitPlan:
     seconds: dict[str, float]  # per split, header seconds of the files that decode
     groups: dict[str, int]  # per split, groups holding such files
     warnings: list[str] = field(default_factory=list)
+    # The split_by the groups come from: "file" where "dir" fell back to files.
+    grouping: str = "dir"
+    bounds: ValBounds = field(default_factory=lambda: ValBounds(0.0, 0.0, 0.0))
+    choice: ValChoice = field(default_factory=lambda: ValChoice([], 0))
 
     def summary(self) -> str:
         total = sum(self.seconds.values())
@@ -259,8 +335,9 @@ class SplitPlan:
             if self.asked_fraction is None
             else (f"asked {self.asked_fraction:.1%}, target {self.target_seconds:.0f} s")
         )
+        by = f" by {self.grouping}" if self.grouping in ("file", "dir") else ""
         return (
-            f"split: val {self.groups['val']} of {sum(self.groups.values())} groups, "
+            f"split: val {self.groups['val']} of {sum(self.groups.values())} groups{by}, "
             f"{self.seconds['val']:.0f} s of {total:.0f} s decodable audio "
             f"({share:.1%}; {asked})"
         )
@@ -295,7 +372,8 @@ def groups_of(
     paths: list[str], split_by: str, manifest_sha256: str = ""
 ) -> tuple[dict[str, str], bool]:
     """path → group for files that were decoded (index.json counts groups per split), and
-    whether a manifest gave the split itself (then no fraction was asked for)."""
+    whether a manifest gave the split itself (then no fraction was asked for). Pass the
+    plan's `grouping` as split_by: "dir" may have fallen back to "file"."""
     rule = parse_split_by(split_by)
     manifest = read_manifest(rule.manifest, manifest_sha256) if rule.manifest else None
     given = manifest is not None and manifest.column == "split"
@@ -310,37 +388,61 @@ def plan_splits(
     seed: int,
     manifest_sha256: str = "",
 ) -> SplitPlan:
-    """Every file's split: from the manifest's split column as given, else by the walk."""
+    """Every file's split: from the manifest's split column as given, else by
+    `choose_val_groups`; `dir` falls back to files where folders are `too_coarse` (so a
+    corpus that grows across that line is regrouped; one folder of files never is)."""
     rule = parse_split_by(split_by)
     manifest = read_manifest(rule.manifest, manifest_sha256) if rule.manifest else None
     warnings = _manifest_warnings(items, manifest) if manifest else []
     group_of = group_files(items, rule, manifest)
-    seconds: dict[str, float] = {}
-    for it in items:
-        if it.decodes:
-            seconds[group_of[it.path]] = seconds.get(group_of[it.path], 0.0) + it.seconds
+    seconds = _group_seconds(items, group_of)
     total = sum(seconds.values())
+    grouping = split_by
+    bounds, choice = ValBounds(0.0, 0.0, 0.0), ValChoice([], 0)
     if manifest is not None and manifest.column == "split":
         split_of = {it.path: manifest.table.get(it.path, "train") for it in items}
-        asked, target = None, 0.0
+        asked: float | None = None
     else:
         asked = val_fraction
-        target = val_target_seconds(total, val_fraction, min_val_seconds)
-        floor = min_val_seconds if val_fraction > 0 else 0.0
-        val = set(choose_val_groups(seconds, target, seed, floor))
+        bounds = val_bounds(total, val_fraction, min_val_seconds)
+        if rule.kind == "dir" and too_coarse(seconds, bounds):
+            by_file = {it.path: it.path for it in items}
+            file_seconds = _group_seconds(items, by_file)
+            if _audio_groups(file_seconds) > _audio_groups(seconds):
+                warnings.append(_fallback_line(seconds, bounds))
+                group_of, seconds, grouping = by_file, file_seconds, "file"
+        choice = choose_val_groups(seconds, val_fraction, seed, bounds)
+        val = set(choice.groups)
         split_of = {it.path: "val" if group_of[it.path] in val else "train" for it in items}
     plan = SplitPlan(
         split_of=split_of,
         group_of=group_of,
         asked_fraction=asked,
-        target_seconds=target,
+        target_seconds=bounds.target,
         seconds={s: 0.0 for s in SPLITS},
         groups={s: 0 for s in SPLITS},
         warnings=warnings,
+        grouping=grouping,
+        bounds=bounds,
+        choice=choice,
     )
     _tally(plan, items)
     plan.warnings += _size_warnings(plan, seconds, val_fraction, min_val_seconds)
     return plan
+
+
+def _group_seconds(items: list[SplitItem], group_of: dict[str, str]) -> dict[str, float]:
+    """Audio seconds per group, of the files that will be decoded: a group of duplicates
+    and undecodable files holds none, so it never counts toward val."""
+    seconds: dict[str, float] = {}
+    for it in items:
+        if it.decodes:
+            seconds[group_of[it.path]] = seconds.get(group_of[it.path], 0.0) + it.seconds
+    return seconds
+
+
+def _audio_groups(seconds: dict[str, float]) -> int:
+    return sum(1 for s in seconds.values() if s > 0)
 
 
 def _tally(plan: SplitPlan, items: list[SplitItem]) -> None:
@@ -373,10 +475,28 @@ def _manifest_warnings(items: list[SplitItem], manifest: Manifest) -> list[str]:
     return out
 
 
+def _fallback_line(seconds: dict[str, float], bounds: ValBounds) -> str:
+    """The one line that says `dir` gave way to files, and why."""
+    folders = sorted((s, g) for g, s in seconds.items() if s > 0)
+    if len(folders) == 1:
+        return (
+            f"split_by dir: all audio is in one folder ({folders[0][1]}/), which cannot be "
+            "split in whole folders; splitting by file instead (one folder has no speakers "
+            "to keep apart: if it has, name them with --split-by re:PATTERN or manifest:FILE)"
+        )
+    return (
+        f"split_by dir: the {len(folders)} folders holding audio are too few or too large "
+        f"to give val {bounds.floor:.0f}–{bounds.ceiling:.0f} s in whole folders (the "
+        f"smallest holds {folders[0][0]:.0f} s); splitting by file instead, so a folder's "
+        "files fall on both sides; to keep speakers apart name them with --split-by "
+        "re:PATTERN or manifest:FILE"
+    )
+
+
 def _size_warnings(
     plan: SplitPlan, seconds: dict[str, float], val_fraction: float, min_val_seconds: float
 ) -> list[str]:
-    """Say when the corpus cannot give the val asked for, and why."""
+    """Say when the corpus cannot give the val asked for, why, and what to change."""
     total = sum(seconds.values())
     val = plan.seconds["val"]
     if plan.asked_fraction is None:
@@ -388,28 +508,49 @@ def _size_warnings(
         ]
     if val_fraction <= 0:
         return []
-    audio_groups = sum(1 for s in seconds.values() if s > 0)
+    finer = (
+        "more, shorter files give a closer share"
+        if plan.grouping == "file"
+        else "a finer --split-by (file, or a speaker regex) gives a closer share"
+    )
+    audio_groups = _audio_groups(seconds)
     if audio_groups < 2:
         return [
             f"no val split: {audio_groups} group holds audio and train keeps one; "
-            "use --split-by file or a speaker regex for a finer split"
+            + ("the input needs two audio files at least" if plan.grouping == "file" else finer)
         ]
+    b, share = plan.bounds, val / total
     out = []
-    if plan.groups["val"] == 1 and val >= 2 * plan.target_seconds:  # only the fallback
+    if plan.choice.smallest and val > b.ceiling:
         out.append(
-            f"val is one group of {val:.0f} s ({val / total:.1%}) for a target of "
-            f"{plan.target_seconds:.0f} s: every group holds ≥ 2 × the target; "
-            "use --split-by file or a speaker regex for a finer split"
+            f"val is one group of {val:.0f} s ({share:.1%}) for a target of {b.target:.0f} s: "
+            f"the groups are too large for whole ones to hold {b.floor:.0f}–{b.ceiling:.0f} s "
+            f"and this is the smallest; {finer}"
         )
+    elif val > b.ceiling:
+        out.append(
+            f"val holds {val:.0f} s ({share:.1%}) for an asked {val_fraction:.1%} (target "
+            f"{b.target:.0f} s): the {plan.choice.threshold} groups whose hash falls under "
+            f"{val_fraction:.1%} of the hash space hold that much, and a split that stays put "
+            f"as the corpus grows never moves one out; {finer}"
+        )
+    whole = (
+        f"val is whole groups in hash order, and the next one would carry it past "
+        f"{b.ceiling:.0f} s (1.25 × the target); {finer}"
+    )
     if val < min_val_seconds:
-        why = (
-            f"the corpus holds {total:.0f} s of audio and min_val_seconds takes at most "
-            f"{MIN_VAL_MAX_SHARE:.0%} of it"
-            if MIN_VAL_MAX_SHARE * total < min_val_seconds
-            else f"val is whole groups, and the next one in hash order would take it over "
-            f"{MIN_VAL_MAX_SHARE:.0%} of the audio"
-        )
+        why = []
+        if MIN_VAL_MAX_SHARE * total < min_val_seconds:
+            why.append(
+                f"the corpus holds {total:.0f} s of audio and min_val_seconds takes at most "
+                f"{MIN_VAL_MAX_SHARE:.0%} of it"
+            )
+        if val < b.floor:
+            why.append(whole)
         out.append(
-            f"val holds {val:.0f} s, less than min_val_seconds = {min_val_seconds:.0f} s: {why}"
+            f"val holds {val:.0f} s, less than min_val_seconds = {min_val_seconds:.0f} s: "
+            + "; ".join(why)
         )
+    elif val < b.floor:
+        out.append(f"val holds {val:.0f} s ({share:.1%}) for an asked {val_fraction:.1%}: {whole}")
     return out
