@@ -36,6 +36,7 @@ from preprocess.config import PreprocessConfig
 from preprocess.measure import stage_times
 from preprocess.measure.policy import Decision, reject
 from preprocess.measure.stage_times import add_times
+from preprocess.out.lock import OutputLocked, output_lock
 from preprocess.out.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan.planner import (
     InputFile,
@@ -53,7 +54,7 @@ from shards.atomic import atomic_write_text
 _FINGERPRINT_BATCH = 32
 FINGERPRINTS = "fingerprints.jsonl"  # in OUT/.work: hashes a killed run already took
 
-__all__ = ["OutputConflict", "run_pipeline"]
+__all__ = ["OutputConflict", "OutputLocked", "check_run_paths", "run_pipeline"]
 
 
 @ray.remote
@@ -221,6 +222,24 @@ def plan_decision(f: InputFile) -> Decision:
     return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
 
 
+def check_run_paths(
+    input_root: str | Path, output: str | Path, workers: int | None = None
+) -> tuple[Path, Path]:
+    """The input and output as absolute paths, or ValueError/NotADirectoryError with one
+    line: judged before OUT is locked or created."""
+    input_root = Path(input_root).resolve()
+    out = Path(output).resolve()
+    if not input_root.is_dir():
+        raise NotADirectoryError(f"input {input_root} is not a directory")
+    if workers is not None and workers <= 0:
+        raise ValueError(f"--workers {workers}: expected a positive number of workers")
+    if out == input_root or input_root in out.parents:
+        raise ValueError(f"output {out} must not lie inside the input {input_root}")
+    if out in input_root.parents:  # --overwrite clears OUT's folders: the input with them
+        raise ValueError(f"input {input_root} must not lie inside the output {out}")
+    return input_root, out
+
+
 def run_pipeline(
     input_root: str | Path,
     output: str | Path,
@@ -238,39 +257,32 @@ def run_pipeline(
     `scan_only` runs the same planning, actors and kernels but writes no shards: the
     files.jsonl, stats.zarr and index.json that `preprocess.diagnose` reads.
     `stop_ray_in_background` (the CLIs) lets assembly and the report overlap a local Ray's
-    shutdown; see `ray_session`.
+    shutdown; see `ray_session`. OUT is locked for the whole run (`out/lock.py`): a run on
+    an OUT another process holds raises OutputLocked having touched nothing.
     """
     from preprocess.out.assemble import assemble
 
-    input_root = Path(input_root).resolve()
-    out = Path(output).resolve()
-    if not input_root.is_dir():
-        raise NotADirectoryError(f"input {input_root} is not a directory")
-    if workers is not None and workers <= 0:
-        raise ValueError(f"--workers {workers}: expected a positive number of workers")
-    if out == input_root or input_root in out.parents:
-        raise ValueError(f"output {out} must not lie inside the input {input_root}")
-    if out in input_root.parents:  # --overwrite clears OUT's folders: the input with them
-        raise ValueError(f"input {input_root} must not lie inside the output {out}")
-    claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
-    work = out / ".work"
-    work.mkdir(exist_ok=True)
-    print(f"preprocess: {input_root} → {out}")
-    print(config_line(cfg))
-    with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
-        done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
-    # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
-    t_assemble, cpu_assemble = time.perf_counter(), time.thread_time()
-    index = assemble(
-        out, work, cfg, done.units, done.plan_records, input_root, done.digest, scan_only
-    )
-    assembly = {
-        "cpu": {"assemble": time.thread_time() - cpu_assemble},
-        "wall": {"assemble": time.perf_counter() - t_assemble},
-    }
-    if not keep_work:
-        for scratch in ("units", "groups", WARM_UP_DIR):
-            shutil.rmtree(work / scratch, ignore_errors=True)
+    input_root, out = check_run_paths(input_root, output, workers)
+    with output_lock(out):  # before OUT is read, cleared or written: one run per OUT
+        claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
+        work = out / ".work"
+        work.mkdir(exist_ok=True)
+        print(f"preprocess: {input_root} → {out}")
+        print(config_line(cfg))
+        with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
+            done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
+        # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
+        t_assemble, cpu_assemble = time.perf_counter(), time.thread_time()
+        index = assemble(
+            out, work, cfg, done.units, done.plan_records, input_root, done.digest, scan_only
+        )
+        assembly = {
+            "cpu": {"assemble": time.thread_time() - cpu_assemble},
+            "wall": {"assemble": time.perf_counter() - t_assemble},
+        }
+        if not keep_work:
+            for scratch in ("units", "groups", WARM_UP_DIR):
+                shutil.rmtree(work / scratch, ignore_errors=True)
     # Run figures for the benchmark (keys with "_" are never written to index.json): the
     # pipeline's own time, Ray up to units done plus assembly; Ray's start and stop are
     # fixed costs the benchmark times apart.

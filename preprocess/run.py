@@ -2,13 +2,26 @@
 
 The same code runs as `python preprocess/run.py …` and under
 `ray job submit --working-dir . -- python preprocess/run.py … --address auto`.
+
+How a run ends is part of the CLI (and shared with `preprocess.diagnose`): one line on
+stderr and an exit code a script can act on — 0 done, 1 failed (including an OUT another
+run holds, a full disk, and a result with nothing to train or validate on), 2 bad usage,
+130 on SIGINT, 143 on SIGTERM — never a traceback for any of these.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,8 +30,11 @@ from preprocess.actors.ray_session import RayStartError, wait_for_stop  # noqa: 
 from preprocess.actors.schedule import WorkerDeaths  # noqa: E402
 from preprocess.config import load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
-from preprocess.pipeline import OutputConflict, run_pipeline  # noqa: E402
-from preprocess.summary import print_summary  # noqa: E402
+from preprocess.out.lock import OutputLocked, output_lock  # noqa: E402
+from preprocess.pipeline import check_run_paths, run_pipeline  # noqa: E402
+from preprocess.summary import print_summary, unusable_result  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,37 +84,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace output of another config")
     p.add_argument("--keep-work", action="store_true", help="keep OUT/.work/units for debugging")
     p.add_argument("--no-report", action="store_true", help="skip the diagnosis report")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="exit 0 when nothing is kept or val is empty although val_fraction > 0 "
+        "(default: exit 1 with one line)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    finally:
-        wait_for_stop()  # a local Ray stopped in the background: down before we return
-
-
-def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(
-            args.config,
-            preset=args.preset,
-            segment_seconds=args.segment_seconds,
-            min_valid_fraction=args.min_valid_fraction,
-            val_fraction=args.val_fraction,
-            min_val_seconds=args.min_val_seconds,
-            split_by=args.split_by,
-            shard_mb=args.shard_mb,
-            audio_encoding=args.audio_encoding,
-            target_lufs=args.target_lufs,
-            quality=args.quality,
-        )
-        if cfg.quality == "dnsmos":
-            require_dnsmos()
+    configure_logging()
+    with signals_end_the_run():
+        return run_cli(lambda: _main(args), Path(args.output).resolve())
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_config(
+        args.config,
+        preset=args.preset,
+        segment_seconds=args.segment_seconds,
+        min_valid_fraction=args.min_valid_fraction,
+        val_fraction=args.val_fraction,
+        min_val_seconds=args.min_val_seconds,
+        split_by=args.split_by,
+        shard_mb=args.shard_mb,
+        audio_encoding=args.audio_encoding,
+        target_lufs=args.target_lufs,
+        quality=args.quality,
+    )
+    if cfg.quality == "dnsmos":
+        require_dnsmos()
+    input_root, out = check_run_paths(args.input, args.output, args.workers)
+    with output_lock(out):  # held through the report, which writes OUT/report/
         index = run_pipeline(
-            args.input,
-            args.output,
+            input_root,
+            out,
             cfg,
             workers=args.workers,
             address=args.address,
@@ -107,16 +129,17 @@ def _main(argv: list[str] | None) -> int:
             dashboard=args.dashboard,
             stop_ray_in_background=True,  # assembly and the report overlap Ray's shutdown
         )
-    except (OutputConflict, ValueError, NotADirectoryError, FileNotFoundError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    except (RayStartError, WorkerDeaths) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 1
-    print_summary(index)
-    if not args.no_report:
-        _write_report(Path(args.output), cfg)
-    return 0
+        print_summary(index)
+        if not args.no_report:
+            _write_report(out, cfg)
+    problem = unusable_result(index)
+    if problem is None:
+        return EXIT_OK
+    if args.allow_empty:
+        print(f"preprocess: warning: {problem} (accepted: --allow-empty)", file=sys.stderr)
+        return EXIT_OK
+    print(f"preprocess: error: {problem} (--allow-empty accepts it)", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _write_report(out: Path, cfg) -> None:
@@ -126,6 +149,157 @@ def _write_report(out: Path, cfg) -> None:
         return
     report = report_for_output(out, segment_seconds=cfg.segment_seconds)
     print(f"report: {report}")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so every
+    `finally` on the way out runs (a local Ray is stopped, OUT's lock released)."""
+
+
+@contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM Terminated in the main thread, in any
+    phase; `run_cli` turns either into one line and 130/143.
+
+    After the first signal both are ignored: the clean-up it starts (stopping a local Ray,
+    a few seconds) must finish, or Ray's daemons would outlive the run. `ray.init` would
+    replace the SIGTERM handler with its own (`sys.exit`: exit 1, no word), so Ray is kept
+    from installing one while this block runs.
+    """
+    import ray._private.utils as ray_utils
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers: Python's defaults stay
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ray_install = ray_utils.set_sigterm_handler
+    for s in before:
+        signal.signal(s, on_signal)
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = ray_install
+        for s, handler in before.items():
+            if signal.getsignal(s) is on_signal:  # no signal came: leave as we found them
+                signal.signal(s, handler)
+
+
+def run_cli(body: Any, out: Path | None) -> int:
+    """Run a CLI's `body()` and return its exit code; an exception that ends a run in a
+    way the user can act on becomes one line on stderr and its code (`ending`), anything
+    else (a bug) keeps its traceback."""
+    try:
+        try:
+            return body()
+        finally:
+            wait_for_stop()  # a local Ray stopped in the background: down before we return
+    except BaseException as exc:
+        end = ending(exc, out)
+        if end is None:
+            raise
+        code, line = end
+        wait_for_stop()  # signals are ignored by now: let an interrupted wait finish
+        print(line, file=sys.stderr)
+        return code
+
+
+def ending(exc: BaseException, out: Path | None) -> tuple[int, str] | None:
+    """(exit code, one line) for an exception that ends a run, or None for a bug."""
+    rerun = "run the same command again to continue (finished units are kept)"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT, f"preprocess: interrupted (SIGINT); {rerun}"
+    if isinstance(exc, Terminated):
+        return EXIT_SIGTERM, f"preprocess: terminated (SIGTERM); {rerun}"
+    full = disk_full(exc)
+    if full is not None:
+        line = disk_full_line(full, out)
+        return EXIT_FAILED, f"preprocess: error: {line}: free some space, then {rerun}"
+    if isinstance(exc, (OutputLocked, RayStartError, WorkerDeaths)):
+        return EXIT_FAILED, f"preprocess: error: {exc}"
+    if _from_a_worker(exc):
+        return None  # a worker's bug: its traceback is the report
+    if isinstance(exc, (ValueError, NotADirectoryError, FileNotFoundError)):  # OutputConflict
+        return EXIT_USAGE, f"preprocess: error: {exc}"
+    return None
+
+
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The OSError ENOSPC/EDQUOT behind `exc`, wherever it was raised: in this process,
+    or in a Ray worker (a RayTaskError whose `cause` is it, also through
+    `as_instanceof_cause`), or as the cause of another error."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)  # RayTaskError's own exception
+        if isinstance(e, OSError) and e.errno in _DISK_FULL and cause is None:
+            return e
+        todo += [cause if isinstance(cause, BaseException) else None]
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def disk_full_line(err: OSError, out: Path | None) -> str:
+    """'no space left on device in FOLDER (writing FILE)': the folder is OUT when the
+    file lies in it, else the file's own (Ray's temp dir, $TMPDIR)."""
+    what = _DISK_FULL.get(err.errno, "no space left on device")
+    if what != _DISK_FULL[errno.ENOSPC]:
+        what = f"no space left on device ({what})"
+    if not err.filename:
+        return f"{what} in {out or 'the output folder'}"
+    path = Path(os.fsdecode(err.filename))
+    folder = out if out is not None and (path == out or out in path.parents) else path.parent
+    return f"{what} in {folder} (writing {path})"
+
+
+def _from_a_worker(exc: BaseException) -> bool:
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        return False
+    return isinstance(exc, RayError)
+
+
+class _CliFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"preprocess: {record.levelname.lower()}: {record.getMessage()}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever sys.stderr is when a record comes (a test swaps it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """Warnings the preprocess library logs reach the user as `preprocess: warning: …`
+    lines (once per process)."""
+    logger = logging.getLogger("preprocess")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(_CliFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""The final summary table a preprocessing run prints."""
+"""The final summary table a preprocessing run prints, and whether its result is usable."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 
@@ -27,9 +26,26 @@ def print_summary(index: dict[str, Any]) -> None:
         print(f"elapsed {index['_elapsed_s']:.1f} s ({rate:.0f} audio-seconds/s)")
     if index.get("_worker_peak_rss_mb"):
         print(f"peak worker RSS {index['_worker_peak_rss_mb']:.0f} MB")
-    if not any(s["segments"] for s in t["splits"].values()):
-        print(
-            "preprocess: warning: no segment was kept, so OUT holds no audio to train on: "
-            "the reasons are above",
-            file=sys.stderr,
+
+
+def unusable_result(index: dict[str, Any]) -> str | None:
+    """Why OUT holds nothing to train on, or no val although one was asked, in one line
+    that says what to change; None when it is usable. A split given by a manifest is
+    taken as given, an empty val included."""
+    t, cfg = index["totals"], index.get("config", {})
+    splits = t["splits"]
+    if not any(s["segments"] for s in splits.values()):
+        if not t["files"]:
+            return f"no file found under {index.get('input')}: nothing to preprocess"
+        return (
+            f"nothing kept: all {t['files']} files were rejected (reasons above; per file in "
+            "files.jsonl); loosen the thresholds that rejected them"
         )
+    asked = cfg.get("val_fraction", 0.0)
+    by_manifest = str(cfg.get("split_by", "")).startswith("manifest:")
+    if asked > 0 and not by_manifest and not splits.get("val", {}).get("segments"):
+        return (
+            f"val is empty although val_fraction is {asked:g}: use --split-by file or a "
+            "speaker regex for finer groups, or --val-fraction 0 for none"
+        )
+    return None

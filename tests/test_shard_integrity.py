@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import shards
-from telucodec_cli.main import main as telucodec_main
 from shards import Index, ShardWriter, loader, read_samples
 from shards.reader import ALLOW_PIPE_ENV
 from telucodec.checkpoint import save_codec
 from telucodec.configs import get_config
 from telucodec.model import Codec
+from telucodec_cli.main import main as telucodec_main
 
 SEGMENT = 8000
 

@@ -13,6 +13,7 @@ rerun on a changed input equal to a clean run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -259,6 +260,8 @@ def _process_file(
             rec = file_record(f, decision, analysis, n_segments, valid, end - start)
             rms = analysis.frame_rms.astype(np.float32)
         except Exception as exc:  # one bad file never stops the job
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk is the run's to report, not this file's fault
             samples = []
             decision = reject("corrupt", f"processing failed: {type(exc).__name__}: {exc}")
             rec = file_record(f, decision)

@@ -1,24 +1,25 @@
 """`python -m preprocess.diagnose PATH`: the original diagnosis's scenarios A/B/C, measured.
 
 PATH is a raw corpus (scanned with the pipeline's own actors and kernels, no shards
-written, into a sibling `PATH.diagnose/`) or a preprocess OUT (read from files.jsonl and
-stats.zarr in seconds, no audio decoded). Writes report.md, PNG plots and per-count file
-lists, and prints a summary with one verdict per scenario. docs/DIAGNOSE.md has more.
+written, into `NAME.diagnose/` under the working directory, so a read-only corpus
+works) or a preprocess OUT (files.jsonl and stats.zarr read in seconds, no audio
+decoded). Writes report.md, PNG plots and per-count file lists, and prints a summary
+with one verdict per scenario. docs/DIAGNOSE.md has more.
 `python -m preprocess.diagnose` runs `main` (`__main__.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from preprocess.actors.ray_session import RayStartError, wait_for_stop
-from preprocess.actors.schedule import WorkerDeaths
 from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
+from preprocess.out.lock import output_lock
+from preprocess.run import configure_logging, disk_full, run_cli, signals_end_the_run
 from shards import Index
 
 
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="raw corpus: scan dir (default PATH.diagnose/, report in its "
-        "report/); OUT: report dir (default OUT/report/)",
+        help="raw corpus: scan dir (default ./NAME.diagnose/ in the working directory, "
+        "report in its report/); OUT: report dir (default OUT/report/)",
     )
     p.add_argument(
         "--what-if",
@@ -102,21 +103,25 @@ def check_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    finally:
-        wait_for_stop()  # a local Ray stopped in the background: down before we return
-
-
-def _main(argv: list[str] | None) -> int:
+    """Exit codes and signals as `preprocess.run`'s: 0 done, 1 failed, 2 bad usage,
+    130/143 on SIGINT/SIGTERM, each with one line."""
     args = build_parser().parse_args(argv)
+    configure_logging()
+    with signals_end_the_run():
+        return run_cli(lambda: _main(args), None)
+
+
+def _main(args: argparse.Namespace) -> int:
     path: Path = args.path.resolve()
-    try:
-        cfg = check_args(args)
+    cfg = check_args(args)
+    with ExitStack() as held:  # OUT's lock (out/lock.py) while this writes into an OUT
         if is_output(path):
             out, report_dir = path, args.out or path / "report"
+            if report_dir.resolve().is_relative_to(out):
+                held.enter_context(output_lock(out))
         elif path.is_dir():
-            out = (args.out or path.with_name(path.name + ".diagnose")).resolve()
+            out = (args.out or Path.cwd() / (path.name + ".diagnose")).resolve()
+            held.enter_context(output_lock(out))
             scan_corpus(path, out, cfg, args.workers)
             report_dir = out / "report"
         else:
@@ -125,13 +130,9 @@ def _main(argv: list[str] | None) -> int:
         try:
             report = write_report(f, report_dir)
         except OSError as exc:
+            if disk_full(exc):
+                raise  # a full disk is exit 1, not a usage error
             detail = exc.strerror or exc
             raise ValueError(f"cannot write the report to {report_dir}: {detail}") from exc
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    except (RayStartError, WorkerDeaths) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 1
     print(render_terminal(f, report))
     return 0

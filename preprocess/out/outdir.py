@@ -4,7 +4,9 @@ The pipeline writes `OUT/.preprocess-out.json` (the stamp: tool, input path, con
 digest) before anything else, so it can tell an OUT it wrote from a folder a user made.
 An OUT written before stamps existed is recognised by an index.json of our format. Rules:
 
-- a missing or empty OUT is claimed;
+- the caller holds OUT's lock (`lock.py`, the file `.lock`) before any of this: one run
+  per OUT;
+- a missing or empty OUT (`.lock` aside) is claimed;
 - a non-empty OUT with neither stamp nor our index.json is refused, even with
   `--overwrite`: it is someone else's folder;
 - an OUT of another input path or config is refused without `--overwrite`; with it,
@@ -16,6 +18,7 @@ An OUT written before stamps existed is recognised by an index.json of our forma
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -28,6 +31,8 @@ from shards.atomic import atomic_write_json
 from shards.index import IndexFormatError
 
 STAMP = ".preprocess-out.json"
+LOCK_NAME = ".lock"  # preprocess/out/lock.py: held while a run reads or writes OUT
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TOOL = "telucodec preprocess.run"
 # What a run writes under OUT (besides the stamp); `--overwrite` removes exactly these.
 RUN_OUTPUTS = ("shards", "stats.zarr", "stats.zarr.tmp", "report", ".work", "files.jsonl")
@@ -45,7 +50,7 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
     if out.exists() and not out.is_dir():
         raise OutputConflict(f"output {out} is a file; choose a directory")
     differs = ""
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         previous = _previous_run(out)
         if previous is None:
             raise OutputConflict(
@@ -65,6 +70,8 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
     except OSError as exc:  # read-only filesystem, no permission, a file in the way
+        if exc.errno in DISK_FULL:
+            raise  # not a bad --output: the CLI says "no space left" (exit 1)
         raise OutputConflict(f"output {out} cannot be written: {exc.strerror or exc}") from exc
 
 

@@ -26,14 +26,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Paths under preprocess/ that shape no output byte: the CLI, the printer, how Ray starts and
-# the order work is scheduled in, the lap timers, docstring-only package files, and the
-# diagnosis and demo generator as a whole.
+# stops, the order work is scheduled in, OUT's run lock, the lap timers, docstring-only
+# package files, and the diagnosis and demo generator as a whole.
 _PREPROCESS_NOT_OUTPUT = frozenset(
     {
         "run.py",
         "summary.py",
         "actors/ray_session.py",
+        "actors/ray_watchdog.py",
         "actors/schedule.py",
+        "out/lock.py",
         "measure/stage_times.py",
     }
 )
