@@ -52,41 +52,60 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
     guard = NonFiniteGuard(args.max_nonfinite_steps)
     data.stream.start = state.batches
     on_gpu = run.device.type == "cuda"
-    batches = iter(loader.train_loader(data.stream, args.num_workers, on_gpu))
+    batches = iter(loader.train_loader(data.stream, loader_workers(run, data), on_gpu))
     engines.generator.train()
-    while state.step < data.total_steps:
-        epoch = state.batches // data.batches_per_epoch
-        batch = next(batches)
-        assert batch["epoch"] == epoch, (batch["epoch"], epoch)
-        epoch_errors.update(batch)
-        terms = train_step(engines, batch, run.device, guard)
-        state.batches += 1
-        state.step = state.batches // data.accumulation
-        guard.count(run, state, terms)
-        if state.batches % data.batches_per_epoch == 0:
-            report_epoch(run, state, epoch, epoch_errors)
-        if state.batches % data.accumulation:
-            continue  # gradient accumulation: not an optimizer step yet
-        session.steps += 1
-        if session.steps == 1:
-            session.first_step_done = time.time()
-        logged = state.step % args.log_every == 0 or state.step == data.total_steps
-        if logged and terms is not None:
-            log_losses(run, data, engines, state, session, terms, bar, tb)
-        bar.update(1)
-        if state.step >= data.total_steps or time_is_up(run):
-            if state.batches % data.batches_per_epoch:
-                report_epoch(run, state, epoch, epoch_errors)  # the part this session ran
-            break
-        if args.val_every and state.step % args.val_every == 0:
-            validate(run, data, engines, state, tb)
-            session.last_val = state.step
-        if args.save_every and state.step % args.save_every == 0:
-            save_checkpoint(run, engines, state)
-            session.last_save = state.step
-    del batches  # stops the loader's workers
-    bar.close()
+    try:
+        while state.step < data.total_steps:
+            epoch = state.batches // data.batches_per_epoch
+            batch = next(batches)
+            assert batch["epoch"] == epoch, (batch["epoch"], epoch)
+            epoch_errors.update(batch)
+            terms = train_step(engines, batch, run.device, guard)
+            state.batches += 1
+            state.step = state.batches // data.accumulation
+            guard.count(run, state, terms)
+            if state.batches % data.batches_per_epoch == 0:
+                report_epoch(run, state, epoch, epoch_errors)
+            if state.batches % data.accumulation:
+                continue  # gradient accumulation: not an optimizer step yet
+            session.steps += 1
+            if session.steps == 1:
+                session.first_step_done = time.time()
+            logged = state.step % args.log_every == 0 or state.step == data.total_steps
+            if logged and terms is not None:
+                log_losses(run, data, engines, state, session, terms, bar, tb)
+            bar.update(1)
+            if state.step >= data.total_steps or time_is_up(run):
+                if state.batches % data.batches_per_epoch:
+                    report_epoch(run, state, epoch, epoch_errors)  # the part this session ran
+                break
+            if args.val_every and state.step % args.val_every == 0:
+                validate(run, data, engines, state, tb)
+                session.last_val = state.step
+            if args.save_every and state.step % args.save_every == 0:
+                save_checkpoint(run, engines, state)
+                session.last_save = state.step
+    finally:  # also on an interrupt or error: no worker may outlive the run
+        stop_workers(batches)
+        bar.close()
     return session
+
+
+def stop_workers(batches) -> None:
+    """Stop the DataLoader's worker processes and wait for them (each gets a few seconds,
+    then is terminated). Left to garbage collection, an iterator that an exception's
+    traceback still holds would keep its workers alive past the end of the run."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # absent with --num-workers 0
+    if shutdown is not None:
+        shutdown()
+
+
+def loader_workers(run: Run, data: Data) -> int:
+    """--num-workers, but never more than an epoch has batches: batch i comes from worker
+    i % workers, so with more workers than batches per epoch some worker has no batch in an
+    epoch, and webdataset reads `with_epoch(0)` as "endless", not "none" (a train split
+    smaller than one batch per rank stopped the run with `AssertionError: (1, 2)`)."""
+    return min(run.args.num_workers, data.batches_per_epoch)
 
 
 def throughput(run: Run, data: Data, session: Session) -> dict[str, Any]:

@@ -15,9 +15,17 @@ from shards.atomic import atomic_write_json
 from telucodec.checkpoint import model_identity, save_codec
 from training.checkpoints import TrainState
 from training.engines import Engines
-from training.report import headline, plot_curves, run_summary, succeeded, verdict
+from training.report import (
+    CRITERION,
+    headline,
+    opus_line,
+    plot_curves,
+    run_summary,
+    succeeded,
+    verdict,
+)
 from training.setup import Data, Run
-from training.validate import val_coverage
+from training.validate import compare_with_opus, val_coverage
 
 
 def write_run_config(run: Run, data: Data, engines: Engines) -> None:
@@ -80,8 +88,9 @@ def export(
     speed: dict[str, Any] | None = None,
 ) -> None:
     """Rank 0: the generator to CKPT/NAME/final (float32, for `python -m telucodec`),
-    metrics.json (with `speed`, this session's `throughput`) and curves.png, and the
-    headline: the original success criterion decided with 95 % confidence."""
+    metrics.json (with `speed`, this session's `throughput`, and Opus beside our codec
+    when opus-tools are installed) and curves.png, and the headline: the verdict of
+    report.CRITERION (masked SNR and SI-SDR > 0 dB with 95 % confidence)."""
     exp_dir, top = run.exp_dir, f"{run.kbps[-1]:g}"
     generator = engines.generator.module
     if engines.dtype != torch.float32:
@@ -90,6 +99,7 @@ def export(
         generator = copy.deepcopy(generator).float()
     extra = {"step": state.step, "experiment": run.args.experiment_name, "validation": figures}
     save_codec(exp_dir / "final", generator, extra=extra)
+    opus = compare_with_opus(run, data, engines)
     elapsed = time.time() - run.started
     metrics = {
         "experiment": run.args.experiment_name,
@@ -102,6 +112,8 @@ def export(
         "kbps": [f"{k:g}" for k in run.kbps],
         "success": succeeded(figures[top]),
         "verdict": verdict(figures[top]),
+        "criterion": CRITERION,
+        "opus": opus,
         "throughput": speed,
         "history": state.history,
     }
@@ -109,6 +121,10 @@ def export(
     plot_curves(state.history, exp_dir / "curves.png")
     print(f"exported generator: {exp_dir / 'final'} (telucodec.checkpoint.load_codec)")
     print(f"{state.step} steps in {elapsed:.0f} s; metrics: {exp_dir / 'metrics.json'}")
+    if opus is not None and "skipped" in opus:
+        print(f"Opus comparison skipped: {opus['skipped']}")
+    elif opus is not None:
+        print(opus_line(opus["kbps"], opus["telucodec"], opus["opus"]))
     print(headline(top, figures[top]) + val_coverage(data, run.args, figures[top]), flush=True)
 
 

@@ -15,6 +15,7 @@ import torch
 from shards import Index, loader
 from telucodec.configs import DEFAULT_KBPS, CodecConfig, get_config
 from training.args import experiment_dir
+from training.distributed import print0
 from training.init_source import InitSource
 
 SUPPORTED_ZERO_STAGES = (0, 1)
@@ -137,12 +138,18 @@ def load_data(run: Run, ds_config: dict[str, Any]) -> Data:
     micro = ds_config["train_micro_batch_size_per_gpu"]
     accumulation = ds_config["gradient_accumulation_steps"]
     per_epoch = loader.batches_per_epoch(index.samples("train"), micro, run.world)
+    if index.samples("train") < micro * run.world:
+        print0(
+            f"note: {index.samples('train')} train segments are fewer than one batch on every "
+            f"rank ({micro} x {run.world} ranks): an epoch is 1 batch per rank, the segments "
+            "drawn with repetition"
+        )
     if args.max_steps is not None:
         total_steps = args.max_steps
     else:
         total_steps = max(1, args.num_epochs * per_epoch // accumulation)
     stream = loader.TrainStream(
-        index.paths("train"),
+        index.entries("train"),
         batch_size=micro,
         batches_per_epoch=per_epoch,
         crop_samples=int(round(args.segment_seconds * run.cfg.sample_rate)),
