@@ -14,11 +14,30 @@ depend on the machine.
 recordings → cuts → 16 kHz mono → 1 s windows → Shar with FLAC audio, num_jobs = cores.
 It has no quality checks, loudness normalization, masks or dedup; its files are listed one
 by one (RecordingSet.from_dir stops at the first corrupt file, and this corpus has some).
+
+The mission's size (issue 25), in one command for a quiet machine (~15–25 min on 2 cores,
+13 GB for the corpus plus the run's OUT under --cache, default $TMPDIR/tcbench-mission):
+
+    RAY_AUTH_MODE=disabled python benchmarks/preprocess_bench.py --mission-hours 113
+
+1. makes (or reuses) a 113 h mission-shaped corpus, benchmarks/mission_corpus.py: 16 kHz
+   mono PCM16 WAV, lognormal lengths around 4 s, folders of 1,000 files, 5 % planted faults;
+2. runs the default command, `python -m preprocess.run --input IN --output OUT`, as a user
+   would, and prints wall and CPU seconds per phase (start-up with listing, hash + probe,
+   dedupe/split/units, scan + shard, assembly: files.jsonl / stats.zarr / index.json,
+   report, exit) for the driver, Ray's workers and Ray's daemons, seen from outside
+   (benchmarks/phase_watch.py), with peak RSS, the decisions against the planted truth and
+   a projection to one and four 16-core nodes;
+3. runs the side-by-side above, (a)–(d), on the first --slice-hours (10) of that corpus,
+   Lhotse included when it is installed.
+Small check: `--mission-hours 0.3 --slice-hours 0.1 --folder-files 25` (a corpus of one
+folder has no val split, and the default command then exits 1 by design).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -37,6 +56,9 @@ import soxr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from mission_corpus import FOLDER_FILES, ensure, read_truth, slice_of  # noqa: E402
+from phase_watch import ROLES, Watched, phases, watch  # noqa: E402
 
 from preprocess.measure.audio_io import audio_extensions  # noqa: E402
 
@@ -268,39 +290,15 @@ def print_breakdown(runs: dict[int, dict], hours: float) -> None:
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", type=Path, help="an existing corpus (default: generate one)")
-    p.add_argument("--minutes", type=float, default=60.0, help="size of the generated corpus")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--shard-mb", type=float, default=8.0)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--lhotse", action="store_true", help="also time Lhotse → Shar (extra bench)")
-    args = p.parse_args()
-    corpus = args.corpus
-    if corpus is None:
-        corpus = Path(tempfile.gettempdir()) / f"tcbench-corpus-{args.minutes:g}m-s{args.seed}"
-        if not corpus.exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "preprocess.synth",
-                    str(corpus),
-                    "--minutes",
-                    str(args.minutes),
-                    "--seed",
-                    str(args.seed),
-                ],
-                cwd=REPO,
-                check=True,
-            )
+def side_by_side(corpus: Path, workers: list[int], shard_mb: float | None, lhotse: bool) -> None:
+    """The loops, our pipeline at each worker count and (with `lhotse`) Lhotse, on the
+    same corpus one after the other, with the machine's load beside each row."""
     files = audio_files(corpus)
     print(f"corpus {corpus}: {len(files)} audio files; cores: {os.cpu_count()}")
     ta, ca, sa, load_a = timed_loop(original_loop, files)
     tb, cb, sb, load_b = timed_loop(bare_loop, files)
     rss_loops = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runs = {w: pipeline_run(corpus, w, args.shard_mb) for w in args.workers}
+    runs = {w: pipeline_run(corpus, w, shard_mb) for w in workers}
     hours = sa / 3600
     rows = [
         ("(a) original loop (checks only)", ta, ca, rss_loops, load_a),
@@ -316,14 +314,14 @@ def main() -> None:
         )
         for w, r in runs.items()
     ]
-    lhotse: dict[int, float] = {}
-    if args.lhotse:
-        for jobs in args.workers:
+    lhotse_s: dict[int, float] = {}
+    if lhotse:
+        for jobs in workers:
             c0 = _children_cpu_s() + _self_cpu_s()
             with MachineLoad() as load_d:
                 td, _, n_cuts = lhotse_shar(files, corpus, jobs)
             cd = _children_cpu_s() + _self_cpu_s() - c0
-            lhotse[jobs] = td
+            lhotse_s[jobs] = td
             # Its peak RSS is spread over Lhotse's job processes: not measured, shown as nan.
             rows.append((f"(d) Lhotse → Shar FLAC, num_jobs {jobs}", td, cd, float("nan"), load_d))
     print(
@@ -370,13 +368,222 @@ def main() -> None:
                 f"  units-and-groups window {win_lo:.1f} → {win_hi:.1f} s: "
                 f"{win_lo / win_hi:.2f}x (the scalable part; the rest is fixed per run)"
             )
-    for w, td in lhotse.items():
+    for w, td in lhotse_s.items():
         if w in runs:
             print(
                 f"Lhotse num_jobs {w} / pipeline {w} worker(s), time ratio: "
                 f"{td / runs[w]['_elapsed_s']:.2f}x (target ≥ 3x)"
             )
     project(runs[w1], hours, w1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, help="an existing corpus (default: generate one)")
+    p.add_argument("--minutes", type=float, default=60.0, help="size of the generated corpus")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--shard-mb",
+        type=float,
+        default=None,
+        help="shard size of the side-by-side runs (default 8; with --mission-hours the "
+        "config's default, as the default command uses)",
+    )
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--lhotse", action="store_true", help="also time Lhotse → Shar (extra bench)")
+    p.add_argument(
+        "--mission-hours",
+        type=float,
+        help="run on a mission-shaped corpus of this many hours (benchmarks/mission_corpus.py, "
+        "generated under --cache unless there): the default command end to end by phase, "
+        "then the side-by-side on a --slice-hours slice",
+    )
+    p.add_argument("--slice-hours", type=float, default=10.0, help="side-by-side slice size")
+    p.add_argument(
+        "--folder-files", type=int, default=FOLDER_FILES, help="mission corpus folder size"
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tcbench-mission",
+        help="where mission corpora and slices are kept between runs",
+    )
+    args = p.parse_args()
+    if args.mission_hours is not None:
+        mission(args)
+        return
+    corpus = args.corpus
+    if corpus is None:
+        corpus = Path(tempfile.gettempdir()) / f"tcbench-corpus-{args.minutes:g}m-s{args.seed}"
+        if not corpus.exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "preprocess.synth",
+                    str(corpus),
+                    "--minutes",
+                    str(args.minutes),
+                    "--seed",
+                    str(args.seed),
+                ],
+                cwd=REPO,
+                check=True,
+            )
+    shard_mb = 8.0 if args.shard_mb is None else args.shard_mb
+    side_by_side(corpus, args.workers, shard_mb, args.lhotse)
+
+
+def mission(args: argparse.Namespace) -> None:
+    """The default command end to end on a mission-shaped corpus, phase by phase, then
+    the side-by-side on a slice of it, in one run."""
+    print(f"cores: {os.cpu_count()}; load {os.getloadavg()[0]:.2f}; cache {args.cache}")
+    with MachineLoad() as gen_load:
+        corpus, made = ensure(args.cache, args.mission_hours, args.seed, args.folder_files)
+    if made is None:
+        print(f"mission corpus {corpus}: reused")
+    else:
+        faults = ", ".join(f"{k} {v}" for k, v in made.faults.items())
+        print(
+            f"mission corpus {corpus}: generated {made.files} files, {made.seconds / 3600:.2f} h "
+            f"in {made.wall_s:.1f} s ({made.engine} speech pool; {faults}); "
+            + gen_load.describe(gen_load.children)
+        )
+    truth = read_truth(corpus)
+    hours = sum(r["seconds"] for r in truth) / 3600
+    size_gb = sum(p.stat().st_size for p in corpus.rglob("*.wav")) / 1e9
+    print(f"{len(truth)} files, {hours:.3f} h, {size_gb:.2f} GB")
+    listing = time_listing(corpus)
+    with tempfile.TemporaryDirectory(prefix="tcbench-mission-out-", dir=args.cache) as tmp:
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "preprocess.run", "--input", str(corpus), "--output", str(out)]
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+        print(f"\n$ {' '.join(cmd[1:])}  (python = {sys.executable})")
+        w = watch(cmd, REPO, env, out)
+        if w.returncode != 0:
+            tail = "\n".join((w.stdout + w.stderr)[-40:])
+            raise SystemExit(f"the default command failed ({w.returncode}):\n{tail}")
+        print_phases(w, hours, listing)
+        print_run_log(out / ".work" / "run-log.jsonl")
+        print_decisions(out / "files.jsonl", truth)
+        report_mb = sum(p.stat().st_size for p in (out / "report").rglob("*") if p.is_file())
+        print(f"report folder {report_mb / 1e6:.1f} MB")
+        project_mission(w, hours)
+    cut, seconds, n = slice_of(
+        corpus, args.slice_hours, args.cache / f"{corpus.name}-slice-{args.slice_hours:g}h"
+    )
+    print(f"\n== side by side on a {seconds / 3600:.2f} h slice ({n} files): {cut}")
+    lhotse = args.lhotse or importlib.util.find_spec("lhotse") is not None
+    if not lhotse:
+        print('(Lhotse not installed: `pip install -e ".[bench]"` adds its rows)')
+    side_by_side(cut, args.workers, args.shard_mb, lhotse)
+
+
+def time_listing(corpus: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, entries) of the pipeline's own listing, run here: the CLI's first
+    bar appears only after Ray's start, the actors' start and the listing together."""
+    from preprocess.plan.planner import list_inputs
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    listing = list_inputs(corpus)
+    return time.perf_counter() - t0, time.process_time() - c0, len(listing.files)
+
+
+def print_phases(w: Watched, hours: float, listing: tuple[float, float, int]) -> None:
+    """Wall and CPU seconds per phase and process role, with the machine's load."""
+    cols = "".join(f"{r + ' CPU-s':>14}" for r in ROLES)
+    print(f"\n{'phase (seen from outside)':<34}{'wall s':>8}{cols}  load; others' CPU-s")
+    total = dict.fromkeys(ROLES, 0.0)
+    for ph in phases(w):
+        ours = sum(ph.cpu.values())
+        others = max(0.0, ph.busy - ours)
+        row = "".join(f"{ph.cpu[r]:>14.1f}" for r in ROLES)
+        print(
+            f"{ph.name:<34}{ph.end - ph.start:>8.1f}{row}  "
+            f"{ph.load[0]:.2f}→{ph.load[1]:.2f}; ≈{others:.1f}"
+        )
+        for r in ROLES:
+            total[r] += ph.cpu[r]
+    wall = w.t_exit - w.t0
+    print(f"{'total':<34}{wall:>8.1f}" + "".join(f"{total[r]:>14.1f}" for r in ROLES))
+    print(
+        f"  of which listing (list_inputs timed in this process, warm cache): "
+        f"{listing[0]:.1f} s wall, {listing[1]:.1f} CPU-s, {listing[2]} files"
+    )
+    print(
+        f"CPU-s sampled {sum(total.values()):.1f} (wait4 of what the driver reaped: "
+        f"{w.rusage_cpu_s:.1f}; Ray's daemons and workers are not its to reap); "
+        f"{sum(total.values()) / hours:.1f} CPU-s per audio-hour; "
+        f"{hours * 3600 / wall:.0f} audio-seconds/s end to end"
+    )
+    peaks = ", ".join(f"{r} {w.peak_rss_mb[r]:.0f} MB ({w.processes[r]} processes)" for r in ROLES)
+    print(f"peak RSS (VmHWM, the largest process of each role): {peaks}")
+    said = [ln for ln in w.stdout if ln.startswith(("elapsed ", "peak worker RSS"))]
+    print("the command's own figures: " + "; ".join(said))
+
+
+def print_run_log(path: Path) -> None:
+    """Units and shard groups from the pipeline's run log (OUT/.work/run-log.jsonl)."""
+    if not path.is_file():
+        print(f"(no run log at {path})")
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    units = [r for r in rows if "unit_id" in r]
+    if not units:
+        return
+    window = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    print(
+        f"run log: {len(units)} units ({sum(r['cpu_s'] for r in units):.1f} CPU-s in their "
+        f"stage laps), {len(rows) - len(units)} shard-group writes, over {window:.1f} s"
+    )
+
+
+def print_decisions(files_jsonl: Path, truth: list[dict]) -> None:
+    """The pipeline's decisions against the corpus's planted truth, per kind."""
+    got = {}
+    with open(files_jsonl, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            got[r["path"]] = (r["status"], r["reason"])
+    by_kind: dict[str, dict[str, int]] = {}
+    for t in truth:
+        status, reason = got.get(t["path"], ("missing", "missing"))
+        slot = by_kind.setdefault(t["kind"], {"files": 0, "expected": 0})
+        slot["files"] += 1
+        right = status == t["expect_status"] and (status == "kept" or reason == t["expect_reason"])
+        slot["expected"] += right
+        if not right:
+            slot[f"{status}:{reason}"] = slot.get(f"{status}:{reason}", 0) + 1
+    print("decisions vs planted truth:")
+    for kind, slot in by_kind.items():
+        other = {k: v for k, v in slot.items() if k not in ("files", "expected")}
+        share = 100 * slot["expected"] / slot["files"]
+        print(
+            f"  {kind:<14}{slot['files']:>7} files, {share:5.1f} % as expected"
+            + (f"; otherwise {other}" if other else "")
+        )
+
+
+def project_mission(w: Watched, hours: float) -> None:
+    """113 h on one and on four 16-core nodes from this run's phases: the workers' CPU
+    in hash + probe and scan + shard spread over the cores; every other phase (the
+    driver's, serial) scaled by files; Ray's start-up fixed."""
+    parallel, serial, fixed = 0.0, 0.0, 0.0
+    for ph in phases(w):
+        if ph.name.startswith(("hash + probe", "scan + shard")):
+            parallel += ph.cpu["workers"]
+        elif ph.name.startswith(("start-up", "exit")):
+            fixed += ph.end - ph.start
+        else:
+            serial += ph.end - ph.start
+    scale = 113.0 / hours
+    for nodes in (1, 4):
+        t = fixed + scale * (serial + parallel / (16 * nodes))
+        print(
+            f"projected 113 h on {nodes} × 16-core node(s): {t / 60:.1f} min ({parallel:.0f} "
+            f"worker CPU-s × {scale:.1f} over {16 * nodes} cores + {serial:.0f} s serial × "
+            f"{scale:.1f} + {fixed:.0f} s start and stop; assumes storage keeps up)"
+        )
 
 
 def per_hour_after_startup(run: dict, hours: float) -> float:
