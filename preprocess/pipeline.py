@@ -9,10 +9,10 @@ skips finished ones.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,8 @@ from preprocess.plan.planner import (
     needs_decoding,
 )
 from shards.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 _FINGERPRINT_BATCH = 32
 FINGERPRINTS = "fingerprints.jsonl"  # in OUT/.work: hashes a killed run already took
@@ -267,8 +269,8 @@ def run_pipeline(
         claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
         work = out / ".work"
         work.mkdir(exist_ok=True)
-        print(f"preprocess: {input_root} → {out}")
-        print(config_line(cfg))
+        log.info(f"preprocess: {input_root} → {out}")
+        log.info(config_line(cfg))
         with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
             done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
         # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
@@ -382,7 +384,7 @@ def _run_on_ray(
     # first (an actor holds no CPU by default, and SPREAD alone put both on one node).
     cpus = int(ray.cluster_resources().get("CPU", workers))
     if workers > cpus:
-        print(f"preprocess: {workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
+        log.info(f"{workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
         workers = max(1, cpus)
     # A worker that dies (out of memory, a native decoder's crash) is restarted by Ray;
     # schedule.run_on_pool sends its task out again, so a death costs a task, not the run.
@@ -392,7 +394,7 @@ def _run_on_ray(
     actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
         for warning in sorted({w for w in ray.get([a.started.remote() for a in actors]) if w}):
-            print(warning, file=sys.stderr)
+            log.warning(warning.removeprefix("preprocess: warning: "))
         files = _plan(input_root, cfg, work, actors)
         digest = input_digest(files)
         check_input_unchanged(out, files, digest, overwrite)

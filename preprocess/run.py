@@ -90,12 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 when nothing is kept or val is empty although val_fraction > 0 "
         "(default: exit 1 with one line)",
     )
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(verbosity(args))
     with signals_end_the_run():
         return run_cli(lambda: _main(args), Path(args.output).resolve())
 
@@ -278,28 +279,52 @@ class _CliFormatter(logging.Formatter):
         return f"preprocess: {record.levelname.lower()}: {record.getMessage()}"
 
 
-class _StderrHandler(logging.StreamHandler):
-    """A StreamHandler on whatever sys.stderr is when a record comes (a test swaps it)."""
+class _StreamAtEmit(logging.StreamHandler):
+    """A StreamHandler on whatever sys.stdout/sys.stderr is when a record comes (a test
+    swaps them)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._name = name
 
     @property
     def stream(self) -> Any:
-        return sys.stderr
+        return getattr(sys, self._name)
 
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
 
 
-def configure_logging() -> None:
-    """Warnings the preprocess library logs reach the user as `preprocess: warning: …`
-    lines (once per process)."""
+def add_verbosity_flags(p: argparse.ArgumentParser) -> None:
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-q → WARNING, -v → DEBUG, else INFO."""
+    return logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """What the preprocess library logs reaches the user: progress facts (INFO: the run's
+    input and config, the split) as plain lines on stdout, warnings and errors as
+    `preprocess: warning: …` lines on stderr. Set once per process; `level` is updated."""
     logger = logging.getLogger("preprocess")
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(_CliFormatter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
+    logger.setLevel(level)
+    if getattr(logger, "_cli_configured", False):
+        return
+    facts = _StreamAtEmit("stdout")
+    facts.addFilter(lambda record: record.levelno < logging.WARNING)
+    facts.setFormatter(logging.Formatter("%(message)s"))
+    problems = _StreamAtEmit("stderr")
+    problems.setLevel(logging.WARNING)
+    problems.setFormatter(_CliFormatter())
+    logger.addHandler(facts)
+    logger.addHandler(problems)
+    logger.propagate = False
+    logger._cli_configured = True  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -72,3 +72,12 @@ def synth_out(synth_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "w2"
     preprocess(synth_corpus[0], out, "--workers", "2", "--shard-mb", "0.3")
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def preprocess_messages_as_the_cli_shows_them():
+    """In-process calls into the preprocess library log as a run does: facts on stdout,
+    `preprocess: warning: …` lines on stderr (tests read them with capsys)."""
+    from preprocess.run import configure_logging
+
+    configure_logging()

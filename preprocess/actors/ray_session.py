@@ -111,7 +111,11 @@ def ray_session(
     # Workers' output stays in Ray's logs: native decoders print to stderr (libmpg123's
     # "dequantization failed" for each damaged MP3 frame), which Ray would interleave with
     # the progress bars. What a user must see comes back through task results.
-    common = {"include_dashboard": dashboard, "log_to_driver": False}
+    common = {
+        "include_dashboard": dashboard,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,  # not "Started a local Ray instance." on every run
+    }
     if address:
         # A cluster's workers were forked by raylets started elsewhere: the caps travel in
         # the job's runtime_env (its agent adds a few seconds to the first actor start).

@@ -19,7 +19,14 @@ from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
 from preprocess.out.lock import output_lock
-from preprocess.run import configure_logging, disk_full, run_cli, signals_end_the_run
+from preprocess.run import (
+    add_verbosity_flags,
+    configure_logging,
+    disk_full,
+    run_cli,
+    signals_end_the_run,
+    verbosity,
+)
 from shards import Index
 
 
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="padding fraction the recommended segment length may have",
     )
     p.add_argument("--config", default=None, help="JSON/TOML config for a raw scan")
+    add_verbosity_flags(p)
     return p
 
 
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes and signals as `preprocess.run`'s: 0 done, 1 failed, 2 bad usage,
     130/143 on SIGINT/SIGTERM, each with one line."""
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(verbosity(args))
     with signals_end_the_run():
         return run_cli(lambda: _main(args), None)
 

@@ -10,9 +10,9 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from preprocess.measure.audio_io import (
 )
 from preprocess.plan.split import SplitItem, SplitPlan, plan_splits
 from shards.index import SPLITS
+
+log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
 # Rough bytes per second of 16 kHz segments, to size work units near the shard target.
@@ -339,9 +341,9 @@ def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
     )
     for f in files:
         f.split = plan.split_of[f.path]
-    print(plan.summary())
+    log.info(plan.summary())
     for warning in plan.warnings:
-        print(f"preprocess: warning: {warning}", file=sys.stderr)
+        log.warning(warning)
     return plan
 
 
