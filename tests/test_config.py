@@ -110,7 +110,8 @@ def test_run_refuses_a_bad_config_before_ray_or_out(tmp_path, capsys, case):
 
 
 @pytest.mark.parametrize("case", ["frame_ms zero", "top-level list", "directory"])
-def test_diagnose_refuses_a_bad_config_before_scanning(tmp_path, capsys, case):
+def test_diagnose_refuses_a_bad_config_before_scanning(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)  # where a raw corpus's scan dir goes by default
     name, text, message = CONFIG_CASES[case]
     path = make_config(tmp_path, name, text)
     corpus = tmp_path / "corpus"
@@ -152,7 +153,8 @@ def test_run_refuses_bad_flags_before_ray_or_out(tmp_path, capsys, flags, messag
         (["--what-if", "min_active_fraction=3"], "config key min_active_fraction = 3.0"),
     ],
 )
-def test_diagnose_refuses_bad_flags_before_scanning(tmp_path, capsys, flags, message):
+def test_diagnose_refuses_bad_flags_before_scanning(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)  # where a raw corpus's scan dir goes by default
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     assert diagnose.main([str(corpus), *flags]) == 2
@@ -179,7 +181,7 @@ def test_both_commands_exit_2_with_one_line_from_the_shell(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("preprocess: error: config file ")
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    assert not (tmp_path / "o").exists() and not (tmp_path / "in.diagnose").exists()
+    assert not (tmp_path / "o").exists() and not (REPO / "in.diagnose").exists()
 
 
 def test_to_dict_through_json_and_from_dict_gives_the_same_config():

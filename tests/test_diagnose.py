@@ -7,6 +7,7 @@ recomputations from files.jsonl.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -19,16 +20,24 @@ import pytest
 
 from preprocess.config import load_config
 from preprocess.diagnose import cli
-from preprocess.diagnose.findings import diagnose_output
-from preprocess.diagnose.report import plain, report_for_output, split_warning
+from preprocess.diagnose.findings import Links, diagnose_output
+from preprocess.diagnose.report import (
+    plain,
+    report_for_output,
+    split_warning,
+    verdict_a,
+    write_report,
+)
 from preprocess.diagnose.whatif import (
     masked_segments,
     padding_curve,
     parse_what_if,
     recommend_segment_seconds,
+    segment_grid,
 )
 from preprocess.measure import kernels
 from tests.conftest import preprocess, read_jsonl, run_cmd
+from tests.test_report_scale import decide_all, synthetic_records, write_out
 
 WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
 LINK = re.compile(r"\[(\d+)\]\(files/([^)]+)\.tsv\)")
@@ -288,12 +297,16 @@ def test_plots_are_non_empty_pngs(diagnosed):
         assert f"({name}.png)" in diagnosed["md"]
 
 
-def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tmp_path):
-    """A raw corpus goes through run_pipeline(scan_only=True) into PATH.diagnose/."""
+def test_raw_corpus_is_scanned_into_the_working_directory(diagnosed, monkeypatch, tmp_path):
+    """A raw corpus goes through run_pipeline(scan_only=True) into ./NAME.diagnose/ under
+    the working directory, never beside or inside the corpus (it may be read-only)."""
     import preprocess.pipeline
 
-    corpus = tmp_path / "raw"
-    corpus.mkdir()
+    corpus = tmp_path / "mnt" / "raw"
+    corpus.mkdir(parents=True)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     calls = []
 
     def fake_run_pipeline(input_root, output, cfg, **kw):
@@ -307,7 +320,8 @@ def test_raw_corpus_is_scanned_beside_it_never_inside(diagnosed, monkeypatch, tm
     monkeypatch.setattr(preprocess.pipeline, "run_pipeline", fake_run_pipeline)
     assert cli.main([str(corpus), "--segment-seconds", "2", "--workers", "1"]) == 0
     (root, work, cfg, kw) = calls[0]
-    assert work == tmp_path / "raw.diagnose" and root == corpus
+    assert work == cwd / "raw.diagnose" and root == corpus
+    assert not (tmp_path / "mnt" / "raw.diagnose").exists()
     assert kw["scan_only"] is True and kw["workers"] == 1 and cfg.segment_seconds == 2.0
     assert (work / "report" / "report.md").is_file()
     # A real OUT with shards is never overwritten by a scan.
@@ -330,3 +344,100 @@ def test_report_states_the_split_and_warns_when_val_is_smaller_than_asked(diagno
     assert split_warning(f) is None
     f.splits = {**f.splits, "val": {**val, "fraction": 0.01}}
     assert "1.0 % of the kept hours for an asked 5.0 %" in split_warning(f)
+
+
+# ---------------------------------------------------------------------------------------
+# The report's figures and words on a small synthetic OUT (no audio; issue 24's defects)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict:
+    """400 synthetic files (tests/test_report_scale.py), two of them shorter than 50 ms,
+    diagnosed; every figure is kept for inspection."""
+    from preprocess.diagnose import plots
+
+    cfg = load_config(None)
+    records = synthetic_records(400, cfg, seed=3)
+    for rec, seconds in zip(records[:2], (0.012, 0.04), strict=True):
+        rec.update(seconds=seconds, active_seconds=seconds, trimmed_seconds=seconds)
+    decide_all(records, cfg)
+    root = tmp_path_factory.mktemp("small")
+    write_out(root / "out", records, cfg)
+    f = diagnose_output(root / "out")
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures[Path(path).stem] = fig
+        return real_save(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", keep)
+        path = write_report(f, root / "report")
+    return {"f": f, "records": records, "figures": figures, "md": path.read_text()}
+
+
+def bars(ax) -> list:
+    """The histogram bars drawn on `ax` (stacked parts each count their own files)."""
+    from matplotlib.patches import Rectangle
+
+    return [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+
+
+def legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_durations_histogram_counts_every_decodable_file_even_the_shortest(small):
+    ax = small["figures"]["durations"].axes[0]
+    decodable = small["f"].decodable
+    assert sum(b.get_height() for b in bars(ax)) == len(decodable)
+    assert min(b.get_x() for b in bars(ax)) <= 0.012  # the 12 ms file is drawn
+
+
+def test_every_histogram_splits_kept_from_rejected(small):
+    figs, f = small["figures"], small["f"]
+    kept = sum(r["status"] == "kept" for r in f.decodable)
+    assert f"kept ({kept})" in legend(figs["durations"].axes[0])
+    assert f"rejected ({len(f.decodable) - kept})" in legend(figs["durations"].axes[0])
+    for ax in (*figs["levels"].axes, figs["active_fraction"].axes[0], figs["quality"].axes[0]):
+        labels = legend(ax)
+        assert any(t.startswith("kept (") for t in labels), labels
+        assert any(t.startswith("rejected (") for t in labels), labels
+
+
+def test_files_without_an_snr_estimate_are_counted_apart_not_drawn_at_the_floor(small):
+    f, md = small["f"], small["md"]
+    floor = [r for r in f.measured if r["snr_db"] is not None and r["snr_db"] <= -20.0]
+    none = [r for r in f.measured if r["snr_db"] is None]
+    assert floor and none
+    ax = small["figures"]["quality"].axes[0]
+    assert sum(b.get_height() for b in bars(ax)) == len(f.measured) - len(floor) - len(none)
+    assert re.search(rf"\[{len(floor)}\]\(files/snr-floor.tsv\) files? whose speech frames", md)
+    assert re.search(rf"\[{len(none)}\]\(files/snr-none.tsv\) files? with no value", md)
+    assert f"{len(floor)} files with speech no louder than pauses" in ax.get_title()
+
+
+def test_padding_warning_agrees_with_the_recommendation(small):
+    # 1.5 s of speech per file: at 1 s the half-real tail is kept (25 % padding); at 1.6 s
+    # one segment pads 0.1 s (6 %); longer pads more. The remedy is longer, not shorter.
+    f = small["f"]
+    curve = padding_curve([1.5] * 10, [1.5] * 10, segment_grid(1.0), 0.5)
+    g = dataclasses.replace(
+        f,
+        cfg=f.cfg.replace(segment_seconds=1.0),
+        curve=curve,
+        recommended=recommend_segment_seconds(curve, 0.10),
+        links=Links(),
+    )
+    assert g.recommended == pytest.approx(1.6)
+    line = verdict_a(g)
+    assert "Warning: 25.0 % padding at the configured 1 s" in line
+    assert "the recommended 1.6 s (longer) stores 6.2 %: `--segment-seconds 1.6`" in line
+    assert "shorter segments" not in line
+
+
+def test_report_says_which_peak_it_shows(small):
+    assert "Peak and RMS are of the 16 kHz mono signal" in small["md"]
+    assert "16 kHz mono" in small["figures"]["levels"].axes[0].get_xlabel()

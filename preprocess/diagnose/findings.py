@@ -8,9 +8,11 @@ histograms. `report.py` turns Findings into words and `plots.py` into figures.
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +27,7 @@ from preprocess.diagnose.whatif import (
     UNDECODABLE_REASONS,
     Outcome,
     PaddingCurve,
+    RecordTable,
     outcome,
     padding_curve,
     recommend_segment_seconds,
@@ -57,20 +60,83 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
 
 
+# Rows per files/*.tsv. At 100,000 files a list per count (every reason, every what-if)
+# made a 61 MB report folder; files.jsonl holds every file, a list is for listening.
+LIST_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Worst:
+    """How to pick the rows of a list too long to write whole: smallest `key` first."""
+
+    key: Callable[[dict[str, Any]], float]
+    order: str  # said in the TSV: "lowest peak first"
+
+
+def lowest(key: str) -> Worst:
+    """Smallest `key` first (files without it last)."""
+    return Worst(lambda r: math.inf if r.get(key) is None else r[key], f"lowest {key} first")
+
+
+def highest(key: str, absolute: bool = False) -> Worst:
+    """Largest `key` (or |key|) first (files without it last)."""
+
+    def k(r: dict[str, Any]) -> float:
+        v = r.get(key)
+        return math.inf if v is None else -(abs(v) if absolute else v)
+
+    return Worst(k, f"largest {'|' + key + '|' if absolute else key} first")
+
+
+# Which files of a long reason list are worth listening to first.
+REASON_WORST = {
+    "short": lowest("seconds"),
+    "quiet": lowest("peak"),
+    "no_speech": lowest("active_seconds"),
+    "mostly_silent": lowest("active_fraction"),
+    "clipped": highest("clipped_fraction"),
+    "nonfinite": highest("nonfinite"),
+    "noisy": lowest("snr_db"),
+    "low_quality": lowest("dnsmos_ovrl"),
+    "normalized": highest("gain_db"),
+}
+
+
+@dataclass(frozen=True)
+class FileList:
+    """The rows one count links to: all its files, or LIST_ROWS of them chosen by `order`."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    order: str  # how `rows` were chosen when total > len(rows)
+
+
 @dataclass
 class Links:
-    """Each count in the report links to `files/<name>.tsv`, the files behind it."""
+    """Each count in the report links to `files/<name>.tsv`, the files behind it (at most
+    `rows` of them, the worst first when the count has a `Worst`; files.jsonl has all)."""
 
-    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    lists: dict[str, FileList] = field(default_factory=dict)
+    rows: int = LIST_ROWS
 
-    def count(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+    def count(
+        self, name: str, records: Sequence[dict[str, Any]], worst: Worst | None = None
+    ) -> str:
         name = _slug(name)
-        self.lists[name] = list(records)
+        if len(records) <= self.rows:
+            self.lists[name] = FileList(list(records), len(records), "path order")
+        elif worst is None:
+            self.lists[name] = FileList(list(records[: self.rows]), len(records), "path order")
+        else:  # not a full sort: a list may hold every file of the corpus
+            rows = heapq.nsmallest(self.rows, records, key=lambda r: (worst.key(r), r["path"]))
+            self.lists[name] = FileList(rows, len(records), worst.order)
         return f"[{len(records)}](files/{name}.tsv)"
 
-    def files(self, name: str, records: Sequence[dict[str, Any]]) -> str:
+    def files(
+        self, name: str, records: Sequence[dict[str, Any]], worst: Worst | None = None
+    ) -> str:
         """`[3](…) files` / `[1](…) file`: a linked count with its noun."""
-        return self.count(name, records) + (" file" if len(records) == 1 else " files")
+        return self.count(name, records, worst) + (" file" if len(records) == 1 else " files")
 
 
 @dataclass
@@ -81,6 +147,7 @@ class Findings:
     out: Path
     cfg: PreprocessConfig  # the config of the run, with the report's segment length
     records: list[dict[str, Any]]
+    table: RecordTable  # the records' measurements, parsed once for every re-decision
     curve: PaddingCurve
     recommended: float  # our way (masked)
     recommended_naive: float  # the original way, for comparison
@@ -125,25 +192,43 @@ class Findings:
             return list(self._reason_groups.get(reasons[0], []))
         return [r for r in self.records if r["reason"] in reasons]
 
+    def reason_count(self, reason: str) -> str:
+        """The linked count of one reason's files (`files/reason-<reason>.tsv`)."""
+        return self.links.count(
+            "reason-" + reason, self.by_reason(reason), REASON_WORST.get(reason)
+        )
+
+    def reason_files(self, reason: str) -> str:
+        """`reason_count` with its noun."""
+        n = len(self._reason_groups.get(reason, ()))
+        return self.reason_count(reason) + (" file" if n == 1 else " files")
+
 
 def frame_level_histograms(
     values: Any, offsets: np.ndarray, group: np.ndarray, chunk: int = 1 << 22
 ) -> np.ndarray:
     """Histogram of per-frame RMS in dBFS for file groups 0 and 1 (−1: not counted).
 
-    Reads the ragged frame store in chunks, so memory stays bounded on a big corpus.
+    Reads the ragged frame store in chunks, so memory stays bounded on a big corpus; each
+    chunk's owners come from the offsets of the files it spans (no search per frame).
     """
-    hist = np.zeros((2, FRAME_DB_BINS.size - 1), dtype=np.int64)
+    bins = FRAME_DB_BINS.size - 1
+    hist = np.zeros(2 * bins, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
     total = int(offsets[-1]) if offsets.size else 0
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))
+        spans = np.clip(offsets[first : last + 1], start, stop)
+        g = np.repeat(group[first:last].astype(np.int64), np.diff(spans))
         v = np.asarray(values[start:stop], dtype=np.float64)
-        owner = np.searchsorted(offsets, np.arange(start, stop), side="right") - 1
-        g = group[owner]
         db = np.clip(20.0 * np.log10(np.maximum(v, 1e-7)), -119.0, 1.0)
-        for k in (0, 1):
-            hist[k] += np.histogram(db[g == k], bins=FRAME_DB_BINS)[0]
-    return hist
+        # Bins are 2 dB wide from −120: the index is arithmetic, not a search.
+        b = np.minimum(((db - FRAME_DB_BINS[0]) // 2.0).astype(np.int64), bins - 1)
+        counted = g >= 0
+        hist += np.bincount(g[counted] * bins + b[counted], minlength=2 * bins)
+    return hist.reshape(2, bins)
 
 
 def frame_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -186,12 +271,13 @@ def diagnose_output(
     records = read_records(out)
     run_cfg = config_from_index(index)
     cfg = run_cfg.replace(segment_seconds=segment_seconds) if segment_seconds else run_cfg
-    outcomes = what_if_table(records, cfg, what_ifs)
-    as_run = outcomes[0] if cfg == run_cfg else outcome("as run", records, run_cfg)
+    table = RecordTable(records)
+    outcomes = what_if_table(records, cfg, what_ifs, table)
+    as_run = outcomes[0] if cfg == run_cfg else outcome("as run", records, run_cfg, table)
     decodable = [r for r in records if r["reason"] not in UNDECODABLE_REASONS]
     curve = padding_curve(
         [r["seconds"] for r in decodable],
-        [r["trimmed_seconds"] for r, ok in zip(records, outcomes[0].passing, strict=True) if ok],
+        [records[i]["trimmed_seconds"] for i in np.flatnonzero(outcomes[0].passing)],
         segment_grid(ORIGINAL_SEGMENT_SECONDS, cfg.segment_seconds),
         cfg.min_valid_fraction,
     )
@@ -200,6 +286,7 @@ def diagnose_output(
         out=out.resolve(),
         cfg=cfg,
         records=records,
+        table=table,
         curve=curve,
         recommended=recommend_segment_seconds(curve, max_padding, "stored"),
         recommended_naive=recommend_segment_seconds(curve, max_padding, "naive"),

@@ -38,7 +38,7 @@ def _db(values: Sequence[float | None]) -> np.ndarray:
 
 # Margins as fractions of the figure, wide enough for the axis labels at these sizes.
 _ONE_PANEL = {"left": 0.09, "right": 0.98, "bottom": 0.14, "top": 0.91}
-_TWO_PANELS = {"left": 0.07, "right": 0.985, "bottom": 0.14, "top": 0.88}
+_TWO_PANELS = {"left": 0.08, "right": 0.985, "bottom": 0.14, "top": 0.88}
 
 
 def _figure(size: tuple[float, float], panels: int = 1, sharey: bool = False):
@@ -65,18 +65,65 @@ def _vline(ax: Axes, x: float, label: str, color: str, style: str = "--") -> Non
     ax.axvline(x, color=color, linestyle=style, linewidth=1.2, label=label)
 
 
-def plot_durations(seconds: Sequence[float], marks: dict[str, float], path: Path) -> Path:
-    """Duration histogram (log x: a few 0.3 s files hide on a linear axis next to 60 s ones)."""
-    fig, ax = _figure((7, 3.6))
-    s = np.asarray([x for x in seconds if x and x > 0], dtype=float)
-    if s.size:
-        lo, hi = max(s.min() * 0.8, 0.05), max(s.max() * 1.2, 1.0)
-        ax.hist(s, bins=np.geomspace(lo, hi, 40), color="#4c72b0", edgecolor="white")
-        ax.set_xscale("log")
-    else:
+KEPT_COLOR, REJECTED_COLOR = "#4c72b0", "#c44e52"
+MARK_COLORS = ("black", "#55a868", "#8172b2")  # threshold lines: never the bars' colours
+
+
+def _stacked(ax: Axes, values: Sequence[float | None], kept: Sequence[bool], bins) -> bool:
+    """Histogram of `values`, kept files stacked on rejected ones (missing values skipped);
+    False, with "no files" drawn, when there is nothing to draw."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    k = np.asarray(kept, dtype=bool)
+    finite = np.isfinite(v)
+    v, k = v[finite], k[finite]
+    if not v.size:
         _no_data(ax)
-    styles = (("#c44e52", "--"), ("#55a868", "-."), ("#8172b2", ":"))
-    for (label, x), (color, style) in zip(marks.items(), styles, strict=False):
+        return False
+    edges = bins(v) if callable(bins) else bins
+    ax.hist(
+        [v[k], v[~k]],
+        bins=edges,
+        stacked=True,
+        color=[KEPT_COLOR, REJECTED_COLOR],
+        edgecolor="white",
+        linewidth=0.5,
+        label=[f"kept ({int(k.sum())})", f"rejected ({int((~k).sum())})"],
+    )
+    return True
+
+
+def duration_bins(seconds: np.ndarray) -> np.ndarray:
+    """Log-spaced edges from just below the shortest file to just above the longest, so
+    no file falls outside (a fixed 0.05 s start hid every shorter file)."""
+    s = seconds[seconds > 0]
+    if not s.size:
+        return np.geomspace(0.1, 10.0, 21)
+    lo, hi = s.min() / 1.1, max(s.max() * 1.1, s.min() * 2.0)
+    per_decade = 12
+    n = int(np.clip(np.ceil(np.log10(hi / lo) * per_decade), 20, 60))
+    return np.geomspace(lo, hi, n + 1)
+
+
+def level_bins(db: np.ndarray) -> np.ndarray:
+    """5 dB edges from the all-zero floor up past the loudest value: a peak measured after
+    resampling can exceed 0 dBFS and must not fall off the right end."""
+    top = max(5.0, math.ceil(float(np.max(db, initial=0.0)) / 5.0) * 5.0 + 5.0)
+    return np.arange(FLOOR_DB, top + 0.1, 5.0)
+
+
+def plot_durations(
+    seconds: Sequence[float], kept: Sequence[bool], marks: dict[str, float], path: Path
+) -> Path:
+    """Duration histogram, kept on rejected (log x: a few 0.3 s files hide on a linear axis
+    next to 60 s ones); the bins span the shortest to the longest file."""
+    fig, ax = _figure((7, 3.6))
+    s = np.array([np.nan if x is None else x for x in seconds], dtype=float)
+    positive = np.nan_to_num(s, nan=0.0) > 0
+    if _stacked(ax, s[positive], np.asarray(kept, dtype=bool)[positive], duration_bins):
+        ax.set_xscale("log")
+    for (label, x), color, style in zip(
+        marks.items(), MARK_COLORS, ("--", "-.", ":"), strict=False
+    ):
         _vline(ax, x, label, color, style)
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -123,25 +170,20 @@ def plot_padding_curve(
 def plot_levels(
     peaks: Sequence[float],
     rms: Sequence[float],
+    kept: Sequence[bool],
     peak_marks: dict[str, float],
     rms_marks: dict[str, float],
     path: Path,
 ) -> Path:
-    """Peak and RMS in dBFS side by side, with the original's and our thresholds."""
+    """Peak and RMS in dBFS side by side, kept on rejected, with the original's and our
+    thresholds. Both are of the 16 kHz mono signal (after resampling), DC included."""
     fig, axes = _figure((9, 3.6), panels=2, sharey=True)
-    bins = np.arange(FLOOR_DB, 5.0, 5.0)
-    colors = ("#c44e52", "#8172b2", "#55a868")
     for ax, values, marks, name in (
-        (axes[0], peaks, peak_marks, "peak"),
+        (axes[0], peaks, peak_marks, "sample peak at 16 kHz mono"),
         (axes[1], rms, rms_marks, "RMS"),
     ):
-        db = _db(values)
-        db = db[np.isfinite(db)]
-        if db.size:
-            ax.hist(db, bins=bins, color="#4c72b0", edgecolor="white")
-        else:
-            _no_data(ax)
-        for (label, x), color in zip(marks.items(), colors, strict=False):
+        _stacked(ax, _db(values), kept, level_bins)
+        for (label, x), color in zip(marks.items(), MARK_COLORS, strict=False):
             _vline(ax, x, label, color)
         ax.set_xlabel(f"{name} (dBFS; all-zero files at {FLOOR_DB:g})")
         ax.legend(fontsize=7, loc="upper left")
@@ -152,7 +194,8 @@ def plot_levels(
 
 
 def plot_gain(gains: Sequence[float], rescue_db: float, path: Path) -> Path:
-    """Histogram of the loudness gain applied to kept files."""
+    """Histogram of the loudness gain applied to kept files (rejected files get none, so
+    this is the one histogram with no rejected part)."""
     fig, ax = _figure((7, 3.4))
     g = np.asarray([x for x in gains if x is not None and math.isfinite(x)], dtype=float)
     if g.size:
@@ -160,8 +203,9 @@ def plot_gain(gains: Sequence[float], rescue_db: float, path: Path) -> Path:
         ax.hist(
             g,
             bins=np.arange(math.floor(lo), math.ceil(hi) + 2, 2.0),
-            color="#4c72b0",
+            color=KEPT_COLOR,
             edgecolor="white",
+            label=f"kept ({g.size})",
         )
     else:
         _no_data(ax)
@@ -176,6 +220,7 @@ def plot_gain(gains: Sequence[float], rescue_db: float, path: Path) -> Path:
 
 def plot_activity(
     active: Sequence[float],
+    kept: Sequence[bool],
     min_active: float,
     frame_hist: np.ndarray | None,
     bin_edges: np.ndarray,
@@ -183,12 +228,8 @@ def plot_activity(
 ) -> Path:
     """Per-file active fraction, and per-frame RMS levels (kept vs silence/noise files)."""
     fig, axes = _figure((10, 3.6), panels=2)
-    a = np.asarray([x for x in active if x is not None], dtype=float)
-    if a.size:
-        axes[0].hist(a, bins=np.linspace(0, 1, 21), color="#4c72b0", edgecolor="white")
-    else:
-        _no_data(axes[0])
-    _vline(axes[0], min_active, f"min active {min_active:g}", "#c44e52")
+    _stacked(axes[0], active, kept, np.linspace(0, 1, 21))
+    _vline(axes[0], min_active, f"min active {min_active:g}", "black")
     axes[0].set_xlabel("active (speech-like) fraction of the file")
     axes[0].set_ylabel("files")
     axes[0].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -196,7 +237,7 @@ def plot_activity(
     centers = 0.5 * (bin_edges[1:] + bin_edges[:-1])
     if frame_hist is not None and frame_hist.sum():
         for k, (label, color) in enumerate(
-            (("kept files", "#4c72b0"), ("silent / noise / dead files", "#c44e52"))
+            (("kept files", KEPT_COLOR), ("silent / noise / dead files", REJECTED_COLOR))
         ):
             total = frame_hist[k].sum()
             if total:
@@ -213,14 +254,18 @@ def plot_activity(
 def write_plots(f: Findings, directory: Path) -> list[Path]:
     """All figures of the report into `directory`."""
     from preprocess.diagnose.findings import FRAME_DB_BINS
+    from preprocess.diagnose.quality import snr_estimates
     from preprocess.diagnose.whatif import ORIGINAL_SEGMENT_SECONDS
 
     directory.mkdir(parents=True, exist_ok=True)
     cfg, m = f.cfg, f.measured
     kept = [r for r in f.records if r["status"] == "kept"]
+    m_kept = [r["status"] == "kept" for r in m]
+    snr, floor, without = snr_estimates(m)
     return [
         plot_durations(
             [r["seconds"] for r in f.decodable],
+            [r["status"] == "kept" for r in f.decodable],
             {
                 f"original segment {ORIGINAL_SEGMENT_SECONDS:g} s": ORIGINAL_SEGMENT_SECONDS,
                 f"configured segment {cfg.segment_seconds:g} s": cfg.segment_seconds,
@@ -239,6 +284,7 @@ def write_plots(f: Findings, directory: Path) -> list[Path]:
         plot_levels(
             [r["peak"] for r in m],
             [r["rms"] for r in m],
+            m_kept,
             {
                 f"original peak > {cfg.original_min_peak:g}": 20
                 * math.log10(cfg.original_min_peak),
@@ -250,14 +296,19 @@ def write_plots(f: Findings, directory: Path) -> list[Path]:
         plot_gain([r["gain_db"] for r in kept], cfg.rescue_gain_db, directory / "gain.png"),
         plot_activity(
             [r["active_fraction"] for r in m],
+            m_kept,
             cfg.min_active_fraction,
             f.frame_hist,
             FRAME_DB_BINS,
             directory / "active_fraction.png",
         ),
         plot_quality(
-            [r.get("snr_db") for r in m],
+            [r["snr_db"] for r in snr],
+            [r["status"] == "kept" for r in snr],
+            len(floor),
+            len(without),
             {k: [r.get(f"dnsmos_{k}") for r in m] for k in ("sig", "bak", "ovrl")},
+            m_kept,
             cfg.min_snr_db,
             cfg.min_dnsmos_ovrl,
             directory / "quality.png",
@@ -266,44 +317,61 @@ def write_plots(f: Findings, directory: Path) -> list[Path]:
 
 
 def plot_quality(
-    snr_db: Sequence[float | None],
+    snr_db: Sequence[float],
+    snr_kept: Sequence[bool],
+    at_floor: int,
+    without: int,
     dnsmos: dict[str, Sequence[float | None]],
+    kept: Sequence[bool],
     min_snr_db: float,
     min_ovrl: float,
     path: Path,
 ) -> Path:
-    """Per-file speech SNR, and DNSMOS SIG/BAK/OVRL when the run scored them."""
+    """Per-file speech SNR (estimates only: files at the estimate's floor or without one
+    are counted in the title, not drawn at −20 dB), and DNSMOS SIG/BAK/OVRL when scored;
+    kept files apart from rejected ones in both."""
+    from preprocess.measure.quality import SNR_MIN_DB
+
     fig, axes = _figure((10, 3.6), panels=2)
-    s = np.asarray([x for x in snr_db if x is not None], dtype=float)
-    if s.size:
+
+    def snr_bins(s: np.ndarray) -> np.ndarray:
         lo, hi = math.floor(min(s.min(), 0.0) / 5) * 5, math.ceil(max(s.max(), 40.0) / 5) * 5
-        axes[0].hist(s, bins=np.arange(lo, hi + 2.5, 2.5), color="#4c72b0", edgecolor="white")
-    else:
-        _no_data(axes[0])
-    if min_snr_db > -20.0:  # the estimate's floor: a lower threshold is "off"
-        _vline(axes[0], min_snr_db, f"min SNR {min_snr_db:g} dB (noisy)", "#c44e52")
-        axes[0].legend(fontsize=8)
+        return np.arange(lo, hi + 2.5, 2.5)
+
+    _stacked(axes[0], snr_db, snr_kept, snr_bins)
+    if min_snr_db > SNR_MIN_DB:  # the estimate's floor: a lower threshold is "off"
+        _vline(axes[0], min_snr_db, f"min SNR {min_snr_db:g} dB (noisy)", "black")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(
+        f"not drawn: {at_floor} files with speech no louder than pauses, "
+        f"{without} without an estimate",
+        fontsize=8,
+    )
     axes[0].set_xlabel("speech SNR, active frames vs pauses above 80 Hz (dB)")
     axes[0].set_ylabel("files")
     axes[0].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    colors = {"sig": "#55a868", "bak": "#8172b2", "ovrl": "#4c72b0"}
+    colors = {"sig": "#55a868", "bak": "#8172b2", "ovrl": KEPT_COLOR}
+    k = np.asarray(kept, dtype=bool)
     drawn = False
     for key, values in dnsmos.items():
-        v = np.asarray([x for x in values if x is not None], dtype=float)
-        if v.size:
-            axes[1].hist(
-                v,
-                bins=np.arange(1.0, 5.01, 0.125),
-                histtype="step",
-                color=colors[key],
-                linewidth=1.5,
-                label=key.upper(),
-            )
-            drawn = True
+        v = np.array([np.nan if x is None else x for x in values], dtype=float)
+        for part, style, name in ((k, "-", "kept"), (~k, "--", "rejected")):
+            x = v[part & np.isfinite(v)]
+            if x.size:
+                axes[1].hist(
+                    x,
+                    bins=np.arange(1.0, 5.01, 0.125),
+                    histtype="step",
+                    color=colors[key],
+                    linestyle=style,
+                    linewidth=1.5,
+                    label=f"{key.upper()} {name}",
+                )
+                drawn = True
     if drawn:
         if min_ovrl > 0:
-            _vline(axes[1], min_ovrl, f"min OVRL {min_ovrl:g} (low_quality)", "#c44e52")
-        axes[1].legend(fontsize=8)
+            _vline(axes[1], min_ovrl, f"min OVRL {min_ovrl:g} (low_quality)", "black", ":")
+        axes[1].legend(fontsize=7, ncol=2)
     else:
         axes[1].text(
             0.5,
@@ -315,5 +383,6 @@ def plot_quality(
         )
     axes[1].set_xlabel("DNSMOS P.835 (1–5)")
     axes[1].set_ylabel("files")
+    axes[1].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     fig.suptitle("Quality: noise floor and perceived quality")
     return _save(fig, path)

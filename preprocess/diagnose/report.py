@@ -20,14 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from preprocess.diagnose.findings import SILENCE_REASONS, Findings, Links, diagnose_output
+from preprocess.diagnose.findings import (
+    SILENCE_REASONS,
+    Findings,
+    Links,
+    diagnose_output,
+    highest,
+    lowest,
+)
 from preprocess.diagnose.whatif import ORIGINAL_SEGMENT_SECONDS, UNDECODABLE_REASONS
 from preprocess.measure.policy import REASONS
 
 FLOWCHART_PADDING = 0.30  # "If debug shows > 30 % padding" (scenario A)
 DC_NOTABLE = 0.01  # |mean| above −40 dBFS is worth a look; kept files have it removed anyway
 CURVE_TABLE_SECONDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
-LIST_ALL_CAP = 500  # rows of an "all of them" table in report.md; the TSV has every file
+LIST_ALL_CAP = 500  # rows of an "all of them" table in report.md; its TSV has up to LIST_ROWS
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,18 +109,32 @@ def verdict_a(f: Findings) -> str:
     line = (
         f"**A — too short / padding:** {pct(naive2)} of samples would be padding at "
         f"{ORIGINAL_SEGMENT_SECONDS} s (original; "
-        f"{f.links.files('shorter-than-2s', shorter)} shorter than "
+        f"{f.links.files('shorter-than-2s', shorter, lowest('seconds'))} shorter than "
         f"{ORIGINAL_SEGMENT_SECONDS} s); with masking at {L:g} s: 0 % counted "
         f"({pct(stored)} stored as masked padding) — {state}. "
-        f"{f.links.files('reason-short', f.by_reason('short'))} rejected `short`; "
+        f"{f.reason_files('short')} rejected `short`; "
         f"recommended segment length {recommendation(f)}."
     )
     if stored > f.max_padding:
-        line += (
-            f" Warning: {pct(stored)} padding at the configured {L:g} s exceeds "
-            f"{pct(f.max_padding)}: shorter segments waste less compute."
+        line += f" Warning: {pct(stored)} padding at the configured {L:g} s exceeds " + (
+            f"{pct(f.max_padding)}; {padding_advice(f)}."
         )
     return line
+
+
+def padding_advice(f: Findings) -> str:
+    """What to change when the configured length pads too much, in the direction the
+    padding curve points: stored padding is not monotonic in the length (a partial tail
+    is kept only when half real), so the remedy is the recommended length, shorter or
+    longer, never a rule of thumb that could contradict it."""
+    c, L, rec = f.curve, f.cfg.segment_seconds, f.recommended
+    if c.stored[c.at(rec)] > f.max_padding:
+        return f"no length examined ({c.seconds[0]:g}–{c.seconds[-1]:g} s) stays within it"
+    way = "shorter" if rec < L else "longer"
+    return (
+        f"the recommended {rec:g} s ({way}) stores {pct(c.stored[c.at(rec)])}: "
+        f"`--segment-seconds {rec:g}`"
+    )
 
 
 def verdict_b(f: Findings) -> str:
@@ -123,7 +144,7 @@ def verdict_b(f: Findings) -> str:
     if not low:
         return (
             f"**B — too quiet:** no file has peak ≤ {limit:g} — not scenario B; "
-            f"{f.links.files('reason-normalized', f.by_reason('normalized'))} "
+            f"{f.reason_files('normalized')} "
             "normalized by ≥ +{:g} dB anyway — OK.".format(f.cfg.rescue_gain_db)
         )
     parts = Counter(r["reason"] for r in low)
@@ -131,8 +152,8 @@ def verdict_b(f: Findings) -> str:
     gains = [r["gain_db"] for r in rescued if r["gain_db"] is not None]
     gain = f", median gain +{float(np.median(gains)):.1f} dB" if gains else ""
     bits = [
-        f"{f.links.count('peak-low-normalized', rescued)} intact quiet speech rescued by "
-        f"normalization (`normalized`{gain})",
+        f"{f.links.count('peak-low-normalized', rescued, lowest('peak'))} intact quiet "
+        f"speech rescued by normalization (`normalized`{gain})",
         f"{f.links.count('peak-low-quiet', [r for r in low if r['reason'] == 'quiet'])} "
         f"numerically dead (`quiet`, < {f.cfg.min_peak_dbfs:g} dBFS)",
         f"{f.links.count('peak-low-silent', [r for r in low if r['reason'] == 'silent'])} "
@@ -145,10 +166,10 @@ def verdict_b(f: Findings) -> str:
             for k, v in sorted(parts.items())
             if k not in ("normalized", "quiet", "silent")
         )
-        bits.append(f"{f.links.count('peak-low-other', other)} other ({names})")
+        bits.append(f"{f.links.count('peak-low-other', other, lowest('peak'))} other ({names})")
     state = "FIXED by normalization" if rescued else "dead files filtered"
     return (
-        f"**B — too quiet:** peak ≤ {limit:g} in {f.links.files('peak-low', low)} "
+        f"**B — too quiet:** peak ≤ {limit:g} in {f.links.files('peak-low', low, lowest('peak'))} "
         f"(the original filter drops them all): " + ", ".join(bits) + f" — {state}."
     )
 
@@ -160,18 +181,16 @@ def verdict_c(f: Findings) -> str:
     kept_low = [r for r in low_rms if r["status"] == "kept"]
     original = (
         f"The original's test (RMS ≤ {f.cfg.original_min_rms:g}) flags "
-        f"{f.links.files('rms-low', low_rms)}, of which "
-        f"we keep {f.links.count('rms-low-kept', kept_low)} as intact speech."
+        f"{f.links.files('rms-low', low_rms, lowest('rms'))}, of which "
+        f"we keep {f.links.count('rms-low-kept', kept_low, lowest('rms'))} as intact speech."
     )
     if not silent:
         return f"**C — mostly silent:** no file is dominated by silence or noise — OK. {original}"
-    counts = ", ".join(
-        f"{f.links.count('reason-' + reason, f.by_reason(reason))} `{reason}`"
-        for reason in SILENCE_REASONS
-    )
+    counts = ", ".join(f"{f.reason_count(reason)} `{reason}`" for reason in SILENCE_REASONS)
     return (
         f"**C — mostly silent:** silence or noise dominates "
-        f"{f.links.files('silence-or-noise', silent)} ({counts}; active fraction < "
+        f"{f.links.files('silence-or-noise', silent, lowest('active_fraction'))} "
+        f"({counts}; active fraction < "
         f"{f.cfg.min_active_fraction:g} or < {f.cfg.min_no_speech_seconds:g} s of speech) — "
         f"FILTERED. {original}"
     )
@@ -233,7 +252,7 @@ def top_table(
     limit: int | None = None,
 ) -> str:
     """The `--top` worst files of one kind, worst first (limit=0: all, up to LIST_ALL_CAP;
-    the linked TSV always has every file)."""
+    a linked TSV holds up to LIST_ROWS, files.jsonl every file)."""
     if not records:
         return f"*{title}: none.*"
     n = LIST_ALL_CAP if limit == 0 else (limit or f.top)
@@ -257,7 +276,7 @@ def section_decisions(f: Findings) -> str:
             [
                 f"`{reason}`",
                 status,
-                f.links.count("reason-" + reason, rs),
+                f.reason_count(reason),
                 hours(h),
                 pct(h / total_h) if total_h else "–",
             ]
@@ -366,11 +385,16 @@ def section_b(f: Findings) -> str:
             "## B — too quiet",
             verdict_b(f),
             "![levels](levels.png)\n![gain](gain.png)",
+            f"Peak and RMS are of the {f.cfg.sample_rate // 1000:g} kHz mono signal the "
+            "pipeline measures and shards: decoded, downmixed and resampled, DC included, "
+            "before normalization. Resampling can overshoot, so a file that peaks just under "
+            "0 dBFS at its own rate may read above 0 dBFS here: that is not clipping, which is "
+            "counted on the source-rate samples (see Clipping).",
             f"Kept files are loudness-normalized to {f.cfg.target_lufs:g} LUFS on their active "
             f"part (peak-limited to {f.cfg.peak_limit_dbfs:g} dBFS); a gain ≥ "
             f"+{f.cfg.rescue_gain_db:g} dB marks the file `normalized` (quiet speech rescued). "
             "Rescued that way: "
-            f"{f.links.files('reason-normalized', f.by_reason('normalized'))}.",
+            f"{f.reason_files('normalized')}.",
             top_table(
                 f,
                 "Quietest files",
@@ -420,9 +444,10 @@ def section_integrity(f: Findings) -> str:
     parts = [
         "## Clipping",
         f"Clipped runs (≥ {f.cfg.clip_min_run} samples at |x| ≥ {f.cfg.clip_level:g}) in "
-        f"{f.links.files('clipping-any', clipped)}; over {pct(f.cfg.max_clipped_fraction)} "
+        f"{f.links.files('clipping-any', clipped, highest('clipped_fraction'))}; over "
+        f"{pct(f.cfg.max_clipped_fraction)} "
         f"of samples, rejected `clipped`: "
-        f"{f.links.files('reason-clipped', f.by_reason('clipped'))}.",
+        f"{f.reason_files('clipped')}.",
         top_table(
             f,
             "Most clipped files",
@@ -432,7 +457,8 @@ def section_integrity(f: Findings) -> str:
             descending=True,
         ),
         "## DC offset",
-        f"|DC| > {DC_NOTABLE:g} in {f.links.files('dc-offset', dc)}; kept files have "
+        f"|DC| > {DC_NOTABLE:g} in {f.links.files('dc-offset', dc, highest('dc', absolute=True))}; "
+        "kept files have "
         "their mean removed before normalization, so DC never reaches a shard.",
         top_table(
             f,
@@ -444,7 +470,7 @@ def section_integrity(f: Findings) -> str:
         ),
         "## Non-finite samples",
         "NaN, Inf or overflowing (beyond ±32768) samples in "
-        f"{f.links.files('reason-nonfinite', nonfinite)} "
+        f"{f.reason_files('nonfinite')} "
         "(rejected `nonfinite`).",
         top_table(
             f,
@@ -457,15 +483,15 @@ def section_integrity(f: Findings) -> str:
         section_formats(f),
         "## Duplicates",
         f"Byte copies of a file earlier in sorted path order: "
-        f"{f.links.files('reason-duplicate', f.by_reason('duplicate'))}; the first of each "
+        f"{f.reason_files('duplicate')}; the first of each "
         "group is judged, the rest rejected `duplicate`.",
         top_table(
             f, "Duplicates", f.by_reason("duplicate"), lambda r: 0, ["duplicate_of"], limit=0
         ),
         "## Corrupt and non-audio files",
-        f"{f.links.count('reason-corrupt', f.by_reason('corrupt'))} `corrupt` (cannot be "
+        f"{f.reason_count('corrupt')} `corrupt` (cannot be "
         f"decoded, empty or truncated), "
-        f"{f.links.count('reason-not_audio', f.by_reason('not_audio'))} `not_audio`.",
+        f"{f.reason_count('not_audio')} `not_audio`.",
         top_table(
             f,
             "Corrupt and non-audio files",
@@ -505,16 +531,13 @@ def section_what_if(f: Findings) -> str:
     base = f.outcomes[0]
     rows = []
     for i, o in enumerate(f.outcomes):
-        gained_paths, lost_paths = o.kept_paths - base.kept_paths, base.kept_paths - o.kept_paths
-        gained = [r for r in f.records if r["path"] in gained_paths]
-        lost = [r for r in f.records if r["path"] in lost_paths]
+        gained = [f.records[j] for j in np.flatnonzero(o.kept & ~base.kept)]
+        lost = [f.records[j] for j in np.flatnonzero(base.kept & ~o.kept)]
         rows.append(
             [
                 f"`{o.label}`",
                 o.cfg.preset,
-                f.links.count(
-                    f"whatif-{i}-kept", [r for r in f.records if r["path"] in o.kept_paths]
-                ),
+                f.links.count(f"whatif-{i}-kept", o.kept_records(f.records)),
                 hours(o.hours_kept),
                 hours(o.valid_hours),
                 o.segments,
@@ -578,7 +601,9 @@ def render_markdown(f: Findings) -> str:
         "# Corpus diagnosis",
         f"Corpus `{f.source}`: {len(f.records)} files, {hours(total_h)}. Diagnosis data "
         f"`{f.out}` (files.jsonl + stats.zarr; no audio decoded for this report). Paths below "
-        "are relative to the corpus; each count links to a TSV of the files behind it.",
+        "are relative to the corpus; each count links to a TSV of the files behind it (up "
+        f"to {f.links.rows} of them, the worst first where a count has more; files.jsonl "
+        "has every file). Histograms stack kept files (blue) on rejected ones (red).",
         "## Verdicts",
         "\n".join(f"- {v}" for v in (verdict_a(f), verdict_b(f), verdict_c(f))),
     ]
@@ -632,7 +657,11 @@ def render_terminal(f: Findings, report_path: Path | None = None) -> str:
 
 
 def write_file_lists(links: Links, directory: Path, root: str) -> None:
-    """One TSV per linked count: path, decision, the key measurements, and the full path."""
+    """One TSV per linked count: path, decision, the key measurements, and the full path.
+
+    A list longer than `links.rows` holds that many rows (the worst first where the count
+    has an order) and ends in one `#` line saying how many more there are: files.jsonl,
+    not the report, is the table of every file."""
     directory.mkdir(parents=True, exist_ok=True)
     cols = (
         "path",
@@ -660,10 +689,15 @@ def write_file_lists(links: Links, directory: Path, root: str) -> None:
             lines[key] = "\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells)
         return lines[key]
 
-    for name, records in links.lists.items():
+    for name, fl in links.lists.items():
         with open(directory / f"{name}.tsv", "w", encoding="utf-8", newline="\n") as out:
             out.write("\t".join((*cols, "file")) + "\n")
-            out.writelines(line(r) + "\n" for r in records)
+            out.writelines(line(r) + "\n" for r in fl.rows)
+            if fl.total > len(fl.rows):
+                out.write(
+                    f"# {fl.total - len(fl.rows)} more files not listed: {len(fl.rows)} of "
+                    f"{fl.total} shown ({fl.order}); every file is in files.jsonl\n"
+                )
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from preprocess.config import PRESETS, PreprocessConfig
-from preprocess.measure.policy import LISTING_REASONS, Measurements, decide_measured
+from preprocess.measure.policy import LISTING_REASONS, Decision, Measurements, decide_measured
 from shards import SAMPLE_RATE
 
 # Files that never decoded: no duration to pad, no measurement to re-decide.
@@ -125,10 +126,10 @@ def parse_what_if(spec: str, base: PreprocessConfig) -> tuple[str, PreprocessCon
 
 
 def to_samples(seconds: Iterable[float | None]) -> np.ndarray:
-    """Seconds (files.jsonl) → whole 16 kHz samples; None (not measured) → 0."""
-    return np.array(
-        [0 if s is None else int(round(float(s) * SAMPLE_RATE)) for s in seconds], dtype=np.int64
-    )
+    """Seconds (files.jsonl) → whole 16 kHz samples (rounded half to even, as `round`);
+    None (not measured) → 0."""
+    s = np.array([np.nan if x is None else x for x in seconds], dtype=np.float64)
+    return np.rint(np.nan_to_num(s, nan=0.0) * SAMPLE_RATE).astype(np.int64)
 
 
 def min_valid_samples(segment: int, min_valid_fraction: float) -> int:
@@ -157,22 +158,23 @@ def naive_padding(samples: np.ndarray, segment: int) -> tuple[int, int]:
     return int((total - samples).sum()), int(total.sum())
 
 
-def decide_record(rec: dict[str, Any], cfg: PreprocessConfig) -> tuple[tuple[str, str], bool]:
-    """The (status, reason) the pipeline would give this record's file under `cfg`, and
-    whether the threshold rules alone keep it (before the segment rule)."""
-    if rec["reason"] in INTEGRITY_REASONS:
-        return ("rejected", rec["reason"]), False
-    d = decide_measured(Measurements.from_record(rec), cfg)
-    return _after_segmenting(rec, cfg, d), d.kept
+class RecordTable:
+    """What re-deciding needs from every record, extracted once.
 
+    A report re-decides the corpus under a dozen configs (the what-ifs, the SNR grid);
+    parsing each record's measurements once and keeping lengths as arrays makes each
+    extra config cost one policy call per file and a few array operations, nothing more.
+    """
 
-def _after_segmenting(rec: dict[str, Any], cfg: PreprocessConfig, d: Any) -> tuple[str, str]:
-    """The pipeline's last rule: a kept file that yields no segment is `short`. The first
-    segment has min(n, segment) real samples, so there is none exactly when n < min_valid."""
-    trimmed = rec.get("trimmed_seconds") or 0.0
-    if d.kept and int(round(trimmed * SAMPLE_RATE)) < cfg.min_valid_samples:
-        return "rejected", "short"
-    return d.status, d.reason
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        # None: decided from bytes or decoding alone, so no threshold can change it.
+        self.measurements: list[Measurements | None] = [
+            None if r["reason"] in INTEGRITY_REASONS else Measurements.from_record(r)
+            for r in records
+        ]
+        self.trimmed = to_samples(r.get("trimmed_seconds") for r in records)
+        self.seconds = np.array([r["seconds"] or 0.0 for r in records], dtype=np.float64)
+        self.reasons = [r["reason"] for r in records]  # as run; integrity ones never change
 
 
 @dataclass(frozen=True)
@@ -185,45 +187,78 @@ class Outcome:
     hours_kept: float  # input hours of the kept files
     valid_hours: float  # real (unpadded) audio in their segments
     segments: int
-    by_reason: dict[str, int]
-    kept_paths: frozenset[str]
-    decisions: tuple[tuple[str, str], ...]  # (status, reason) per record, in record order
-    passing: tuple[bool, ...]  # kept by the thresholds, before the segment rule
+    kept: np.ndarray  # bool[N]: kept under this config, in record order
+    passing: np.ndarray  # bool[N]: kept by the thresholds, before the segment rule
+    # Per record: the policy's Decision, or None where the record's own (integrity)
+    # reason stands; `decisions` spells them out only when a table asks.
+    decided: list[Decision | None] = field(repr=False)
+    fixed_reasons: list[str] = field(repr=False)
+
+    @cached_property
+    def decisions(self) -> tuple[tuple[str, str], ...]:
+        """(status, reason) per record, in record order."""
+        no_segment = (self.passing & ~self.kept).tolist()
+        return tuple(
+            ("rejected", fixed)
+            if d is None
+            else ("rejected", "short")
+            if cut
+            else (d.status, d.reason)
+            for d, fixed, cut in zip(self.decided, self.fixed_reasons, no_segment, strict=True)
+        )
+
+    @cached_property
+    def by_reason(self) -> dict[str, int]:
+        """Files per reason under this config."""
+        return dict(Counter(reason for _, reason in self.decisions))
+
+    def kept_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records this config keeps, in record order."""
+        return [records[i] for i in np.flatnonzero(self.kept)]
 
 
-def outcome(label: str, records: Sequence[dict[str, Any]], cfg: PreprocessConfig) -> Outcome:
-    """Re-decide every record under `cfg` (one policy call each) and total what is kept."""
-    decided = [decide_record(r, cfg) for r in records]
-    decisions = [d for d, _ in decided]
-    passing = [ok for _, ok in decided]
-    kept = [r for r, (status, _) in zip(records, decisions, strict=True) if status == "kept"]
-    segs, valid = masked_segments(
-        to_samples(r.get("trimmed_seconds") for r in kept),
-        cfg.segment_samples,
-        cfg.min_valid_samples,
-    )
+def outcome(
+    label: str,
+    records: Sequence[dict[str, Any]],
+    cfg: PreprocessConfig,
+    table: RecordTable | None = None,
+) -> Outcome:
+    """Re-decide every record under `cfg` (one policy call each) and total what is kept.
+    Pass the `table` of these records when deciding them under several configs."""
+    t = table if table is not None else RecordTable(records)
+    decided = [None if m is None else decide_measured(m, cfg) for m in t.measurements]
+    passing = np.array([d is not None and d.kept for d in decided], dtype=bool)
+    # The pipeline's last rule, for every file at once: a kept file that yields no segment
+    # is `short`. The first segment has min(n, segment) real samples, so there is none
+    # exactly when n < min_valid.
+    kept = passing & (t.trimmed >= cfg.min_valid_samples)
+    segs, valid = masked_segments(t.trimmed[kept], cfg.segment_samples, cfg.min_valid_samples)
     return Outcome(
         label=label,
         cfg=cfg,
-        files_kept=len(kept),
-        hours_kept=sum(r["seconds"] or 0.0 for r in kept) / 3600.0,
+        files_kept=int(kept.sum()),
+        hours_kept=float(t.seconds[kept].sum()) / 3600.0,
         valid_hours=float(valid.sum()) / SAMPLE_RATE / 3600.0,
         segments=int(segs.sum()),
-        by_reason=dict(Counter(reason for _, reason in decisions)),
-        kept_paths=frozenset(r["path"] for r in kept),
-        decisions=tuple(decisions),
-        passing=tuple(passing),
+        kept=kept,
+        passing=passing,
+        decided=decided,
+        fixed_reasons=t.reasons,
     )
 
 
 def what_if_table(
-    records: Sequence[dict[str, Any]], cfg: PreprocessConfig, specs: Sequence[str]
+    records: Sequence[dict[str, Any]],
+    cfg: PreprocessConfig,
+    specs: Sequence[str],
+    table: RecordTable | None = None,
 ) -> list[Outcome]:
     """The current config first, then one Outcome per `--what-if` spec."""
-    rows = [outcome("current", records, cfg)]
+    t = table if table is not None else RecordTable(records)
+    rows = [outcome("current", records, cfg, t)]
     for spec in specs:
         label, alt = parse_what_if(spec, cfg)
-        rows.append(outcome(label, records, alt))
+        rows.append(outcome(label, records, alt, t))
     return rows
 
 
@@ -289,8 +324,11 @@ def padding_curve(
 def recommend_segment_seconds(
     curve: PaddingCurve, max_padding: float, way: str = "stored"
 ) -> float:
-    """Largest grid length whose padding fraction (`way`) is ≤ max_padding; the shortest
-    length when none is (the report says so)."""
+    """Largest grid length whose padding fraction (`way`) is ≤ max_padding and, our way,
+    that yields segments at all (a length longer than every file stores nothing, so its
+    "0 % padding" would recommend dropping all audio); the shortest length when none is
+    (the report says so)."""
     fractions = getattr(curve, way)
-    ok = np.flatnonzero(fractions <= max_padding + 1e-12)
+    stores = curve.segments > 0 if way == "stored" else np.ones(fractions.shape, bool)
+    ok = np.flatnonzero((fractions <= max_padding + 1e-12) & stores)
     return float(curve.seconds[ok[-1]] if ok.size else curve.seconds[0])
