@@ -1,9 +1,11 @@
-"""One WebDataset sample: a fixed-length 16 kHz mono segment, its validity runs and meta.
+"""One WebDataset sample: a 16 kHz mono utterance, its validity runs and meta (format 2).
 
-A sample is three tar members sharing a key `<file-id>-<segment:05d>`:
-`<key>.audio.flac` (or `.audio.npy`), and `<key>.json` with `source`, `offset`, `valid`,
-`gain_db`, `sample_rate`, `split`. `valid` lists the `[start, end)` runs of real audio;
-every other sample is padding and must not count in any loss or metric.
+A sample is two tar members sharing a key `<file-id>-<utt:05d>`: `<key>.audio.flac` (or
+`.audio.npy`, int16) of n samples, and `<key>.json` with `source`, `offset`, `valid`,
+`gain_db`, `sample_rate`, `split` and `samples` (= n, so a reader counts training windows
+without decoding audio). `valid` lists the `[start, end)` runs of real audio (an utterance
+from preprocess: `[[0, n]]`); any other sample is padding and must not count in any loss
+or metric. Lengths vary: the training segment length is cut from these at load time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ AUDIO_ENCODINGS = ("flac", "npy")
 # training step consumes (docs/SHARDS.md has the measured figures).
 DEFAULT_AUDIO_ENCODING = "flac"
 INT16_SCALE = 32767.0
-REQUIRED_META = ("source", "offset", "valid", "gain_db", "sample_rate", "split")
+REQUIRED_META = ("source", "offset", "valid", "gain_db", "sample_rate", "split", "samples")
 
 
 class ShardFormatError(ValueError):
@@ -95,12 +97,14 @@ def encode_sample(
     encoding: str = DEFAULT_AUDIO_ENCODING,
 ) -> dict[str, Any]:
     """Build the dict `webdataset.TarWriter.write` takes. `audio` is 1-D: float in
-    [-1, 1], or int16 PCM as is. `meta` must carry REQUIRED_META except `valid`, which
-    comes from the argument; extra fields are kept."""
+    [-1, 1], or int16 PCM as is. `meta` must carry REQUIRED_META except `valid` and
+    `samples`, which come from the arguments (the runs and the audio's length); extra
+    fields are kept."""
     pcm = to_int16(audio)
     mask_from_runs(valid, pcm.shape[0])  # validates the runs
     full_meta = dict(meta)
     full_meta["valid"] = [[int(s), int(e)] for s, e in valid]
+    full_meta["samples"] = int(pcm.shape[0])
     missing = [f for f in REQUIRED_META if f not in full_meta]
     if missing:
         raise ValueError(f"sample {key}: meta lacks {missing}")
@@ -163,4 +167,9 @@ def decode_sample(
         mask = mask_from_runs(meta["valid"], audio.shape[0])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ShardFormatError(f"{shard}: sample {key!r}: bad 'valid' runs: {exc}") from exc
+    if "samples" in meta and meta["samples"] != audio.shape[0]:
+        raise ShardFormatError(
+            f"{shard}: sample {key!r}: meta says {meta['samples']!r} samples, its audio has "
+            f"{audio.shape[0]}"
+        )
     return {"key": key, "audio": audio, "mask": mask, "meta": meta}

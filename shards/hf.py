@@ -1,7 +1,12 @@
 """Our shards as a Hugging Face `datasets` dataset, through its generic webdataset builder.
 
+    urls = shards.Index.load(OUT).paths("train")
     ds = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
                                features=shards.hf.hf_features())
+
+A row is one utterance (format 2): `__key__`, `audio.flac` and `json` with `samples`,
+`valid` and the provenance fields. The builder does not check what it reads against
+index.json (our readers do, `shards.reader`): run `Index.verify()` first if that matters.
 
 The builder would type `audio.flac` as `datasets.Audio`, whose encoder needs torchcodec
 (and resamples/re-encodes); declaring the features keeps the FLAC bytes as they are in the
@@ -33,6 +38,7 @@ def hf_features(encoding: str = DEFAULT_AUDIO_ENCODING) -> Any:
                 "gain_db": datasets.Value("float64"),
                 "offset": datasets.Value("int64"),
                 "sample_rate": datasets.Value("int64"),
+                "samples": datasets.Value("int64"),
                 "source": datasets.Value("string"),
                 "split": datasets.Value("string"),
                 "valid": datasets.List(datasets.List(datasets.Value("int64"))),

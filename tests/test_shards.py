@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
@@ -23,13 +24,18 @@ def _meta(i: int) -> dict:
     }
 
 
+def _length(i: int) -> int:
+    """Samples are utterances of any length (format 2)."""
+    return 16000 + 4321 * i
+
+
 def _write(path, n=4, encoding="flac", seed=0):
     rng = np.random.default_rng(seed)
     written = []
     with ShardWriter(path, encoding=encoding) as w:
         for i in range(n):
-            audio = np.zeros(16000, np.float32)
-            n_valid = 16000 - 3000 * i
+            audio = np.zeros(_length(i), np.float32)
+            n_valid = _length(i) - 3000 * i
             audio[:n_valid] = rng.uniform(-0.9, 0.9, n_valid).astype(np.float32)
             key = shards.sample_key(f"f{i:03d}", i)
             w.write(key, audio, [[0, n_valid]], _meta(i))
@@ -43,12 +49,13 @@ def test_round_trip_keeps_audio_within_int16_step_and_mask_meta_exact(tmp_path, 
     samples = list(read_samples([tmp_path / "train-000000.tar"]))
     assert [s["key"] for s in samples] == [k for k, _, _ in written]
     for s, (key, audio, n_valid) in zip(samples, written, strict=True):
-        assert s["audio"].dtype == np.float32 and s["audio"].shape == (16000,)
+        i = int(key.split("-")[1])
+        assert s["audio"].dtype == np.float32 and s["audio"].shape == (_length(i),)
         assert np.max(np.abs(s["audio"] - audio)) <= 0.5 / 32767 + 1e-7
         assert s["mask"].dtype == bool
         assert s["mask"].sum() == n_valid and s["mask"][:n_valid].all()
-        i = int(key.split("-")[1])
-        assert s["meta"] == {**_meta(i), "valid": [[0, n_valid]]}
+        # `samples` comes from the audio, so a reader counts windows without decoding it.
+        assert s["meta"] == {**_meta(i), "valid": [[0, n_valid]], "samples": _length(i)}
     assert info.samples == 4
 
 
@@ -144,6 +151,14 @@ def test_missing_member_and_bad_json_are_named(tmp_path):
         list(read_samples(path))
 
 
+def test_a_meta_length_that_disagrees_with_the_audio_is_named(tmp_path):
+    sample = shards.encode_sample("k-00000", np.zeros(10, np.float32), [[0, 10]], _meta(0))
+    meta = json.loads(sample["json"])
+    sample["json"] = json.dumps({**meta, "samples": 12}).encode()
+    with pytest.raises(ShardFormatError, match=r"s\.tar: sample 'k-00000': meta says 12"):
+        shards.decode_sample(sample, shard="s.tar")
+
+
 def test_valid_runs_outside_segment_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="outside segment"):
         shards.encode_sample("k-00000", np.zeros(10, np.float32), [[0, 11]], _meta(0))
@@ -200,3 +215,116 @@ def test_a_shard_member_has_one_header_block(tmp_path):
     assert len(members) == 6
     assert all(m.offset_data - m.offset == TAR_MEMBER_HEADER_BYTES == 512 for m in members)
     assert all(m.pax_headers == {} for m in members)
+
+
+# ------------------------------------------------------------ format 2: index and manifest
+
+
+def _row(i: int, split: str = "train") -> dict:
+    return {
+        "key": f"f{i:03d}-00000",
+        "shard": f"{split}-000000.tar",
+        "split": split,
+        "samples": 16000 + i,
+        "seconds": (16000 + i) / 16000,
+        "valid_seconds": 1.0,
+        "source": f"spk/{i}.wav",
+        "offset": 0,
+    }
+
+
+def _format2_out(root, **fields):
+    root.mkdir(parents=True, exist_ok=True)
+    shards.write_manifest(root, [_row(0), _row(1), _row(2, "val")])
+    data = {"shards": [], "utterance_max_samples": 320000, "manifest": "manifest.jsonl"}
+    shards.write_index(root, data | {"input": "/data/corpus"} | fields)
+    return root
+
+
+def test_index_reads_format_2_with_its_utterance_cap_and_manifest(tmp_path):
+    index = shards.Index.load(_format2_out(tmp_path))
+    assert index.format_version == shards.FORMAT_VERSION == 2
+    assert index.utterance_max_samples == 320000
+    assert [r["key"] for r in index.manifest()] == ["f000-00000", "f001-00000", "f002-00000"]
+    assert [r["key"] for r in index.manifest("val")] == ["f002-00000"]
+    (tmp_path / "manifest.jsonl").unlink()
+    assert len(index.manifest()) == 3, "rows are read once per Index"
+
+
+def test_format_1_out_is_refused_in_one_line_that_says_to_rerun_preprocess(tmp_path):
+    _format2_out(tmp_path / "old out", format_version=1)
+    with pytest.raises(shards.IndexFormatError) as err:
+        shards.Index.load(tmp_path / "old out")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        f"{tmp_path / 'old out'}: written by an older preprocess (format 1: fixed 1-s "
+        "segments); re-run `python -m preprocess.run --input /data/corpus --output "
+        f"'{tmp_path / 'old out'}' --overwrite`"
+    )
+    assert shards.Index.load(tmp_path / "old out", check_version=False).format_version == 1
+
+
+def test_newer_and_missing_format_versions_are_refused(tmp_path):
+    _format2_out(tmp_path, format_version=3)
+    with pytest.raises(shards.IndexFormatError, match=r"format 3.*; upgrade telucodec$"):
+        shards.Index.load(tmp_path)
+    (tmp_path / "index.json").write_text('{"shards": []}')
+    with pytest.raises(shards.IndexFormatError, match="format_version None, expected 2"):
+        shards.Index.load(tmp_path)
+
+
+def test_write_index_records_the_current_format_unless_told(tmp_path):
+    shards.write_index(tmp_path, {"shards": []})
+    assert shards.Index.load(tmp_path).format_version == shards.FORMAT_VERSION
+
+
+def test_index_without_utterance_cap_names_the_field(tmp_path):
+    shards.write_index(tmp_path, {"shards": []})
+    with pytest.raises(shards.IndexFormatError, match="utterance_max_samples is None"):
+        _ = shards.Index.load(tmp_path).utterance_max_samples
+
+
+def test_manifest_round_trips_rows_in_order_and_writes_atomically(tmp_path):
+    rows = [_row(i) | {"extra": "kept"} for i in range(3)]
+    path = shards.write_manifest(tmp_path, rows)
+    assert path == tmp_path / shards.MANIFEST_NAME
+    assert shards.read_manifest(tmp_path) == rows
+    assert not list(tmp_path.glob("*.tmp-*"))
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_manifest_writer_refuses_a_row_without_the_fields(tmp_path):
+    bad = _row(0)
+    del bad["samples"]
+    with pytest.raises(shards.ManifestError, match=r"row 1 \(f000-00000\): missing samples"):
+        shards.write_manifest(tmp_path, [_row(1), bad])
+    assert not (tmp_path / shards.MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"key": "k"}', "missing shard, split, samples"),
+    ],
+)
+def test_bad_manifest_line_is_named_by_file_and_line(tmp_path, line, problem):
+    good = json.dumps(_row(0))
+    (tmp_path / shards.MANIFEST_NAME).write_text(f"{good}\n{line}\n", encoding="utf-8")
+    with pytest.raises(shards.ManifestError) as err:
+        shards.read_manifest(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / shards.MANIFEST_NAME}:2: ")
+    assert problem in str(err.value)
+
+
+def test_manifest_field_of_the_wrong_type_is_named(tmp_path):
+    (tmp_path / shards.MANIFEST_NAME).write_text(json.dumps(_row(0) | {"samples": "9"}) + "\n")
+    with pytest.raises(shards.ManifestError, match=r":1: samples is '9', expected int"):
+        shards.read_manifest(tmp_path)
+
+
+def test_missing_manifest_says_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest; expected a format-2"):
+        shards.read_manifest(tmp_path)
