@@ -1,4 +1,4 @@
-"""Corpus → filtered, normalized, masked segments → shards (docs/PREPROCESS.md).
+"""Corpus → filtered, normalized utterances → shards (docs/PREPROCESS.md).
 
     preprocess/
       run.py          the CLI: `python -m preprocess.run`, `python preprocess/run.py`
@@ -12,7 +12,7 @@
       actors/         the work on Ray
         ray_session.py  start/join/stop the Ray a run uses
         schedule.py     units and shard-group writes on the actor pool, each group once ready
-        unit.py         one work unit on one actor: scan, decide, segment, encode (keyed)
+        unit.py         one work unit on one actor: scan, decide, cut utterances, encode (keyed)
         records.py      the files.jsonl line of one file
         shard_group.py  one shard group on one actor: its units' samples → its shard part(s)
         interleave.py   sample order inside a shard (neighbours from different files)

@@ -21,7 +21,14 @@ PRESETS = ("default", "original")
 AUDIO_ENCODINGS = ("flac", "npy")
 # Written by `to_dict` for readers of index.json (they are properties, not knobs); dropped
 # again when a dict is turned back into a config.
-DERIVED_KEYS = ("segment_samples", "frame_samples")
+DERIVED_KEYS = ("utterance_max_samples", "frame_samples")
+# Keys of format 1 (fixed segments cut at preprocessing). The segment length is a training
+# knob now, so a config that still sets them is refused with one line saying where it went.
+RETIRED_KEYS = ("segment_seconds", "min_valid_fraction")
+RETIRED_WHY = (
+    "the segment length is chosen at training time (`train_ds.py --segment-seconds`); "
+    "preprocess writes whole utterances of up to max_utterance_seconds"
+)
 
 
 class ConfigError(ValueError):
@@ -47,11 +54,12 @@ class PreprocessConfig:
     sample_rate: int = 16000
     frame_ms: float = 20.0
     block_seconds: float = 10.0
-    # Segmenting
-    segment_seconds: float = 1.0
-    min_valid_fraction: float = 0.5
+    # Utterances (docs/PREPROCESS.md "Utterances": why these numbers)
     trim: bool = True
     trim_margin_ms: float = 200.0
+    split_pause_seconds: float = 1.0
+    max_utterance_seconds: float = 20.0
+    min_utterance_seconds: float = 0.5
     # Splitting and sharding
     split_by: str = "dir"  # dir | file | re:PATTERN | manifest:FILE (docs/PREPROCESS.md)
     val_fraction: float = 0.05
@@ -105,12 +113,13 @@ class PreprocessConfig:
         return int(round(self.sample_rate * self.frame_ms / 1000.0))
 
     @property
-    def segment_samples(self) -> int:
-        return int(round(self.sample_rate * self.segment_seconds))
+    def utterance_max_samples(self) -> int:
+        """The longest sample a shard holds: the cap training segment lengths stay under."""
+        return int(round(self.sample_rate * self.max_utterance_seconds))
 
     @property
-    def min_valid_samples(self) -> int:
-        return max(1, math.ceil(self.segment_samples * self.min_valid_fraction))
+    def utterance_min_samples(self) -> int:
+        return max(1, math.ceil(self.sample_rate * self.min_utterance_seconds))
 
     @property
     def block_frames_16k(self) -> int:
@@ -121,7 +130,7 @@ class PreprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["extra_audio_extensions"] = list(self.extra_audio_extensions)
-        d["segment_samples"] = self.segment_samples
+        d["utterance_max_samples"] = self.utterance_max_samples
         d["frame_samples"] = self.frame_samples
         return d
 
@@ -131,6 +140,7 @@ class PreprocessConfig:
         file): derived keys are dropped and every value is validated. Unknown keys are an
         error naming `source` and the key, so a typo never silently does nothing."""
         values = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+        _refuse_retired(values, source)
         _refuse_unknown(values, source)
         return cls(**values)
 
@@ -155,10 +165,19 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "sample_rate": (int, lambda v: v == 16000, "16000 (shards are 16 kHz by contract)"),
     "frame_ms": (float, lambda v: 1.0 <= v <= 1000.0, "1 ≤ frame_ms ≤ 1000"),
     "block_seconds": (float, lambda v: 0.1 <= v <= 3600.0, "0.1 ≤ block_seconds ≤ 3600"),
-    "segment_seconds": (float, lambda v: 0.01 <= v <= 600.0, "0.01 ≤ segment_seconds ≤ 600"),
-    "min_valid_fraction": (float, lambda v: 0.0 < v <= 1.0, "0 < min_valid_fraction ≤ 1"),
     "trim": (bool, lambda v: True, "true or false"),
     "trim_margin_ms": (float, lambda v: v >= 0.0, "trim_margin_ms ≥ 0"),
+    "split_pause_seconds": (float, lambda v: v > 0.0, "split_pause_seconds > 0"),
+    "max_utterance_seconds": (
+        float,
+        lambda v: 1.0 <= v <= 600.0,
+        "1 ≤ max_utterance_seconds ≤ 600",
+    ),
+    "min_utterance_seconds": (
+        float,
+        lambda v: 0.0 <= v <= 600.0,
+        "0 ≤ min_utterance_seconds ≤ max_utterance_seconds",
+    ),
     "split_by": (str, lambda v: True, "dir, file, re:PATTERN or manifest:FILE"),
     "val_fraction": (float, lambda v: 0.0 <= v < 1.0, "0 ≤ val_fraction < 1"),
     "min_val_seconds": (float, lambda v: v >= 0.0, "min_val_seconds ≥ 0"),
@@ -257,6 +276,12 @@ def validated(cfg: PreprocessConfig) -> dict[str, Any]:
     """
     values = {f.name: _checked(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     values["split_manifest_sha256"] = _checked_split(cfg)
+    if values["min_utterance_seconds"] > values["max_utterance_seconds"]:
+        raise _fail(
+            "min_utterance_seconds",
+            values["min_utterance_seconds"],
+            f"≤ max_utterance_seconds ({values['max_utterance_seconds']:g})",
+        )
     if values["min_dnsmos_ovrl"] > 0 and values["quality"] != "dnsmos":
         raise _fail(
             "min_dnsmos_ovrl",
@@ -297,8 +322,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         got = type(data).__name__
         raise ConfigError(f"config file {p}: expected a table of config keys, got a {got}")
     data = {k: v for k, v in data.items() if k not in DERIVED_KEYS}
+    _refuse_retired(data, f"config file {p}")
     _refuse_unknown(data, f"config file {p}")
     return data
+
+
+def _refuse_retired(values: Mapping[str, Any], source: str) -> None:
+    """A format-1 key (`segment_seconds`, `min_valid_fraction`): one line saying where the
+    segment length went, rather than "unknown key" or a setting silently ignored."""
+    retired = [k for k in RETIRED_KEYS if k in values]
+    if retired:
+        raise ConfigError(
+            f"{source}: {retired[0]} is no longer a preprocess setting: {RETIRED_WHY}",
+            key=retired[0],
+        )
 
 
 def _refuse_unknown(values: Mapping[str, Any], source: str) -> None:
@@ -317,6 +354,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessC
     """
     from_file = read_config_file(path) if path is not None else {}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    _refuse_retired(overrides, "config")
     try:
         return PreprocessConfig(**{**from_file, **overrides})
     except ConfigError as exc:

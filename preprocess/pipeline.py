@@ -346,7 +346,7 @@ def config_line(cfg: PreprocessConfig) -> str:
     """The settings a person checks first, on one short line; index.json keeps them all."""
     norm = f"{cfg.target_lufs:g} LUFS" if cfg.normalize else "off"
     return (
-        f"config: preset {cfg.preset}, {cfg.segment_seconds:g} s segments at "
+        f"config: preset {cfg.preset}, utterances ≤ {cfg.max_utterance_seconds:g} s at "
         f"{cfg.sample_rate} Hz, normalize {norm}, val {100 * cfg.val_fraction:g} % by "
         f"{cfg.split_by} (≥ {cfg.min_val_seconds:g} s), {cfg.shard_mb:g} MB shards "
         "(all settings: index.json)"

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from preprocess.actors.ray_session import RayStartError, wait_for_stop  # noqa: E402
 from preprocess.actors.schedule import WorkerDeaths  # noqa: E402
-from preprocess.config import load_config  # noqa: E402
+from preprocess.config import RETIRED_WHY, ConfigError, load_config  # noqa: E402
 from preprocess.measure.quality import require_dnsmos  # noqa: E402
 from preprocess.out.lock import OutputLocked, output_lock  # noqa: E402
 from preprocess.pipeline import check_run_paths, run_pipeline  # noqa: E402
@@ -55,8 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
     p.add_argument("--config", default=None, help="JSON or TOML file of config overrides")
     p.add_argument("--preset", choices=("default", "original"), default=None)
-    p.add_argument("--segment-seconds", type=float, default=None)
-    p.add_argument("--min-valid-fraction", type=float, default=None)
+    # Format 1's knobs, kept only to refuse them in one line (`RETIRED_FLAGS`).
+    p.add_argument("--segment-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--min-valid-fraction", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--max-utterance-seconds",
+        type=float,
+        default=None,
+        help="longest shard sample; longer speech is cut into near-equal pieces",
+    )
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument(
         "--min-val-seconds",
@@ -101,12 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli(lambda: _main(args), Path(args.output).resolve())
 
 
+RETIRED_FLAGS = {
+    "segment_seconds": "--segment-seconds",
+    "min_valid_fraction": "--min-valid-fraction",
+}
+
+
 def _main(args: argparse.Namespace) -> int:
+    for dest, flag in RETIRED_FLAGS.items():
+        if getattr(args, dest) is not None:
+            raise ConfigError(f"{flag} is no longer a preprocess flag: {RETIRED_WHY}")
     cfg = load_config(
         args.config,
         preset=args.preset,
-        segment_seconds=args.segment_seconds,
-        min_valid_fraction=args.min_valid_fraction,
+        max_utterance_seconds=args.max_utterance_seconds,
         val_fraction=args.val_fraction,
         min_val_seconds=args.min_val_seconds,
         split_by=args.split_by,
@@ -132,7 +147,7 @@ def _main(args: argparse.Namespace) -> int:
         )
         print_summary(index)
         if not args.no_report:
-            _write_report(out, cfg)
+            _write_report(out)
     problem = unusable_result(index)
     if problem is None:
         return EXIT_OK
@@ -143,12 +158,12 @@ def _main(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _write_report(out: Path, cfg) -> None:
+def _write_report(out: Path) -> None:
     try:
         from preprocess.diagnose.report import report_for_output
     except ImportError:
         return
-    report = report_for_output(out, segment_seconds=cfg.segment_seconds)
+    report = report_for_output(out)
     print(f"report: {report}")
 
 

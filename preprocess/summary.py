@@ -1,4 +1,7 @@
-"""The final summary table a preprocessing run prints, and whether its result is usable."""
+"""The final summary table a preprocessing run prints, and whether its result is usable.
+
+Per split, `segments` in index.json's totals counts the utterances written (the field
+kept its format-1 name)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ def print_summary(index: dict[str, Any]) -> None:
         groups = f" in {s['groups']} groups" if "groups" in s else ""
         share = f" ({100 * s['fraction']:.1f} % of kept hours)" if "fraction" in s else ""
         print(
-            f"{split}: {s['files']} files{groups} → {s['segments']} segments in {s['shards']} "
-            f"shards, {s['valid_hours']:.3f} h of real audio{share}"
+            f"{split}: {s['files']} files{groups} → {s['segments']} utterances in "
+            f"{s['shards']} shards, {s['valid_hours']:.3f} h of speech{share}"
         )
     if "_elapsed_s" in index:
         rate = t["input_hours"] * 3600 / max(index["_elapsed_s"], 1e-9)

@@ -39,7 +39,9 @@ def test_every_field_refuses_a_value_of_the_wrong_type_naming_the_key(key):
         ("sample_rate", 8000, "16000"),
         ("val_fraction", 1.0, "0 ≤ val_fraction < 1"),
         ("min_val_seconds", -1, "min_val_seconds ≥ 0"),
-        ("segment_seconds", float("inf"), "finite"),
+        ("max_utterance_seconds", float("inf"), "finite"),
+        ("max_utterance_seconds", 0.5, "1 ≤ max_utterance_seconds ≤ 600"),
+        ("split_pause_seconds", 0.0, "split_pause_seconds > 0"),
         ("clip_min_run", 2.5, "an integer"),
         ("trim", 0, "true or false"),
         ("val_fraction", True, "a number"),
@@ -55,8 +57,8 @@ def test_out_of_range_values_name_key_value_and_allowed_range(key, value, allowe
 
 def test_an_int_for_a_float_field_is_the_same_config_as_the_float():
     assert (
-        PreprocessConfig(segment_seconds=2).digest()
-        == PreprocessConfig(segment_seconds=2.0).digest()
+        PreprocessConfig(max_utterance_seconds=20).digest()
+        == PreprocessConfig(max_utterance_seconds=20.0).digest()
     )
 
 
@@ -71,7 +73,22 @@ def test_a_bad_value_in_the_file_names_the_file_and_the_key(tmp_path):
 # The rows of issue 11 items 7 and 8, each an error before anything starts.
 CONFIG_CASES = {
     "frame_ms zero": ("c.json", '{"frame_ms": 0}', "config key frame_ms = 0.0"),
-    "string for a number": ("c.toml", 'segment_seconds = "abc"', "segment_seconds = 'abc'"),
+    "string for a number": (
+        "c.toml",
+        'max_utterance_seconds = "abc"',
+        "max_utterance_seconds = 'abc'",
+    ),
+    "retired segment length": (
+        "c.toml",
+        "segment_seconds = 4.0",
+        "segment_seconds is no longer a preprocess setting: the segment length is chosen at "
+        "training time (`train_ds.py --segment-seconds`)",
+    ),
+    "retired valid fraction": (
+        "c.json",
+        '{"min_valid_fraction": 0.5}',
+        "min_valid_fraction is no longer a preprocess setting",
+    ),
     "bool for a number": ("c.json", '{"val_fraction": true}', "val_fraction = True"),
     "top-level list": ("c.json", "[1, 2]", "expected a table of config keys, got a list"),
     "unparsable toml": ("c.toml", "frame_ms = = 2", "not valid TOML"),
@@ -125,7 +142,13 @@ def test_diagnose_refuses_a_bad_config_before_scanning(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--segment-seconds", "0"], "segment_seconds = 0.0"),
+        (
+            ["--segment-seconds", "4"],
+            "--segment-seconds is no longer a preprocess flag: the segment length is chosen at "
+            "training time (`train_ds.py --segment-seconds`)",
+        ),
+        (["--min-valid-fraction", "0.5"], "--min-valid-fraction is no longer a preprocess flag"),
+        (["--max-utterance-seconds", "0"], "max_utterance_seconds = 0.0"),
         (["--val-fraction", "1.5"], "val_fraction = 1.5"),
         (["--min-val-seconds", "-5"], "min_val_seconds = -5.0"),
         (["--split-by", "speaker"], "split_by = 'speaker'"),
@@ -185,11 +208,24 @@ def test_both_commands_exit_2_with_one_line_from_the_shell(tmp_path):
 
 
 def test_to_dict_through_json_and_from_dict_gives_the_same_config():
-    cfg = PreprocessConfig(segment_seconds=1.5, extra_audio_extensions=(".raw", ".pcm"))
+    cfg = PreprocessConfig(max_utterance_seconds=1.5, extra_audio_extensions=(".raw", ".pcm"))
     data = json.loads(json.dumps(cfg.to_dict()))  # lists, plus the derived keys
-    assert data["segment_samples"] == 24000 and data["extra_audio_extensions"] == [".raw", ".pcm"]
+    assert data["utterance_max_samples"] == 24000
+    assert data["extra_audio_extensions"] == [".raw", ".pcm"]
     back = PreprocessConfig.from_dict(data)
     assert back == cfg and back.digest() == cfg.digest()
+
+
+def test_a_format_1_config_is_refused_saying_where_the_segment_length_went():
+    with pytest.raises(ConfigError, match=r"^index\.json: segment_seconds is no longer a "):
+        PreprocessConfig.from_dict({"segment_seconds": 1.0}, source="index.json")
+    with pytest.raises(ConfigError, match="train_ds.py --segment-seconds"):
+        load_config(min_valid_fraction=0.5)
+
+
+def test_min_utterance_longer_than_the_cap_is_refused():
+    with pytest.raises(ConfigError, match="min_utterance_seconds = 30.0: expected ≤ max_utt"):
+        PreprocessConfig(min_utterance_seconds=30.0)
 
 
 def test_from_dict_refuses_unknown_keys_naming_source_and_key():
@@ -199,9 +235,11 @@ def test_from_dict_refuses_unknown_keys_naming_source_and_key():
 
 def test_config_file_keys_are_checked_and_flags_override_the_file(tmp_path):
     path = tmp_path / "pre.toml"
-    path.write_text("[preprocess]\nsegment_seconds = 2.0\nval_fraction = 0.1\nframe_samples = 1\n")
+    path.write_text(
+        "[preprocess]\nmax_utterance_seconds = 8.0\nval_fraction = 0.1\nframe_samples = 1\n"
+    )
     cfg = load_config(path, val_fraction=0.2, shard_mb=None)
-    assert (cfg.segment_seconds, cfg.val_fraction, cfg.shard_mb) == (2.0, 0.2, 32.0)
+    assert (cfg.max_utterance_seconds, cfg.val_fraction, cfg.shard_mb) == (8.0, 0.2, 32.0)
     path.write_text("[preprocess]\nmin_rsm = 0.1\n")
     with pytest.raises(
         ValueError, match=re.escape(str(path)) + r": unknown config keys \['min_rsm'\]"

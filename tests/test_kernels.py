@@ -20,7 +20,9 @@ from preprocess.measure.kernels import (
     rms_db,
     segment_pcm,
     segment_plan,
+    speech_regions,
     trim_bounds,
+    utterance_plan,
 )
 from shards.format import to_int16
 
@@ -384,7 +386,7 @@ def test_hangover_fills_short_gaps_and_drops_lone_frames():
 
 
 # ---------------------------------------------------------------------------------------
-# Trimming and segments
+# Trimming, speech regions, utterances and segments
 # ---------------------------------------------------------------------------------------
 
 
@@ -395,6 +397,88 @@ def test_trim_bounds_pads_the_active_span_and_clamps():
     assert trim_bounds(active, 10) == (20, 71)
     assert trim_bounds(active, 50) == (0, 100)
     assert trim_bounds(active, 0) == (30, 61)
+
+
+def _speech_regions_reference(active, margin, pause):
+    """Plain loops: runs of active frames, merged across pauses < `pause`, widened by
+    `margin`, neighbours that would overlap meeting at the middle of their pause."""
+    runs, t = [], 0
+    while t < active.size:
+        if active[t]:
+            start = t
+            while t < active.size and active[t]:
+                t += 1
+            if runs and start - runs[-1][1] < pause:
+                runs[-1][1] = t
+            else:
+                runs.append([start, t])
+        else:
+            t += 1
+    out = []
+    for i, (start, end) in enumerate(runs):
+        lo, hi = max(0, start - margin), min(active.size, end + margin)
+        if i > 0:
+            lo = max(lo, (runs[i - 1][1] + start) // 2)
+        if i + 1 < len(runs):
+            hi = min(hi, (end + runs[i + 1][0]) // 2)
+        out.append([lo, hi])
+    return np.array(out, np.int64).reshape(-1, 2)
+
+
+def test_speech_regions_split_only_at_long_pauses_and_keep_the_margin():
+    active = np.zeros(200, bool)
+    active[20:40] = True  # a 19-frame pause (< 20) keeps the next run in this region
+    active[59:80] = True
+    active[130:150] = True  # a 50-frame pause: a new region
+    np.testing.assert_array_equal(speech_regions(active, 10, 20), [[10, 90], [120, 160]])
+    active[190:200] = True  # at the end: clamped to the mask
+    np.testing.assert_array_equal(speech_regions(active, 10, 20)[-1], [180, 200])
+    empty = speech_regions(np.zeros(50, bool), 10, 20)
+    assert empty.shape == (0, 2) and empty.dtype == np.int64
+
+
+def test_speech_regions_never_share_a_frame_when_margins_overlap():
+    active = np.zeros(100, bool)
+    active[10:20] = True
+    active[45:60] = True  # a 25-frame pause splits (pause 20), but margins of 15 overlap
+    np.testing.assert_array_equal(speech_regions(active, 15, 20), [[0, 32], [32, 75]])
+
+
+def test_speech_regions_match_the_loop_reference_on_random_masks():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        active = rng.random(int(rng.integers(1, 400))) < rng.uniform(0.05, 0.95)
+        margin, pause = int(rng.integers(0, 20)), int(rng.integers(1, 60))
+        np.testing.assert_array_equal(
+            speech_regions(active, margin, pause),
+            _speech_regions_reference(active, margin, pause),
+        )
+
+
+def test_utterance_plan_caps_with_near_equal_pieces_and_drops_short_ones():
+    regions = np.array([[100, 100 + 45_000], [50_000, 50_000 + 7_999], [60_000, 70_000]])
+    plan = utterance_plan(regions, 20_000, 8_000)
+    # 45,000 samples over a 20,000 cap: three pieces of 15,000, not 20,000 + 20,000 + 5,000.
+    np.testing.assert_array_equal(
+        plan, [[100, 15_000], [15_100, 15_000], [30_100, 15_000], [60_000, 10_000]]
+    )
+    assert plan.dtype == np.int64
+    assert utterance_plan(np.zeros((0, 2), np.int64), 20_000, 8_000).shape == (0, 2)
+
+
+def test_utterance_plan_pieces_tile_their_region_within_the_cap():
+    rng = np.random.default_rng(5)
+    starts = np.cumsum(rng.integers(1_000_000, 2_000_000, 300))  # regions never overlap
+    regions = np.stack([starts, starts + rng.integers(1, 1_000_000, 300)], axis=1)
+    plan = utterance_plan(regions, 320_000, 1)
+    assert plan[:, 1].max() <= 320_000
+    assert plan[:, 1].sum() == (regions[:, 1] - regions[:, 0]).sum()
+    ends = plan[:, 0] + plan[:, 1]
+    for lo, hi in regions:  # each region tiled exactly, lengths within one sample
+        inside = (plan[:, 0] >= lo) & (ends <= hi)
+        lengths = plan[inside, 1]
+        assert plan[inside, 0][0] == lo and ends[inside][-1] == hi
+        assert lengths.max() - lengths.min() <= 1
 
 
 def test_segment_plan_cuts_consecutive_segments_and_keeps_a_long_enough_tail():
@@ -439,3 +523,9 @@ def test_segment_pcm_refuses_what_does_not_fit_or_is_not_finite():
     with pytest.raises(ValueError, match="non-finite"):
         segment_pcm(bad, 0.0, 1.0, 160)
     assert segment_pcm(np.zeros(0, np.float32), 0.0, 1.0, 4).tolist() == [0, 0, 0, 0]
+
+
+def test_segment_pcm_of_an_utterance_is_its_length_without_padding():
+    src = f32(np.random.default_rng(2).uniform(-0.5, 0.5, 12_345))
+    got = segment_pcm(src, 0.01, 1.5, src.size)
+    np.testing.assert_array_equal(got, _segment_pcm_reference(src, 0.01, 1.5, src.size))

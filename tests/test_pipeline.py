@@ -29,6 +29,7 @@ def tree_digest(out: Path) -> dict[str, str]:
     names = [
         "index.json",
         "files.jsonl",
+        "manifest.jsonl",
         *sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")),
     ]
     return {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names}
@@ -84,10 +85,13 @@ def test_one_file_of_each_duplicate_group_is_kept(synth_corpus, synth_out):
         assert first["reason"] != "duplicate"
 
 
-def test_shards_are_clean_masked_and_match_the_index(synth_out):
+def test_shards_hold_whole_utterances_that_match_the_index_and_manifest(synth_out):
     index = json.loads((synth_out / "index.json").read_text())
     records = {r["path"]: r for r in read_jsonl(synth_out / "files.jsonl")}
-    seg = index["segment_samples"]
+    assert index["format_version"] == 2 and "segment_samples" not in index
+    cap = index["utterance_max_samples"]
+    manifest = read_jsonl(synth_out / index["manifest"])
+    rows = iter(manifest)
     sources = defaultdict(set)
     per_file = defaultdict(int)
     assert len(index["shards"]) >= 3
@@ -102,15 +106,23 @@ def test_shards_are_clean_masked_and_match_the_index(synth_out):
         # Neighbours share a file only when one file holds more than half the shard.
         assert same_neighbours == max(0, 2 * most - len(srcs) - 1), entry["name"]
         for s in samples:
-            a, m = s["audio"], s["mask"]
-            assert a.shape == (seg,) and np.isfinite(a).all() and np.abs(a).max() <= 1.0
-            assert not a[~m].any(), "padding must be exact zeros"
-            assert m.sum() >= index["config"]["min_valid_fraction"] * seg
-            assert s["meta"]["split"] == entry["split"]
+            a, m, meta = s["audio"], s["mask"], s["meta"]
+            assert 1 <= a.size <= cap and np.isfinite(a).all() and np.abs(a).max() <= 1.0
+            assert meta["samples"] == a.size and meta["valid"] == [[0, a.size]] and m.all()
+            assert meta["split"] == entry["split"]
+            row = next(rows)  # the manifest lists the same utterances in the same order
+            assert (row["key"], row["shard"], row["split"]) == (s["key"], path.name, meta["split"])
+            assert (row["samples"], row["source"], row["offset"]) == (
+                a.size,
+                meta["source"],
+                meta["offset"],
+            )
+            assert row["seconds"] == row["valid_seconds"] == a.size / 16000
             sources[s["meta"]["source"]].add(entry["split"])
             per_file[s["meta"]["source"]] += 1
     assert all(len(splits) == 1 for splits in sources.values()), "a file is in both splits"
     assert {split for splits in sources.values() for split in splits} == {"train", "val"}
+    assert next(rows, None) is None
     for path, n in per_file.items():
         assert records[path]["status"] == "kept" and records[path]["segments"] == n
 
@@ -184,8 +196,8 @@ def test_other_config_on_same_output_is_refused(synth_corpus, synth_out):
             str(synth_corpus[0]),
             "--output",
             str(synth_out),
-            "--segment-seconds",
-            "2",
+            "--max-utterance-seconds",
+            "8",
             "--no-report",
         ],
         cwd=REPO,

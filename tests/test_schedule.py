@@ -167,11 +167,13 @@ def test_utilization_counts_busy_time_and_the_idle_tail():
     assert utilization({}, workers=2)["busy"] == 0.0
 
 
-@pytest.mark.parametrize("segment_seconds", [1.0, 4.0])
-def test_worker_warm_up_keeps_its_file_and_leaves_no_scratch(tmp_path, segment_seconds):
+@pytest.mark.parametrize(
+    "knobs", [{}, {"max_utterance_seconds": 1.0}, {"min_utterance_seconds": 4.0}]
+)
+def test_worker_warm_up_keeps_its_file_and_leaves_no_scratch(tmp_path, knobs):
     """The warm-up file must go through the whole path (a rejected one would skip the
-    segment and encode code), whatever the segment length."""
-    cfg = load_config(segment_seconds=segment_seconds)
+    cutting and encode code), whatever the utterance cap and minimum."""
+    cfg = load_config(**knobs)
     assert warm_up(cfg, tmp_path) == "kept"
     assert list((tmp_path / WARM_UP_DIR).iterdir()) == []
 

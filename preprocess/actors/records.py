@@ -28,11 +28,16 @@ def file_record(
     f: InputFile,
     decision: Decision,
     analysis: FileAnalysis | None = None,
-    segments: int = 0,
-    valid_samples: int = 0,
+    utterances: int = 0,
+    kept_samples: int = 0,
     trimmed_samples: int = 0,
 ) -> dict[str, Any]:
-    """The files.jsonl line for one input file (fields in docs/PREPROCESS.md)."""
+    """The files.jsonl line for one input file (fields in docs/PREPROCESS.md).
+
+    `utterances` (the shard samples written) goes to the field `segments`, which keeps its
+    name for readers of files.jsonl and stats.zarr; `kept_samples`, the audio in them, to
+    `valid_seconds`.
+    """
     h = analysis.header if analysis and analysis.header else None
     hd = f.header or {}
     rec: dict[str, Any] = {
@@ -60,9 +65,9 @@ def file_record(
         "clipped_fraction": None,
         "nonfinite": None,
         "gain_db": _num(decision.gain_db) if decision.kept else None,
-        "segments": segments,
+        "segments": utterances,
         "trimmed_seconds": _num(trimmed_samples / SAMPLE_RATE),
-        "valid_seconds": _num(valid_samples / SAMPLE_RATE),
+        "valid_seconds": _num(kept_samples / SAMPLE_RATE),
         "snr_db": None,
         "dnsmos_sig": None,
         "dnsmos_bak": None,

@@ -6,7 +6,10 @@ shard boundaries and bytes depend only on the plan, never on the worker count. A
 written by an actor once all of its units are committed: samples are copied from the
 units' spools (no re-encoding, memory bounded by one sample) in a seeded interleave over
 all of the group's files. Output lives in `OUT/.work/groups/group-NNNNNN/` and commits
-like a unit (`.partial` dir → `shards.atomic.commit_dir`, `done.json` last).
+like a unit (`.partial` dir → `shards.atomic.commit_dir`, `done.json` last). Beside each
+part `part-NNN.tar` goes `part-NNN.jsonl`: the part's manifest rows (key, split, samples,
+seconds, valid seconds, source, offset, in tar order), taken from the samples' json as
+they are copied, so assembly writes OUT/manifest.jsonl without opening a tar.
 
 Reruns: a group's `group_key` is built from the `unit_key` of each of its units (with the
 group id, which seeds the interleave, and the config). A committed group is reused only if
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from preprocess.actors.unit import SPOOL_INDEX_NAME, SPOOL_NAME, EncodedSpool, u
 from preprocess.config import PreprocessConfig
 from preprocess.measure.stage_times import lap
 from preprocess.plan.planner import WorkUnit
-from shards import ShardWriter
+from shards import SAMPLE_RATE, ShardWriter
 from shards.atomic import atomic_write_json, commit_dir
 from shards.writer import TAR_MEMBER_HEADER_BYTES
 
@@ -49,13 +53,18 @@ def group_key(group: int, units: list[WorkUnit], unit_keys: dict[int, str], dige
 
 
 def group_is_done(work: Path, group: int, key: str) -> bool:
-    """Committed with this `group_key`, and every shard part it lists still on disk."""
+    """Committed with this `group_key`, and every shard part (and its manifest rows) it
+    lists still on disk with its size."""
     gdir = group_dir(work, group)
     try:
         d = json.loads((gdir / "done.json").read_text())
         if d["group_key"] != key:
             return False
-        return all((gdir / p["name"]).stat().st_size == p["bytes"] for p in d["shards"])
+        return all(
+            (gdir / p["name"]).stat().st_size == p["bytes"]
+            and (gdir / p["manifest"]["name"]).stat().st_size == p["manifest"]["bytes"]
+            for p in d["shards"]
+        )
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
 
@@ -159,22 +168,56 @@ def _write_parts(
     target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
     parts: list[dict[str, Any]] = []
     writer: ShardWriter | None = None
+    rows: list[str] = []
     size = 0
     for file_i, seg_i in order:
         if writer is None:
             writer = ShardWriter(tmp / f"part-{len(parts):03d}.tar", encoding=cfg.audio_encoding)
-            size = 0
+            rows, size = [], 0
         spool_i, samples = per_file[file_i]
         index, key = samples[seg_i]
         sample = spools[spool_i].get(index, key)
         writer.write_encoded(sample)
+        rows.append(json.dumps(manifest_row(key, sample["json"]), separators=(",", ":")))
         size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
         if size >= target:
-            parts.append(writer.close().to_dict())
+            parts.append(_close_part(writer, rows))
             writer = None
     if writer is not None:
-        parts.append(writer.close().to_dict())
+        parts.append(_close_part(writer, rows))
     return parts
+
+
+def manifest_row(key: str, meta_json: bytes) -> dict[str, Any]:
+    """One utterance's OUT/manifest.jsonl row (less its final shard name) from its json."""
+    meta = json.loads(meta_json)
+    valid = sum(end - start for start, end in meta["valid"])
+    return {
+        "key": key,
+        "split": meta["split"],
+        "samples": meta["samples"],
+        "seconds": meta["samples"] / SAMPLE_RATE,
+        "valid_seconds": valid / SAMPLE_RATE,
+        "source": meta["source"],
+        "offset": meta["offset"],
+    }
+
+
+def _close_part(writer: ShardWriter, rows: list[str]) -> dict[str, Any]:
+    """Finish a part and write its manifest rows beside it; its done.json entry."""
+    part = writer.close().to_dict()
+    path = writer.path.with_suffix(".jsonl")
+    # Durable with the group: `commit_dir` fsyncs the whole partial dir.
+    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    part["manifest"] = {"name": path.name, "bytes": path.stat().st_size}
+    return part
+
+
+def part_manifest_rows(work: Path, group: int, part: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A committed part's manifest rows, in tar order (assembly adds the shard name)."""
+    with open(group_dir(work, group) / part["manifest"]["name"], encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def _tar_estimate(member_bytes: int) -> int:

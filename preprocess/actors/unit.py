@@ -1,4 +1,4 @@
-"""Process one work unit: scan, decide, segment and encode its files; commit atomically.
+"""Process one work unit: scan, decide, cut utterances and encode its files; commit atomically.
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
 (`samples.bin` + `samples.json`, which `preprocess.actors.shard_group` later copies into the
@@ -30,9 +30,9 @@ from preprocess.config import PreprocessConfig
 from preprocess.measure import stage_times
 from preprocess.measure.policy import decide, reject
 from preprocess.measure.scan import analyze_file
-from preprocess.measure.segment import cut_segments, plan_segments, trim_range
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
+from preprocess.measure.utterances import cut_utterances, plan_utterances, trim_range
 from preprocess.plan.planner import InputFile, WorkUnit
 from preprocess.plan.provenance import running_code_version
 from shards import encode_sample, sample_key
@@ -161,7 +161,7 @@ def process_unit(
 ) -> dict[str, Any]:
     """Run one unit to completion and commit it; returns its done.json content.
 
-    `scan_only` measures and decides (and counts the segments a file would give) but
+    `scan_only` measures and decides (and counts the utterances a file would give) but
     encodes and writes nothing: the diagnosis of a raw corpus. `crashed` maps files that
     killed a worker process to the detail of their `corrupt` record: they are not read
     again. Before each file its path goes to `IN_PROGRESS` in the unit's partial dir, so
@@ -212,6 +212,7 @@ def process_unit(
         "files": len(records),
         "seconds": seconds_in,
         "kept": sum(r["status"] == "kept" for r in records),
+        # Utterances written (files.jsonl's `segments`: the field keeps its name).
         "segments": sum(r["segments"] for r in records),
         # Files rejected because a worker died reading them (this unit is reused by
         # reruns as it is; a new OUT reads them again).
@@ -226,38 +227,39 @@ def process_unit(
 def _process_file(
     f: InputFile, full: Path, tmp: Path, cfg: PreprocessConfig, encoded: EncodedSpool | None
 ) -> tuple[dict[str, Any], np.ndarray, list[tuple[int, str]]]:
-    """Scan, decide and segment one file. A failure of any kind becomes a reason code.
-
-    With `encoded` None (scan only) segments are planned and counted, not cut.
+    """Scan, decide and cut one file into utterances. A failure of any kind becomes a
+    reason code. With `encoded` None (scan only) utterances are planned and counted, not cut.
     """
     samples: list[tuple[int, str]] = []
-    n_segments = 0
+    n_utterances = 0
     with SampleSpool(tmp) as spool:
         try:
             analysis = analyze_file(full, cfg, spool)
             decision = decide(analysis, cfg, f.is_audio_extension)
             valid = 0
             if decision.kept and encoded is None:
-                plan = plan_segments(analysis, cfg)
-                n_segments, valid = len(plan), int(plan[:, 1].sum())
+                plan = plan_utterances(analysis, cfg)
+                n_utterances, valid = len(plan), int(plan[:, 1].sum())
             elif decision.kept:
-                for seg in cut_segments(analysis, spool, cfg, decision.gain_db):
-                    key = sample_key(f.file_id, seg.index)
+                for utt in cut_utterances(analysis, spool, cfg, decision.gain_db):
+                    key = sample_key(f.file_id, utt.index)
                     meta = {
                         "source": f.path,
-                        "offset": seg.offset,
+                        "offset": utt.offset,
                         "gain_db": round(decision.gain_db, 4),
                         "sample_rate": cfg.sample_rate,
                         "split": f.split,
                     }
-                    sample = encode_sample(key, seg.pcm, seg.valid, meta, cfg.audio_encoding)
+                    sample = encode_sample(key, utt.pcm, utt.valid, meta, cfg.audio_encoding)
                     samples.append((encoded.add(sample), key))
-                    valid += seg.n_valid
-                n_segments = len(samples)
-            if decision.kept and n_segments == 0:
-                decision = reject("short", "no segment reaches min_valid_fraction after trimming")
+                    valid += utt.samples
+                n_utterances = len(samples)
+            if decision.kept and n_utterances == 0:
+                decision = reject(
+                    "short", "no utterance reaches min_utterance_seconds after trimming"
+                )
             start, end = trim_range(analysis, cfg) if analysis.error is None else (0, 0)
-            rec = file_record(f, decision, analysis, n_segments, valid, end - start)
+            rec = file_record(f, decision, analysis, n_utterances, valid, end - start)
             rms = analysis.frame_rms.astype(np.float32)
         except Exception as exc:  # one bad file never stops the job
             if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -275,13 +277,14 @@ WARM_UP_DIR = "warm-up"  # in OUT/.work: one scratch dir per worker process, rem
 
 def warm_up(cfg: PreprocessConfig, work: Path) -> str:
     """Run one short generated stereo 44.1 kHz file through the whole per-file path (decode,
-    downmix, resample, every kernel, segment, encode) in a scratch dir under `work`, then
+    downmix, resample, every kernel, cut, encode) in a scratch dir under `work`, then
     remove it; returns the file's status ("kept" unless something is wrong).
 
     A worker pays Numba's start (its typing and target contexts, ≈0.8 CPU-s, most of it on
     the first kernel call whatever the kernel) and its cache loads here, at actor start,
     instead of inside the first unit's stage times."""
-    seconds = max(3.0, 2.0 * cfg.segment_seconds)  # passes min_active_seconds, cuts segments
+    # Passes min_active_seconds and gives an utterance at any min_utterance_seconds.
+    seconds = max(3.0, cfg.min_active_seconds + 1.0, cfg.min_utterance_seconds + 1.0)
     t = np.arange(int(seconds * 44100)) / 44100
     tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
     noise = np.random.default_rng(0).standard_normal(t.size) * 0.01

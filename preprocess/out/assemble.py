@@ -1,12 +1,15 @@
-"""Turn committed work units into the OUT contract: shards/, files.jsonl, stats.zarr, index.json.
+"""Turn committed work units into the OUT contract: shards/, manifest.jsonl, files.jsonl,
+stats.zarr, index.json.
 
 Shard parts of the shard groups (`preprocess.actors.shard_group`) are hard-linked (copied where
 links are not supported) to contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in group
 order, so names depend only on the plan, never on which worker finished first. Parts stay
 in their group until the run ends, so every step is idempotent: a rerun after a kill
 mid-assembly, even on a changed input, places the same way; shards of an earlier plan that
-the new index does not list are removed. index.json is written last (`shards.write_index`):
-its presence means the OUT is complete. The OUT layout and its fields are docs/SHARDS.md.
+the new index does not list are removed. manifest.jsonl (one row per utterance, in shard-name
+order) is joined from the parts' rows the group writers kept (`shard_group.part_manifest_rows`).
+index.json is written last (`shards.write_index`): its presence means the OUT is complete.
+The OUT layout and its fields are docs/SHARDS.md.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from preprocess.actors.records import dumps_record
-from preprocess.actors.shard_group import group_dir, shard_groups
+from preprocess.actors.shard_group import group_dir, part_manifest_rows, shard_groups
 from preprocess.actors.unit import unit_dir
 from preprocess.config import PreprocessConfig
 from preprocess.out.stats_store import write_stats
@@ -31,13 +35,15 @@ from preprocess.plan.provenance import running_code_version
 from preprocess.plan.split import groups_of
 from shards import FORMAT_VERSION, SHARD_DIR, write_index
 from shards.atomic import atomic_write_text, commit_dir, fsync_dir
+from shards.manifest import MANIFEST_NAME, write_manifest
 
 # Names place_shards writes (and its temp links): anything else in shards/ is not ours.
 _SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
 
 
 def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
-    """Link shard group parts to their final names; returns index entries in name order."""
+    """Link shard group parts to their final names; returns index entries in name order,
+    each with `_rows`: (group, part) whose manifest rows it holds (dropped from the index)."""
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
@@ -62,6 +68,7 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
                     "samples": part["samples"],
                     "bytes": part["bytes"],
                     "sha256": part["sha256"],
+                    "_rows": (group, part),
                 }
             )
     fsync_dir(shard_dir)  # the renames above are durable before index.json lists them
@@ -114,8 +121,10 @@ def assemble(
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Write the final OUT files and return the index (no shards when `scan_only`)."""
-    shards = [] if scan_only else place_shards(out, work, units)
+    placed = [] if scan_only else place_shards(out, work, units)
+    shards = [{k: v for k, v in e.items() if k != "_rows"} for e in placed]
     remove_stale_shards(out, shards)
+    write_manifest(out, _manifest_rows(work, placed))
     rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
@@ -126,6 +135,22 @@ def assemble(
     index["scan_only"] = scan_only
     write_index(out, index)
     return index
+
+
+def _manifest_rows(work: Path, placed: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every utterance's manifest row, in shard-name order, then order within the shard."""
+    for entry in sorted(placed, key=lambda e: e["name"]):
+        group, part = entry["_rows"]
+        n = 0
+        for row in part_manifest_rows(work, group, part):
+            n += 1
+            yield {"key": row.pop("key"), "shard": entry["name"], **row}
+        if n != entry["samples"]:
+            raise ValueError(
+                f"shard group {group}: {part['manifest']['name']} lists {n} utterances, its "
+                f"shard {entry['name']} holds {entry['samples']}; delete {work / 'groups'} "
+                "and rerun"
+            )
 
 
 def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
@@ -160,9 +185,10 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 def _split_totals(
     cfg: PreprocessConfig, shards: list[dict[str, Any]], kept: list[dict[str, Any]]
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Per split: files, groups, segments, shards, hours (kept files), valid hours (real
-    audio in segments), and the share of kept hours achieved next to the share asked
-    (null when a manifest gives the split); and the grouping the split was made by."""
+    """Per split: files, groups, segments (utterances written: the name stays for readers
+    of index.json), shards, hours (kept files), valid hours (the audio in utterances), and
+    the share of kept hours achieved next to the share asked (null when a manifest gives
+    the split); and the grouping the split was made by."""
     paths = [r["path"] for r in kept]
     group, given = groups_of(paths, cfg.split_by, cfg.split_manifest_sha256)
     grouping = effective_grouping(cfg, group, kept)
@@ -224,7 +250,8 @@ def build_index(
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "sample_rate": cfg.sample_rate,
-        "segment_samples": cfg.segment_samples,
+        "utterance_max_samples": cfg.utterance_max_samples,
+        "manifest": MANIFEST_NAME,
         "shards": shards,
         "totals": {
             "files": len(records),

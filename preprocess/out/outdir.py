@@ -36,7 +36,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TOOL = "telucodec preprocess.run"
 # What a run writes under OUT (besides the stamp); `--overwrite` removes exactly these.
 RUN_OUTPUTS = ("shards", "stats.zarr", "stats.zarr.tmp", "report", ".work", "files.jsonl")
-RUN_OUTPUT_GLOBS = ("index.json", "index.json.tmp*", "files.jsonl.tmp*")
+RUN_OUTPUT_GLOBS = ("index.json", "index.json.tmp*", "files.jsonl.tmp*", "manifest.jsonl*")
 
 
 class OutputConflict(ValueError):
@@ -89,7 +89,7 @@ def _previous_run(out: Path) -> dict[str, Any] | None:
             return data
         return None
     try:
-        data = Index.load(out).data
+        data = Index.load(out, check_version=False).data
     except (FileNotFoundError, IndexFormatError):
         return None
     if "config_digest" in data and "format_version" in data and "input" in data:
@@ -111,7 +111,7 @@ def check_input_unchanged(out: Path, files: list[InputFile], digest: str, overwr
     another input. Refuse without `--overwrite`; with it, remove the previous run's
     output (the fingerprint cache and units stay: units are reused only by key)."""
     try:
-        index = Index.load(out).data
+        index = Index.load(out, check_version=False).data
     except (FileNotFoundError, IndexFormatError):
         return  # unfinished run: a resume, which re-plans whatever changed
     if index.get("input_digest") in (None, digest):
