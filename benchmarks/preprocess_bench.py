@@ -4,14 +4,17 @@
 
 (a) the original script's serial loop: load each file, its three checks, nothing written;
 (b) a bare serial loop doing only the irreducible work of our output: decode, downmix,
-    resample to 16 kHz, cut 1 s segments and FLAC-encode them (not written);
+    resample to 16 kHz, cut each file into utterance-sized pieces (near-equal, at most the
+    20 s utterance cap, as `kernels.utterance_plan` cuts a long region; no speech
+    detection, so no trimming or pause splits) and FLAC-encode them (not written);
 (c) our pipeline (Ray actors, Numba kernels, shards written) with 1 and 2 workers.
 Prints audio-hours/s, the ratios c/a and c/b, scaling 1→2 workers, peak worker RSS and the
 projected wall time for 113 h on a 16-core node. Ratios are what to read; absolute times
 depend on the machine.
 
 --lhotse adds (d): Lhotse (`pip install -e ".[bench]"`) doing the nearest like-for-like job:
-recordings → cuts → 16 kHz mono → 1 s windows → Shar with FLAC audio, num_jobs = cores.
+recordings → cuts → 16 kHz mono → windows of at most 20 s (our utterance cap) → Shar with
+FLAC audio, num_jobs = cores.
 It has no quality checks, loudness normalization, masks or dedup; its files are listed one
 by one (RecordingSet.from_dir stops at the first corrupt file, and this corpus has some).
 
@@ -60,7 +63,13 @@ sys.path.insert(0, str(REPO))
 from mission_corpus import FOLDER_FILES, ensure, read_truth, slice_of  # noqa: E402
 from phase_watch import ROLES, Watched, phases, watch  # noqa: E402
 
+from preprocess.config import PreprocessConfig  # noqa: E402
 from preprocess.measure.audio_io import audio_extensions  # noqa: E402
+
+# The default config's utterance bounds (max_utterance_seconds, min_utterance_seconds) in
+# 16 kHz samples: the pieces the baselines cut are the size our shards hold.
+UTTERANCE_CAP = PreprocessConfig().utterance_max_samples
+UTTERANCE_MIN = PreprocessConfig().utterance_min_samples
 
 
 def audio_files(root: Path) -> list[Path]:
@@ -88,7 +97,8 @@ def original_loop(files: list[Path]) -> tuple[float, float]:
 
 
 def bare_loop(files: list[Path]) -> tuple[float, float]:
-    """Only what our output needs: decode, downmix, resample, cut, FLAC-encode."""
+    """Only what our output needs: decode, downmix, resample, cut utterance-sized pieces
+    (the cap's near-equal split, `UTTERANCE_CAP` samples at most), FLAC-encode."""
     t0, seconds = time.perf_counter(), 0.0
     for f in files:
         try:
@@ -105,17 +115,20 @@ def bare_loop(files: list[Path]) -> tuple[float, float]:
         seconds += x.shape[0] / sr
         peak = max(float(np.max(np.abs(mono))), 1e-9)
         mono = np.clip(mono / peak * 0.5, -1, 1)
-        for i in range(0, mono.size - 8000, 16000):
-            seg = np.zeros(16000, np.int16)
-            part = np.round(mono[i : i + 16000] * 32767).astype(np.int16)
-            seg[: part.size] = part
+        pieces = -(-mono.size // UTTERANCE_CAP)
+        for j in range(pieces):
+            lo, hi = j * mono.size // pieces, (j + 1) * mono.size // pieces
+            if hi - lo < UTTERANCE_MIN:
+                continue
+            pcm = np.round(mono[lo:hi] * 32767).astype(np.int16)
             buf = io.BytesIO()
-            sf.write(buf, seg, 16000, format="FLAC", subtype="PCM_16")
+            sf.write(buf, pcm, 16000, format="FLAC", subtype="PCM_16")
     return time.perf_counter() - t0, seconds
 
 
 def lhotse_shar(files: list[Path], root: Path, jobs: int) -> tuple[float, float, int]:
-    """(seconds, audio seconds in, cuts written): Lhotse recordings → 1 s windows → FLAC Shar."""
+    """(seconds, audio seconds in, cuts written): Lhotse recordings → windows of at most
+    20 s (our utterance cap) → FLAC Shar."""
     import logging
 
     from lhotse import CutSet, Recording, RecordingSet
@@ -137,7 +150,7 @@ def lhotse_shar(files: list[Path], root: Path, jobs: int) -> tuple[float, float,
     cuts = CutSet.from_cuts(
         c.to_mono(mono_downmix=False)[0] if c.num_channels > 1 else c for c in cuts
     ).resample(16000)
-    windows = cuts.cut_into_windows(duration=1.0).to_eager()
+    windows = cuts.cut_into_windows(duration=UTTERANCE_CAP / 16000).to_eager()
     with tempfile.TemporaryDirectory(prefix="tcbench-shar-") as tmp:
         written = windows.to_shar(
             tmp, fields={"recording": "flac"}, num_jobs=jobs, fault_tolerant=True
@@ -201,7 +214,7 @@ cfg = load_config(shard_mb={shard_mb})
 i = run_pipeline({corpus!r}, {out!r}, cfg, workers={workers})
 t_report, c_report = time.perf_counter(), time.process_time()
 from preprocess.diagnose.report import report_for_output
-report_for_output(__import__("pathlib").Path({out!r}), segment_seconds=cfg.segment_seconds)
+report_for_output(__import__("pathlib").Path({out!r}))
 times = i["_stage_times"]
 times["cpu"]["report"] = time.process_time() - c_report
 times["wall"]["report"] = time.perf_counter() - t_report

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import shutil
 from collections import Counter
@@ -29,13 +28,18 @@ from preprocess.diagnose.report import (
     write_report,
 )
 from preprocess.diagnose.whatif import (
-    masked_segments,
+    MIN_REAL_SECONDS,
+    TRAIN_SEGMENT_SECONDS,
+    grid_windows,
+    min_real_samples,
     padding_curve,
     parse_what_if,
     recommend_segment_seconds,
+    region_utterances,
     segment_grid,
 )
 from preprocess.measure import kernels
+from shards import read_manifest
 from tests.conftest import preprocess, read_jsonl, run_cmd
 from tests.test_report_scale import decide_all, synthetic_records, write_out
 
@@ -161,13 +165,16 @@ def original_filter_kept(
     records: list[dict], min_seconds: float, min_rms: float, min_peak: float
 ) -> set[str]:
     """The original three rules, written again from the diagnosis text, plus the
-    pipeline's one segment rule (a 1 s segment needs ≥ 0.5 s of trimmed audio)."""
+    pipeline's one utterance rule (a kept file needs an utterance of ≥ 0.5 s): the run's
+    utterances where it cut the file, else its trimmed audio must reach 0.5 s."""
     kept = set()
     for r in records:
         if r["reason"] in ("corrupt", "not_audio", "duplicate", "nonfinite"):
             continue
         passes = r["seconds"] >= min_seconds and r["rms"] > min_rms and r["peak"] > min_peak
-        if passes and round(r["trimmed_seconds"] * 16000) >= 8000:
+        cut = r["status"] == "kept" or (r["detail"] or "").startswith("no utterance")
+        has_utterance = r["segments"] > 0 if cut else round(r["trimmed_seconds"] * 16000) >= 8000
+        if passes and has_utterance:
             kept.add(r["path"])
     return kept
 
@@ -211,59 +218,155 @@ def test_what_if_spec_names():
         parse_what_if("vad_margin_db=6", base)
 
 
+def test_what_if_refuses_what_files_jsonl_cannot_answer_and_says_what_to_do():
+    base = load_config(None)
+    # The segment length is a training setting now: scored with --segment-seconds.
+    with pytest.raises(ValueError, match=r"train_ds.py --segment-seconds S.*--segment-seconds"):
+        parse_what_if("segment_seconds=2", base)
+    # Cutting utterances needs the speech masks, which OUT does not store: a rescan.
+    for key in ("split_pause_seconds", "max_utterance_seconds", "min_utterance_seconds"):
+        with pytest.raises(ValueError, match=rf"{key}.*speech mask.*diagnose CORPUS"):
+            parse_what_if(f"{key}=2", base)
+
+
+def test_what_if_estimates_only_files_the_run_did_not_cut(diagnosed):
+    """Files the run kept keep their utterances as cut; a file it rejected on a threshold
+    and a what-if keeps is estimated from its trimmed length, and counted as such."""
+    f = diagnose_output(diagnosed["out"], what_ifs=["min_active_fraction=0,min_active_seconds=0"])
+    current, loose = f.outcomes
+    assert current.estimated == 0
+    gained = loose.kept & ~current.kept
+    assert gained.any() and loose.estimated == int(gained.sum())
+    records = diagnosed["records"]
+    for i in np.flatnonzero(gained):
+        n = round(records[i]["trimmed_seconds"] * 16000)
+        plan = kernels.utterance_plan(np.array([[0, n]]), 320000, 8000)
+        assert f.table.utterances[i] == len(plan) > 0
+    kept = [r for r in records if r["status"] == "kept"]
+    assert loose.utterances == sum(r["segments"] for r in kept) + int(
+        f.table.utterances[gained].sum()
+    )
+
+
 # ---------------------------------------------------------------------------------------
-# The padding curve, by hand
+# The padding curve over training lengths, by hand and against the loader
 # ---------------------------------------------------------------------------------------
 
 
 def test_padding_curve_matches_hand_computation():
-    # 0.5 s and 1.5 s files at 2 s segments: the original pads both to 2 s → 2 of 4 s.
-    # Ours (≥ 50 % real): 0.5 s is dropped, 1.5 s → one segment with 0.5 s masked padding.
-    c = padding_curve([0.5, 1.5], [0.5, 1.5], [1.0, 2.0], min_valid_fraction=0.5)
+    # Files / utterances of 0.5 s and 1.5 s. At S = 2 s the original pads both files to
+    # 2 s → 2 of 4 s. Ours: a window needs min(1 s, 1 s) real: 0.5 s is dropped, 1.5 s
+    # gives one window with 0.5 s masked padding.
+    c = padding_curve([0.5, 1.5], np.array([8000, 24000]), [1.0, 2.0])
     assert c.naive[1] == pytest.approx(0.5)
-    assert c.stored[1] == pytest.approx(0.25)
+    assert c.padding[1] == pytest.approx(0.25)
     assert c.dropped[1] == pytest.approx(0.25)
-    assert c.segments[1] == 1
-    # At 1 s: original 0.5 pad + 0.5 pad of 3 s; ours: 0.5 s keeps one (half padded),
-    # 1.5 s gives one whole and one half segment → 1 s padding in 3 s stored, none dropped.
+    assert c.windows[1] == 1
+    # At 1 s (a window needs 0.5 s real): 0.5 s gives one half-padded window, 1.5 s one
+    # whole and one half → 1 s padding in 3 s of windows, nothing dropped.
     assert c.naive[0] == pytest.approx(1 / 3)
-    assert c.stored[0] == pytest.approx(1 / 3)
-    assert c.dropped[0] == 0.0 and c.segments[0] == 3
+    assert c.padding[0] == pytest.approx(1 / 3)
+    assert c.dropped[0] == 0.0 and c.windows[0] == 3
 
 
-def test_padding_curve_matches_direct_loops():
-    durations = [0.31, 0.99, 1.0, 1.73, 2.5, 4.26, 7.0]
-    lengths = [0.5, 0.8, 1.0, 2.0, 3.5]
-    c = padding_curve(durations, durations, lengths, min_valid_fraction=0.6)
+def test_padding_curve_equals_the_loaders_validation_windows():
+    """Windows and padding per length as `shards.loader` cuts them (phase 0), utterance by
+    utterance: the curve is the loader's rule, not a copy that could drift."""
+    from shards import loader
+
+    assert MIN_REAL_SECONDS == loader.MIN_REAL_SECONDS
+    rng = np.random.default_rng(0)
+    utterances = rng.integers(8000, 20 * 16000, 200)
+    lengths = [0.5, 0.8, 1.0, 2.0, 3.5, 8.0]
+    c = padding_curve([1.0], utterances, lengths)
     for i, length in enumerate(lengths):
         seg = round(length * 16000)
-        naive_pad = naive_total = stored = valid = 0
-        for d in durations:
-            n = round(d * 16000)
-            k = math.ceil(n / seg)
-            naive_pad, naive_total = naive_pad + k * seg - n, naive_total + k * seg
-            plan = kernels.segment_plan(0, n, seg, math.ceil(seg * 0.6))
-            stored, valid = stored + len(plan) * seg, valid + int(plan[:, 1].sum())
-        assert c.naive[i] == pytest.approx(naive_pad / naive_total)
-        assert c.stored[i] == pytest.approx((stored - valid) / stored)
+        assert min_real_samples(seg) == loader.min_real_samples(seg)
+        windows = real = 0
+        for n in utterances.tolist():
+            starts = loader.window_starts(n, [[0, n]], seg, 0)
+            assert len(starts) == loader.grid_windows(n, seg)
+            windows += len(starts)
+            real += sum(min(seg, n - s) for s in starts)
+        assert c.windows[i] == windows
+        assert c.padding[i] == pytest.approx((windows * seg - real) / (windows * seg))
+        assert c.dropped[i] == pytest.approx(1 - real / int(utterances.sum()))
+    count, used = grid_windows(utterances, 16000)
+    assert count.tolist() == [loader.grid_windows(n, 16000) for n in utterances.tolist()]
+    assert (used <= utterances).all()
 
 
-def test_masked_segments_agree_with_the_pipeline_kernel():
+def test_region_utterances_agree_with_the_pipeline_kernel():
+    cfg = load_config(None)
     rng = np.random.default_rng(0)
-    n = rng.integers(0, 200_000, 300)
-    segs, valid = masked_segments(n, 16000, 8000)
-    for i, length in enumerate(n):
-        plan = kernels.segment_plan(0, int(length), 16000, 8000)
-        assert (segs[i], valid[i]) == (len(plan), int(plan[:, 1].sum()))
+    n = np.concatenate([[0, 7999, 8000, 320000, 320001, 900000], rng.integers(0, 1_000_000, 300)])
+    count, audio = region_utterances(n, cfg)
+    for i, length in enumerate(n.tolist()):
+        plan = kernels.utterance_plan(np.array([[0, length]]), 320000, 8000)
+        assert (count[i], audio[i]) == (len(plan), int(plan[:, 1].sum()))
 
 
 def test_recommended_length_is_the_longest_within_the_padding_budget():
-    c = padding_curve([1.0, 3.0], [1.0, 3.0], [0.5, 1.0, 1.5, 2.0], min_valid_fraction=0.5)
-    # Stored padding of a 1 s and a 3 s file: whole segments up to 1 s; at 1.5 s the 1 s
-    # file pads 0.5 s of 4.5 s stored; at 2 s both pad 1 s of 6 s stored.
-    assert c.stored.tolist() == pytest.approx([0.0, 0.0, 0.5 / 4.5, 2 / 6])
+    c = padding_curve([1.0, 3.0], np.array([16000, 48000]), [0.5, 1.0, 1.5, 2.0])
+    # Utterances of 1 s and 3 s: whole windows up to 1 s; at 1.5 s the 1 s one pads 0.5 s
+    # of 4.5 s of windows; at 2 s each pads 1 s of 6 s.
+    assert c.padding.tolist() == pytest.approx([0.0, 0.0, 0.5 / 4.5, 2 / 6])
     assert recommend_segment_seconds(c, 0.10) == 1.0
     assert recommend_segment_seconds(c, 0.12) == 1.5
+
+
+def test_the_padding_table_of_an_output_is_its_manifests_utterances(diagnosed):
+    """An OUT's table comes from manifest.jsonl: at every length, the windows the loader's
+    validation grid counts over all its utterances (`shards.loader.count_windows`)."""
+    from shards.loader import count_windows
+
+    rows = read_manifest(diagnosed["out"])
+    f = diagnose_output(diagnosed["out"])
+    assert f.utterances.exact and sorted(f.utterances.samples) == sorted(r["samples"] for r in rows)
+    for length in (0.5, 1.0, 2.0, 4.0, 8.0):
+        i = f.curve.at(length)
+        assert f.curve.seconds[i] == length
+        assert f.curve.windows[i] == count_windows(rows, round(length * 16000), grid=True)
+        (cells,) = [
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in diagnosed["md"].splitlines()
+            if re.match(rf"\| {length:g} s( \(|\s*\|)", line)
+        ]
+        assert cells[-1] == str(count_windows(rows, round(length * 16000), grid=True))
+
+
+def test_segment_seconds_scores_a_training_length_and_the_advice_is_the_training_flag(
+    diagnosed, tmp_path, capsys
+):
+    assert TRAIN_SEGMENT_SECONDS == 1.0  # train_ds.py's default (training/args.py)
+    report = tmp_path / "r"
+    assert cli.main([str(diagnosed["out"]), "--segment-seconds", "4", "--out", str(report)]) == 0
+    md = (report / "report.md").read_text(encoding="utf-8")
+    assert "windows of 4 s cut from" in md and md_row(md, "4 s (scored)")
+    assert "`train_ds.py --segment-seconds" in md
+    assert "preprocess.run" not in md and "re-run" not in md.replace("No preprocess re-run", "")
+    # Longer than the utterance cap: nothing the loader could cut, said in one line.
+    assert cli.main([str(diagnosed["out"]), "--segment-seconds", "30", "--out", str(report)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "max_utterance_seconds = 20" in err
+
+
+def test_an_output_of_the_old_format_is_refused_in_one_line(tmp_path, capsys):
+    """A format-1 OUT (fixed 1-s segments) has no utterances to score: one line saying to
+    re-run preprocess (an OUT) or rescan (a diagnosis scan), no traceback."""
+    cfg = load_config(None)
+    records = synthetic_records(50, cfg, seed=1)
+    for scan_only, says in ((False, "re-run `python -m preprocess.run"), (True, "rescan")):
+        out = tmp_path / f"old-{scan_only}"
+        write_out(out, records, cfg, scan_only=scan_only)
+        index = json.loads((out / "index.json").read_text())
+        index["format_version"] = 1
+        index["config"].update(segment_seconds=1.0, min_valid_fraction=0.5)
+        (out / "index.json").write_text(json.dumps(index))
+        assert cli.main([str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "format 1" in err, err
+        assert says in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,11 +413,16 @@ def test_raw_corpus_is_scanned_into_the_working_directory(diagnosed, monkeypatch
     calls = []
 
     def fake_run_pipeline(input_root, output, cfg, **kw):
+        """A scan: the run's files.jsonl and stats.zarr, an index marked scan_only and an
+        empty manifest (a scan writes no samples)."""
         calls.append((Path(input_root), Path(output), cfg, kw))
         Path(output).mkdir(parents=True, exist_ok=True)
-        for name in ("files.jsonl", "index.json"):
-            shutil.copy(diagnosed["out"] / name, Path(output) / name)
+        shutil.copy(diagnosed["out"] / "files.jsonl", Path(output) / "files.jsonl")
         shutil.copytree(diagnosed["out"] / "stats.zarr", Path(output) / "stats.zarr")
+        index = json.loads((diagnosed["out"] / "index.json").read_text())
+        index.update(scan_only=True, shards=[])
+        (Path(output) / "index.json").write_text(json.dumps(index))
+        (Path(output) / "manifest.jsonl").write_text("")
         return {}
 
     monkeypatch.setattr(preprocess.pipeline, "run_pipeline", fake_run_pipeline)
@@ -322,8 +430,18 @@ def test_raw_corpus_is_scanned_into_the_working_directory(diagnosed, monkeypatch
     (root, work, cfg, kw) = calls[0]
     assert work == cwd / "raw.diagnose" and root == corpus
     assert not (tmp_path / "mnt" / "raw.diagnose").exists()
-    assert kw["scan_only"] is True and kw["workers"] == 1 and cfg.segment_seconds == 2.0
-    assert (work / "report" / "report.md").is_file()
+    assert kw["scan_only"] is True and kw["workers"] == 1
+    assert cfg == load_config(None)  # the training length never reaches the scan's config
+    md = (work / "report" / "report.md").read_text(encoding="utf-8")
+    assert md_row(md, "2 s (scored) (original)")
+    # A scan records per file how many utterances and how much audio: the table says the
+    # lengths are estimated from files.jsonl, and they hold exactly the utterance audio.
+    assert "Lengths from files.jsonl: a scan writes no manifest" in md
+    assert "among its utterances (an estimate)." in md
+    f = diagnose_output(work)
+    kept = [r for r in diagnosed["records"] if r["status"] == "kept"]
+    assert f.utterances.samples.size == sum(r["segments"] for r in kept)
+    assert int(f.utterances.samples.sum()) == sum(round(r["valid_seconds"] * 16000) for r in kept)
     # A real OUT with shards is never overwritten by a scan.
     assert cli.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
     assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False
@@ -420,22 +538,34 @@ def test_files_without_an_snr_estimate_are_counted_apart_not_drawn_at_the_floor(
 
 
 def test_padding_warning_agrees_with_the_recommendation(small):
-    # 1.5 s of speech per file: at 1 s the half-real tail is kept (25 % padding); at 1.6 s
-    # one segment pads 0.1 s (6 %); longer pads more. The remedy is longer, not shorter.
+    # Utterances of 1.5 s: at 1 s the half-real tail window is used (25 % padding); at
+    # 1.6 s one window pads 0.1 s (6 %); at 1.7 s 12 %. The remedy is longer, not shorter,
+    # and it is the training flag, never a preprocess re-run.
     f = small["f"]
-    curve = padding_curve([1.5] * 10, [1.5] * 10, segment_grid(1.0), 0.5)
+    curve = padding_curve([1.5] * 10, np.full(10, 24000), segment_grid(1.0))
     g = dataclasses.replace(
         f,
-        cfg=f.cfg.replace(segment_seconds=1.0),
+        segment_seconds=1.0,
         curve=curve,
         recommended=recommend_segment_seconds(curve, 0.10),
         links=Links(),
     )
     assert g.recommended == pytest.approx(1.6)
     line = verdict_a(g)
-    assert "Warning: 25.0 % padding at the configured 1 s" in line
-    assert "the recommended 1.6 s (longer) stores 6.2 %: `--segment-seconds 1.6`" in line
-    assert "shorter segments" not in line
+    assert "Warning: 25.0 % padding at 1 s exceeds 10.0 %" in line
+    assert "the recommended 1.6 s (longer) pads 6.2 %: `train_ds.py --segment-seconds 1.6`" in line
+    assert "shorter segments" not in line and "preprocess" not in line
+
+
+def test_a_scan_without_a_manifest_splits_each_files_audio_among_its_utterances(small):
+    f = small["f"]
+    kept = [r for r in small["records"] if r["status"] == "kept"]
+    assert not f.utterances.exact
+    assert f.utterances.samples.size == sum(r["segments"] for r in kept)
+    assert int(f.utterances.samples.sum()) == sum(round(r["valid_seconds"] * 16000) for r in kept)
+    # The durations figure's right panel draws every utterance.
+    ax = small["figures"]["durations"].axes[1]
+    assert sum(b.get_height() for b in bars(ax)) == f.utterances.samples.size
 
 
 def test_report_says_which_peak_it_shows(small):

@@ -11,6 +11,7 @@ from scipy.signal import butter, lfilter, sosfilt, sosfilt_zi
 from preprocess.measure.kernels import (
     ClipState,
     HighPass,
+    SpeechBands,
     active_frames,
     count_clipped,
     count_invalid,
@@ -19,7 +20,6 @@ from preprocess.measure.kernels import (
     moments,
     rms_db,
     segment_pcm,
-    segment_plan,
     speech_regions,
     trim_bounds,
     utterance_plan,
@@ -105,13 +105,12 @@ def f32(x: np.ndarray) -> np.ndarray:
 
 
 def speech_db(x: np.ndarray, block: int = 160_000) -> np.ndarray:
-    """Frame dB as the pipeline computes it for the detector: 80 Hz high-pass, then 20 ms
-    frame RMS, streamed in 10 s blocks."""
-    hp = HighPass(SR)
-    rms = [
-        frame_rms_peak(hp.process(f32(x[i : i + block])), FRAME)[0] for i in range(0, x.size, block)
-    ]
-    return rms_db(np.concatenate(rms))
+    """Frame dB as the pipeline computes it for the detector (float32[2, F]): 80 Hz
+    high-pass, the whole band and its part under 1 kHz, 20 ms frames, 10 s blocks."""
+    bands = SpeechBands(SR, FRAME)
+    for i in range(0, x.size, block):
+        bands.add(f32(x[i : i + block]))
+    return bands.db()
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,23 +255,51 @@ def test_highpass_starts_a_dc_offset_without_a_click():
     assert np.abs(y).max() < 1e-6
 
 
+def test_speech_bands_are_the_scipy_filters_frame_powers_and_stream_like_one_call():
+    x = white(3.0, 0.2, seed=3) + hum(3.0, 0.1)
+    hp = butter(2, 80, "high", fs=SR, output="sos")
+    lp = butter(2, 1000, "low", fs=SR, output="sos")
+    y = sosfilt(hp, x, zi=sosfilt_zi(hp) * f32(x)[0])[0]
+    lo = sosfilt(lp, y)
+    n = x.size // FRAME
+    want = np.stack([(v[: n * FRAME].reshape(n, FRAME) ** 2).mean(1) for v in (y, lo)])
+    one = SpeechBands(SR, FRAME)
+    one.add(f32(x))
+    np.testing.assert_allclose(one.powers(), want, rtol=1e-4, atol=1e-12)
+    parts = SpeechBands(SR, FRAME)
+    for a, b in ((0, 1), (1, 700), (700, 701), (701, 30_000), (30_000, x.size)):
+        parts.add(f32(x[a:b]))  # frames straddle the calls
+    np.testing.assert_array_equal(parts.powers(), one.powers())
+
+
+def test_multi_band_activity_matches_numpy_reference():
+    _, x = noisy_speech(seed=4, noise_db=-30.0)
+    db = speech_db(x)
+    assert db.shape[0] == 2
+    np.testing.assert_array_equal(active_frames(db), active_frames_reference(db))
+
+
 # ---------------------------------------------------------------------------------------
 # Speech activity
 # ---------------------------------------------------------------------------------------
 
 
-def active_frames_reference(db, margin_db=12.0, abs_floor_db=-100.0, smooth=5, window=75,
+def active_frames_reference(db, margin_db=6.0, abs_floor_db=-100.0, smooth=5, window=75,
                             fill_gap=5, min_burst=2):  # fmt: skip
-    """Numpy statement of the detector (docs/KERNELS.md)."""
-    db = np.asarray(db, np.float64)
-    valid = db > abs_floor_db
-    power = np.where(valid, 10.0 ** (db / 10.0), 10.0 ** (abs_floor_db / 10.0))
+    """Numpy statement of the detector (docs/KERNELS.md): per band, a frame clears the
+    band's minimum-statistics floor by the margin in its own and its smoothed power."""
+    db = np.atleast_2d(np.asarray(db, np.float64))
     h, w = smooth // 2, window // 2
-    sums = sliding_window_view(np.pad(power, h), 2 * h + 1).sum(axis=1)
-    counts = sliding_window_view(np.pad(np.ones(db.size), h), 2 * h + 1).sum(axis=1)
-    smoothed = sums / counts
-    floor = sliding_window_view(np.pad(smoothed, w, constant_values=np.inf), 2 * w + 1).min(1)
-    active = valid & (db > 10.0 * np.log10(floor) + margin_db)
+    active = np.zeros(db.shape[1], bool)
+    for band in db:
+        valid = db[0] > abs_floor_db
+        power = np.where(valid, 10.0 ** (band / 10.0), 10.0 ** (abs_floor_db / 10))
+        sums = sliding_window_view(np.pad(power, h), 2 * h + 1).sum(axis=1)
+        counts = sliding_window_view(np.pad(np.ones(band.size), h), 2 * h + 1).sum(axis=1)
+        smoothed = sums / counts
+        floor = sliding_window_view(np.pad(smoothed, w, constant_values=np.inf), 2 * w + 1)
+        limit = floor.min(1) * 10.0 ** (margin_db / 10.0)
+        active |= valid & (power > limit) & (smoothed > limit)
     on = np.flatnonzero(active)
     for a, b in zip(on[:-1], on[1:], strict=True):
         if 1 < b - a <= fill_gap + 1:
@@ -479,19 +506,6 @@ def test_utterance_plan_pieces_tile_their_region_within_the_cap():
         lengths = plan[inside, 1]
         assert plan[inside, 0][0] == lo and ends[inside][-1] == hi
         assert lengths.max() - lengths.min() <= 1
-
-
-def test_segment_plan_cuts_consecutive_segments_and_keeps_a_long_enough_tail():
-    np.testing.assert_array_equal(
-        segment_plan(100, 100 + 2 * 16000 + 9000, 16000, 8000),
-        [[100, 16000], [16100, 16000], [32100, 9000]],
-    )
-    np.testing.assert_array_equal(
-        segment_plan(0, 2 * 16000 + 7999, 16000, 8000), [[0, 16000], [16000, 16000]]
-    )
-    plan = segment_plan(5, 5, 16000, 8000)
-    assert plan.shape == (0, 2) and plan.dtype == np.int64
-    assert segment_plan(0, 7000, 16000, 8000).shape == (0, 2)
 
 
 def _segment_pcm_reference(src, dc, gain, segment):

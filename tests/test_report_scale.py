@@ -21,11 +21,12 @@ from preprocess.actors.records import dumps_record
 from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import LIST_ROWS, diagnose_output
 from preprocess.diagnose.report import render_terminal, write_report
-from preprocess.diagnose.whatif import INTEGRITY_REASONS, masked_segments, to_samples
-from preprocess.measure.policy import Decision, Measurements, decide_measured
+from preprocess.diagnose.whatif import INTEGRITY_REASONS, region_utterances, to_samples
+from preprocess.measure import kernels
+from preprocess.measure.policy import Measurements, decide_measured
 from preprocess.out.assemble import build_index
 from preprocess.out.stats_store import write_stats
-from shards import write_index
+from shards import write_index, write_manifest
 
 # Share of each planted fault (the mission corpus had ~9 % faults).
 FAULTS = {
@@ -120,29 +121,65 @@ def synthetic_records(n: int, cfg: PreprocessConfig, seed: int = 0) -> list[dict
 
 
 def decide_all(records: list[dict[str, Any]], cfg: PreprocessConfig) -> list[dict[str, Any]]:
-    """Decide every measured record with the policy (and the pipeline's segment rule) and
-    fill in what follows from the decision: gain, segments, split."""
+    """Decide every measured record with the policy, cut each kept file's trimmed speech
+    into utterances as one region (the pipeline's kernel; synthetic files have no inner
+    pauses) and fill in what follows: gain, utterances (`segments`), their audio, split.
+    A kept file without an utterance is `short`, as the unit decides."""
     for rec in records:
         if rec["reason"] in INTEGRITY_REASONS:
             continue
         d = decide_measured(Measurements.from_record(rec), cfg)
-        if d.kept and round(rec["trimmed_seconds"] * 16000) < cfg.min_valid_samples:
-            d = Decision("rejected", "short")  # the pipeline's rule: no segment, `short`
         rec.update(status=d.status, reason=d.reason, gain_db=d.gain_db if d.kept else None)
         rec.update(segments=0, valid_seconds=0.0, split=None)
     kept = [r for r in records if r["status"] == "kept"]
-    segs, valid = masked_segments(
-        to_samples(r["trimmed_seconds"] for r in kept), cfg.segment_samples, cfg.min_valid_samples
-    )
-    for r, k, v in zip(kept, segs.tolist(), valid.tolist(), strict=True):
-        r.update(segments=k, valid_seconds=v / 16000)
+    count, audio = region_utterances(to_samples(r["trimmed_seconds"] for r in kept), cfg)
+    for r, k, a in zip(kept, count.tolist(), audio.tolist(), strict=True):
+        if k == 0:
+            r.update(status="rejected", reason="short", gain_db=None)
+            r["detail"] = "no utterance reaches min_utterance_seconds after trimming"
+            continue
+        r.update(segments=k, valid_seconds=a / 16000)
         r["split"] = "val" if r["path"] < "spk005" else "train"
     return records
 
 
-def write_out(out: Path, records: list[dict[str, Any]], cfg: PreprocessConfig) -> None:
-    """`records` as an OUT the way assembly writes one (no shards: a scan-only OUT):
-    files.jsonl, stats.zarr with per-frame RMS for every decoded 20 ms frame, index.json."""
+def manifest_rows(records: list[dict[str, Any]], cfg: PreprocessConfig) -> list[dict[str, Any]]:
+    """The manifest.jsonl rows of the kept records' utterances (one region per file, as
+    `decide_all` cut them), one shard per split: what assembly writes for an OUT."""
+    kept = [r for r in records if r["status"] == "kept"]
+    lengths = to_samples(r["trimmed_seconds"] for r in kept)
+    ends = np.cumsum(lengths)
+    plan = kernels.utterance_plan(
+        np.stack([ends - lengths, ends], axis=1),
+        cfg.utterance_max_samples,
+        cfg.utterance_min_samples,
+    )
+    owner = np.searchsorted(ends, plan[:, 0], side="right")
+    rows, last, k = [], -1, 0
+    for i, (offset, n) in zip(owner.tolist(), plan.tolist(), strict=True):
+        k = k + 1 if i == last else 0
+        last, r = i, kept[i]
+        rows.append(
+            {
+                "key": f"{r['file_id']:016x}-{k:05d}",
+                "shard": f"{r['split']}-000000.tar",
+                "split": r["split"],
+                "samples": n,
+                "seconds": n / 16000,
+                "valid_seconds": n / 16000,
+                "source": r["path"],
+                "offset": offset - int(ends[i] - lengths[i]),
+            }
+        )
+    return rows
+
+
+def write_out(
+    out: Path, records: list[dict[str, Any]], cfg: PreprocessConfig, scan_only: bool = True
+) -> None:
+    """`records` as an OUT the way assembly writes one: files.jsonl, stats.zarr with
+    per-frame RMS for every decoded 20 ms frame, index.json, and manifest.jsonl — empty for
+    a scan (`scan_only`), else every utterance (no tars: the report never opens one)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "files.jsonl", "w", encoding="utf-8") as f:
         f.writelines(dumps_record(r) + "\n" for r in records)
@@ -150,16 +187,19 @@ def write_out(out: Path, records: list[dict[str, Any]], cfg: PreprocessConfig) -
     rng = np.random.default_rng(len(records))
     pool = rng.uniform(1e-4, 0.3, int(frames.max(initial=0)) + 1).astype(np.float32)
     write_stats(out / "stats.zarr", records, (pool[:k] for k in frames), frames, 0.02)
+    write_manifest(out, [] if scan_only else manifest_rows(records, cfg))
     index = build_index(cfg, [], records, Path("/corpus"))
-    index.update(input_digest="0" * 64, scan_only=True)
+    index.update(input_digest="0" * 64, scan_only=scan_only)
     write_index(out, index)
 
 
-def build_synthetic_out(out: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+def build_synthetic_out(
+    out: Path, n: int, seed: int = 0, scan_only: bool = True
+) -> list[dict[str, Any]]:
     """An OUT of `n` synthetic files under the default config; returns their records."""
     cfg = load_config(None)
     records = synthetic_records(n, cfg, seed)
-    write_out(out, records, cfg)
+    write_out(out, records, cfg, scan_only)
     return records
 
 
@@ -173,9 +213,10 @@ WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
 
 @pytest.fixture(scope="module")
 def big_report(tmp_path_factory) -> dict[str, Any]:
-    """100,000 synthetic files in an OUT, diagnosed once (what-ifs included), timed."""
+    """100,000 synthetic files in an OUT with a manifest of their utterances, diagnosed
+    once (what-ifs included), timed."""
     root = tmp_path_factory.mktemp("scale")
-    records = build_synthetic_out(root / "out", 100_000)
+    records = build_synthetic_out(root / "out", 100_000, scan_only=False)
     start = time.perf_counter()
     f = diagnose_output(root / "out", what_ifs=WHAT_IFS)
     path = write_report(f, root / "report")
@@ -238,3 +279,15 @@ def test_synthetic_out_decisions_agree_with_the_policy(big_report):
     assert big_report["findings"].mismatches == []
     n = len(records)
     assert f"reproduces {n} of {n} decisions" in big_report["md"]
+
+
+def test_padding_table_at_scale_counts_every_utterance_of_the_manifest(big_report):
+    """The padding curve reads all of manifest.jsonl: its windows at 1 s are the loader's
+    grid count over every utterance (each ≥ 0.5 s, so ⌊n / S⌋ plus a half-real tail)."""
+    f = big_report["findings"]
+    kept = [r for r in big_report["records"] if r["status"] == "kept"]
+    assert f.utterances.exact and f.utterances.samples.size == sum(r["segments"] for r in kept)
+    n = f.utterances.samples
+    expected = int((n // 16000 + (n % 16000 >= 8000)).sum())
+    assert int(f.curve.windows[f.curve.at(1.0)]) == expected
+    assert "`train_ds.py --segment-seconds" in big_report["md"]

@@ -1,7 +1,7 @@
 """The diagnosis: the original debug flowchart's scenarios A/B/C, measured, as a report.
 
     findings   read an OUT (files.jsonl, index.json via shards.Index, stats.zarr) → Findings
-    whatif     re-decide records under other thresholds; the padding curve (pure functions)
+    whatif     re-decide records under other thresholds; padding per training length (pure)
     report     Findings → report.md, summary.txt, files/*.tsv; `report_for_output`
     plots      Findings → PNG figures (matplotlib, Agg)
     cli        `python -m preprocess.diagnose PATH` (`__main__.py`)

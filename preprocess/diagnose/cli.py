@@ -38,7 +38,7 @@ def scan_corpus(corpus: Path, work: Path, cfg: PreprocessConfig, workers: int | 
     """
     from preprocess.pipeline import run_pipeline
 
-    if is_output(work) and not Index.load(work).scan_only:
+    if is_output(work) and not Index.load(work, check_version=False).scan_only:
         raise ValueError(f"{work} holds a preprocess output with shards; choose another --out")
     # The work dir is ours (a scan only): a config change replaces it instead of failing.
     # Ray stops in the background while the report is drawn; `main` waits for it.
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment-seconds",
         type=float,
         default=None,
-        help="segment length to judge (default: the run's / config's)",
+        help="training segment length to score (`train_ds.py --segment-seconds`, cut from "
+        "the utterances at load time; default: training's 1.0)",
     )
     p.add_argument(
         "--out",
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-padding",
         type=float,
         default=0.10,
-        help="padding fraction the recommended segment length may have",
+        help="padding (and dropped audio) fraction the recommended training length may have",
     )
     p.add_argument("--config", default=None, help="JSON/TOML config for a raw scan")
     add_verbosity_flags(p)
@@ -104,7 +105,11 @@ def check_args(args: argparse.Namespace) -> PreprocessConfig:
         raise ValueError(f"--max-padding {args.max_padding}: expected 0 ≤ fraction < 1")
     if args.workers is not None and args.workers <= 0:
         raise ValueError(f"--workers {args.workers}: expected a positive number of workers")
-    cfg = load_config(args.config, segment_seconds=args.segment_seconds)
+    if args.segment_seconds is not None and not 0.0 < args.segment_seconds <= 600.0:
+        raise ValueError(f"--segment-seconds {args.segment_seconds}: expected 0 < seconds ≤ 600")
+    # The segment length is a training setting, scored by the report; the scan's config
+    # (what decides and cuts utterances) never sees it.
+    cfg = load_config(args.config)
     for spec in args.what_if:
         parse_what_if(spec, cfg)
     return cfg

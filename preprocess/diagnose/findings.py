@@ -1,9 +1,10 @@
 """What the diagnosis measured, from a preprocess OUT: the `Findings` every report part reads.
 
-`diagnose_output` reads `files.jsonl`, `index.json` (through `shards.Index`) and
-`stats.zarr` — never the audio — and computes everything the report says once: the
-padding curve, the what-if outcomes, the re-decided mismatches and the per-frame level
-histograms. `report.py` turns Findings into words and `plots.py` into figures.
+`diagnose_output` reads `files.jsonl`, `index.json` (through `shards.Index`),
+`manifest.jsonl` and `stats.zarr` — never the audio — and computes everything the report
+says once: the padding curve over training segment lengths, the what-if outcomes, the
+re-decided mismatches and the per-frame level histograms. `report.py` turns Findings into
+words and `plots.py` into figures.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import heapq
 import json
 import math
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,17 +26,18 @@ from preprocess.config import PreprocessConfig
 from preprocess.diagnose.whatif import (
     INTEGRITY_REASONS,
     ORIGINAL_SEGMENT_SECONDS,
+    TRAIN_SEGMENT_SECONDS,
     UNDECODABLE_REASONS,
     Outcome,
     PaddingCurve,
     RecordTable,
-    outcome,
     padding_curve,
     recommend_segment_seconds,
     segment_grid,
+    to_samples,
     what_if_table,
 )
-from shards import INDEX_NAME, Index
+from shards import FORMAT_VERSION, INDEX_NAME, SAMPLE_RATE, Index, IndexFormatError
 
 SILENCE_REASONS = ("mostly_silent", "no_speech", "silent")  # scenario C
 FRAME_DB_BINS = np.arange(-120.0, 2.0, 2.0)
@@ -145,11 +148,13 @@ class Findings:
 
     source: str  # the corpus the records describe
     out: Path
-    cfg: PreprocessConfig  # the config of the run, with the report's segment length
+    cfg: PreprocessConfig  # the config of the run
     records: list[dict[str, Any]]
     table: RecordTable  # the records' measurements, parsed once for every re-decision
+    segment_seconds: float  # the training segment length scored (`--segment-seconds`)
+    utterances: Utterances  # the utterance lengths the padding curve is computed from
     curve: PaddingCurve
-    recommended: float  # our way (masked)
+    recommended: float  # our way (windows from utterances, masked)
     recommended_naive: float  # the original way, for comparison
     outcomes: list[Outcome]  # current config first
     mismatches: list[str]  # paths where re-deciding the current config disagrees
@@ -202,6 +207,68 @@ class Findings:
         """`reason_count` with its noun."""
         n = len(self._reason_groups.get(reason, ()))
         return self.reason_count(reason) + (" file" if n == 1 else " files")
+
+
+@dataclass(frozen=True)
+class Utterances:
+    """Every kept utterance's length, and where the lengths come from.
+
+    An OUT with shards lists each utterance in manifest.jsonl: exact. A scan of a raw
+    corpus writes no samples and so no manifest; it records per file only how many
+    utterances the file gives and the audio in them (files.jsonl `segments`,
+    `valid_seconds`), so its lengths are that audio split evenly within each file: exact
+    where a file is one utterance (or one long region cut by the cap), an estimate where
+    pauses split a file unevenly.
+    """
+
+    samples: np.ndarray  # int64[U], the lengths in samples
+    exact: bool
+    source: str  # said in the report
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self.samples / SAMPLE_RATE
+
+
+def manifest_utterances(index: Index) -> Utterances:
+    """The utterance lengths manifest.jsonl lists (every split)."""
+    samples = np.fromiter((r["samples"] for r in index.manifest()), dtype=np.int64)
+    return Utterances(samples, True, "manifest.jsonl")
+
+
+def scan_utterances(records: Sequence[dict[str, Any]]) -> Utterances:
+    """Per kept file, `segments` equal utterances holding its `valid_seconds` (a scan
+    records no per-utterance lengths; see Utterances)."""
+    kept = [r for r in records if r["status"] == "kept" and (r.get("segments") or 0) > 0]
+    count = np.array([r["segments"] for r in kept], dtype=np.int64)
+    audio = to_samples(r.get("valid_seconds") for r in kept)
+    each = np.repeat(audio // np.maximum(count, 1), count)
+    # The remainder samples go one each to a file's first utterances, so totals are exact.
+    rank = np.arange(each.size) - np.repeat(np.cumsum(count) - count, count)
+    each += rank < np.repeat(audio % np.maximum(count, 1), count)
+    return Utterances(
+        each,
+        False,
+        "files.jsonl: a scan writes no manifest, so each file's utterance audio is split "
+        "evenly among its utterances",
+    )
+
+
+def check_format(index: Index) -> None:
+    """Refuse, in one line, an index.json of another format: a format-1 OUT's files.jsonl
+    counts fixed 1-s segments, not utterances, and it has no manifest."""
+    version = index.format_version
+    if version == FORMAT_VERSION:
+        return
+    if index.scan_only:
+        source = index.data.get("input") or "CORPUS"
+        raise IndexFormatError(
+            f"{index.root}: a diagnosis scan of another format (format {version!r}; this "
+            f"code reads format {FORMAT_VERSION}); rescan: `python -m preprocess.diagnose "
+            f"{shlex.quote(str(source))} --out {shlex.quote(str(index.root))}`"
+        )
+    Index.load(index.root)  # raises shards' own line: re-run preprocess (or upgrade)
+    raise IndexFormatError(f"{index.root}: index.json format_version {version!r}")
 
 
 def frame_level_histograms(
@@ -265,21 +332,28 @@ def diagnose_output(
     top: int = 10,
     max_padding: float = 0.10,
 ) -> Findings:
-    """Everything the report says, from OUT's files.jsonl, index.json and stats.zarr."""
+    """Everything the report says, from OUT's files.jsonl, index.json, manifest.jsonl and
+    stats.zarr; `segment_seconds` is the training length to score (default: training's).
+    An OUT of another format is refused in one line (IndexFormatError)."""
     out = Path(out)
-    index = Index.load(out)
+    index = Index.load(out, check_version=False)
+    check_format(index)
+    cfg = config_from_index(index)
+    length = TRAIN_SEGMENT_SECONDS if segment_seconds is None else float(segment_seconds)
+    if not 0.0 < length * SAMPLE_RATE <= cfg.utterance_max_samples:
+        raise ValueError(
+            f"--segment-seconds {length:g}: expected a training length > 0 and at most this "
+            f"output's utterance cap, max_utterance_seconds = {cfg.max_utterance_seconds:g}"
+        )
     records = read_records(out)
-    run_cfg = config_from_index(index)
-    cfg = run_cfg.replace(segment_seconds=segment_seconds) if segment_seconds else run_cfg
-    table = RecordTable(records)
+    table = RecordTable(records, cfg)
     outcomes = what_if_table(records, cfg, what_ifs, table)
-    as_run = outcomes[0] if cfg == run_cfg else outcome("as run", records, run_cfg, table)
+    utterances = scan_utterances(records) if index.scan_only else manifest_utterances(index)
     decodable = [r for r in records if r["reason"] not in UNDECODABLE_REASONS]
     curve = padding_curve(
         [r["seconds"] for r in decodable],
-        [records[i]["trimmed_seconds"] for i in np.flatnonzero(outcomes[0].passing)],
-        segment_grid(ORIGINAL_SEGMENT_SECONDS, cfg.segment_seconds),
-        cfg.min_valid_fraction,
+        utterances.samples,
+        segment_grid(ORIGINAL_SEGMENT_SECONDS, length, cap=cfg.utterance_max_samples / SAMPLE_RATE),
     )
     return Findings(
         source=index.data.get("input", str(out)),
@@ -287,13 +361,15 @@ def diagnose_output(
         cfg=cfg,
         records=records,
         table=table,
+        segment_seconds=length,
+        utterances=utterances,
         curve=curve,
-        recommended=recommend_segment_seconds(curve, max_padding, "stored"),
+        recommended=recommend_segment_seconds(curve, max_padding),
         recommended_naive=recommend_segment_seconds(curve, max_padding, "naive"),
         outcomes=outcomes,
         mismatches=[
             r["path"]
-            for r, d in zip(records, as_run.decisions, strict=True)
+            for r, d in zip(records, outcomes[0].decisions, strict=True)
             if d != (r["status"], r["reason"])
         ],
         frame_hist=_frame_hist(out, records),

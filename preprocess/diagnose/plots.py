@@ -112,11 +112,18 @@ def level_bins(db: np.ndarray) -> np.ndarray:
 
 
 def plot_durations(
-    seconds: Sequence[float], kept: Sequence[bool], marks: dict[str, float], path: Path
+    seconds: Sequence[float],
+    kept: Sequence[bool],
+    marks: dict[str, float],
+    utterance_seconds: np.ndarray,
+    utterance_marks: dict[str, float],
+    path: Path,
 ) -> Path:
-    """Duration histogram, kept on rejected (log x: a few 0.3 s files hide on a linear axis
-    next to 60 s ones); the bins span the shortest to the longest file."""
-    fig, ax = _figure((7, 3.6))
+    """Left: file durations, kept on rejected (log x: a few 0.3 s files hide on a linear
+    axis next to 60 s ones; the bins span the shortest to the longest file). Right: the
+    utterances the shards hold, which the training windows are cut from."""
+    fig, axes = _figure((10, 3.6), panels=2)
+    ax = axes[0]
     s = np.array([np.nan if x is None else x for x in seconds], dtype=float)
     positive = np.nan_to_num(s, nan=0.0) > 0
     if _stacked(ax, s[positive], np.asarray(kept, dtype=bool)[positive], duration_bins):
@@ -125,44 +132,77 @@ def plot_durations(
         marks.items(), MARK_COLORS, ("--", "-.", ":"), strict=False
     ):
         _vline(ax, x, label, color, style)
-    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("duration (s)")
+    ax.set_xlabel("file duration (s)")
     ax.set_ylabel("files")
-    ax.set_title("A: file durations (decodable files)")
-    ax.legend(fontsize=8)
+    ax.set_title("files (decodable)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    u = np.asarray(utterance_seconds, dtype=float)
+    if u.size:
+        ax.hist(
+            u,
+            bins=duration_bins(u),
+            color=KEPT_COLOR,
+            edgecolor="white",
+            linewidth=0.5,
+            label=f"utterances ({u.size})",
+        )
+        ax.set_xscale("log")
+        for (label, x), color, style in zip(
+            utterance_marks.items(), MARK_COLORS, ("--", "-.", ":"), strict=False
+        ):
+            _vline(ax, x, label, color, style)
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax)
+    ax.set_xlabel("utterance length (s)")
+    ax.set_ylabel("utterances")
+    ax.set_title("utterances (shard samples)", fontsize=9)
+    for ax in axes:
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    fig.suptitle("A: file durations and the utterances cut from them")
     return _save(fig, path)
 
 
 def plot_padding_curve(
     curve: PaddingCurve,
-    configured: float,
+    scored: float,
     original: float,
     recommended: float,
     max_padding: float,
     path: Path,
 ) -> Path:
-    """Padding fraction vs segment length: the original way, ours stored, ours counted."""
+    """Padding vs training segment length: the original way, ours in windows (masked),
+    ours counted, and the audio ours drops in tail windows too short to use."""
     fig, ax = _figure((7, 3.8))
     x = curve.seconds
     ax.plot(x, 100 * curve.naive, color="#c44e52", lw=2, label="original: padding counted")
-    ax.plot(x, 100 * curve.stored, color="#4c72b0", lw=2, label="ours: padding stored (masked)")
+    ax.plot(
+        x, 100 * curve.padding, color="#4c72b0", lw=2, label="ours: padding in windows (masked)"
+    )
     ax.plot(x, np.zeros_like(x), color="#55a868", lw=2, label="ours: padding counted")
-    ax.plot(x, 100 * curve.dropped, color="#8c8c8c", lw=1, ls=":", label="ours: audio dropped")
+    ax.plot(x, 100 * curve.dropped, color="#8c8c8c", lw=1.2, ls=":", label="ours: audio dropped")
     ax.axhline(100 * max_padding, color="black", lw=0.8, ls=":", label="max padding")
     _vline(ax, original, f"original {original:g} s", "#c44e52")
-    _vline(ax, configured, f"configured {configured:g} s", "#4c72b0")
+    _vline(ax, scored, f"scored {scored:g} s", "#4c72b0")
     ax.plot(
         [recommended],
-        [100 * curve.stored[curve.at(recommended)]],
+        [100 * curve.padding[curve.at(recommended)]],
         "o",
         color="black",
         label=f"recommended {recommended:g} s",
     )
-    ax.set_xlabel("segment length (s)")
-    ax.set_ylabel("% of samples that are padding")
-    ax.set_ylim(bottom=-2, top=max(35.0, 105 * float(np.nanmax(curve.naive, initial=0.0))))
-    ax.set_title("A: zero padding vs segment length")
+    ax.set_xscale("log")
+    ticks = [t for t in (0.5, 1, 2, 4, 8, 16) if x[0] <= t <= x[-1]]
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("training segment length S (s): train_ds.py --segment-seconds")
+    ax.set_ylabel("% of samples")
+    top = max(35.0, 105 * float(np.nanmax(curve.naive, initial=0.0)))
+    ax.set_ylim(bottom=-2, top=top)
+    ax.set_title("A: zero padding vs training segment length")
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
@@ -268,14 +308,19 @@ def write_plots(f: Findings, directory: Path) -> list[Path]:
             [r["status"] == "kept" for r in f.decodable],
             {
                 f"original segment {ORIGINAL_SEGMENT_SECONDS:g} s": ORIGINAL_SEGMENT_SECONDS,
-                f"configured segment {cfg.segment_seconds:g} s": cfg.segment_seconds,
                 f"original min {cfg.original_min_seconds:g} s": cfg.original_min_seconds,
+            },
+            f.utterances.seconds,
+            {
+                f"scored training length {f.segment_seconds:g} s": f.segment_seconds,
+                f"recommended {f.recommended:g} s": f.recommended,
+                f"min utterance {cfg.min_utterance_seconds:g} s": cfg.min_utterance_seconds,
             },
             directory / "durations.png",
         ),
         plot_padding_curve(
             f.curve,
-            cfg.segment_seconds,
+            f.segment_seconds,
             ORIGINAL_SEGMENT_SECONDS,
             f.recommended,
             f.max_padding,

@@ -42,13 +42,14 @@ def quality_what_if(f: Findings, key: str, grid: tuple[float, ...], unit: str) -
                 f"`{key}={value:g}{unit}`",
                 o.files_kept,
                 hours(o.hours_kept),
-                hours(o.valid_hours),
-                o.segments,
+                hours(o.utterance_hours),
+                o.utterances,
                 f.links.count(f"quality-{key}-{value:g}-lost", lost, worst),
             ]
         )
     return md_table(
-        ["threshold", "files kept", "hours kept", "hours in segments", "segments", "lost"], rows
+        ["threshold", "files kept", "hours kept", "hours in utterances", "utterances", "lost"],
+        rows,
     )
 
 

@@ -33,7 +33,7 @@ from preprocess.measure.policy import REASONS
 
 FLOWCHART_PADDING = 0.30  # "If debug shows > 30 % padding" (scenario A)
 DC_NOTABLE = 0.01  # |mean| above −40 dBFS is worth a look; kept files have it removed anyway
-CURVE_TABLE_SECONDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+CURVE_TABLE_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # training lengths a user tries
 LIST_ALL_CAP = 500  # rows of an "all of them" table in report.md; its TSV has up to LIST_ROWS
 
 
@@ -88,19 +88,28 @@ def plain(markdown: str) -> str:
 
 
 def recommendation(f: Findings) -> str:
-    """The recommended length in words, honest about the ends of the examined range."""
+    """The recommended training length in words, honest about the ends of the range."""
     c = f.curve
-    if c.stored[c.at(f.recommended)] > f.max_padding:
-        return f"{f.recommended:g} s (no length examined keeps padding ≤ {pct(f.max_padding)})"
+    i = c.at(f.recommended)
+    if c.padding[i] > f.max_padding or c.dropped[i] > f.max_padding or not c.windows[i]:
+        return (
+            f"{f.recommended:g} s (no length examined keeps padding and dropped audio "
+            f"≤ {pct(f.max_padding)})"
+        )
     longer = " or longer" if f.recommended >= c.seconds[-1] else ""
     return f"{f.recommended:g} s{longer} (≤ {pct(f.max_padding)} padding)"
 
 
+def train_flag(seconds: float) -> str:
+    """The training flag that sets a segment length: the one knob for it."""
+    return f"`train_ds.py --segment-seconds {seconds:g}`"
+
+
 def verdict_a(f: Findings) -> str:
     """Scenario A (too short → padding), measured both ways."""
-    L = f.cfg.segment_seconds
-    naive2 = f.curve.naive[f.curve.at(ORIGINAL_SEGMENT_SECONDS)]
-    stored = f.curve.stored[f.curve.at(L)]
+    c, S = f.curve, f.segment_seconds
+    naive2 = c.naive[c.at(ORIGINAL_SEGMENT_SECONDS)]
+    padding, dropped = c.padding[c.at(S)], c.dropped[c.at(S)]
     shorter = [r for r in f.decodable if r["seconds"] < ORIGINAL_SEGMENT_SECONDS]
     if naive2 > FLOWCHART_PADDING:
         state = f"over {pct(FLOWCHART_PADDING)}: scenario A — FIXED by masks"
@@ -108,33 +117,37 @@ def verdict_a(f: Findings) -> str:
         state = f"≤ {pct(FLOWCHART_PADDING)}: not scenario A; masks count none anyway — OK"
     line = (
         f"**A — too short / padding:** {pct(naive2)} of samples would be padding at "
-        f"{ORIGINAL_SEGMENT_SECONDS} s (original; "
+        f"{ORIGINAL_SEGMENT_SECONDS:g} s (original; "
         f"{f.links.files('shorter-than-2s', shorter, lowest('seconds'))} shorter than "
-        f"{ORIGINAL_SEGMENT_SECONDS} s); with masking at {L:g} s: 0 % counted "
-        f"({pct(stored)} stored as masked padding) — {state}. "
-        f"{f.reason_files('short')} rejected `short`; "
-        f"recommended segment length {recommendation(f)}."
+        f"{ORIGINAL_SEGMENT_SECONDS:g} s); windows of {S:g} s cut from "
+        f"{len(f.utterances.samples)} utterances: 0 % counted ({pct(padding)} of window "
+        f"samples masked padding, {pct(dropped)} of the audio in windows too short to use) "
+        f"— {state}. {f.reason_files('short')} rejected `short`; "
+        f"recommended training segment length {recommendation(f)}: "
+        f"{train_flag(f.recommended)}."
     )
-    if stored > f.max_padding:
-        line += f" Warning: {pct(stored)} padding at the configured {L:g} s exceeds " + (
-            f"{pct(f.max_padding)}; {padding_advice(f)}."
+    if padding > f.max_padding or dropped > f.max_padding:
+        worst = max(padding, dropped)
+        what = "padding" if padding >= dropped else "audio dropped"
+        line += (
+            f" Warning: {pct(worst)} {what} at {S:g} s exceeds {pct(f.max_padding)}; "
+            f"{padding_advice(f)}."
         )
     return line
 
 
 def padding_advice(f: Findings) -> str:
-    """What to change when the configured length pads too much, in the direction the
-    padding curve points: stored padding is not monotonic in the length (a partial tail
-    is kept only when half real), so the remedy is the recommended length, shorter or
-    longer, never a rule of thumb that could contradict it."""
-    c, L, rec = f.curve, f.cfg.segment_seconds, f.recommended
-    if c.stored[c.at(rec)] > f.max_padding:
+    """What to change when the scored length pads (or drops) too much, in the direction
+    the curve points: padding is not monotonic in the length (a tail window is used only
+    when it holds min(S/2, 1 s)), so the remedy is the recommended length, shorter or
+    longer, never a rule of thumb that could contradict it. A training flag, never a
+    preprocess re-run: the shards hold whole utterances."""
+    c, S, rec = f.curve, f.segment_seconds, f.recommended
+    i = c.at(rec)
+    if c.padding[i] > f.max_padding or c.dropped[i] > f.max_padding or not c.windows[i]:
         return f"no length examined ({c.seconds[0]:g}–{c.seconds[-1]:g} s) stays within it"
-    way = "shorter" if rec < L else "longer"
-    return (
-        f"the recommended {rec:g} s ({way}) stores {pct(c.stored[c.at(rec)])}: "
-        f"`--segment-seconds {rec:g}`"
-    )
+    way = "shorter" if rec < S else "longer"
+    return f"the recommended {rec:g} s ({way}) pads {pct(c.padding[i])}: {train_flag(rec)}"
 
 
 def verdict_b(f: Findings) -> str:
@@ -327,53 +340,74 @@ def section_split(f: Findings) -> str:
         ]
         for split, s in f.splits.items()
     ]
-    table = md_table(["split", "files", "groups", "segments", "hours", "share", "asked"], rows)
+    table = md_table(["split", "files", "groups", "utterances", "hours", "share", "asked"], rows)
     warning = split_warning(f)
     return "\n\n".join([head, table] + ([f"**Warning:** {warning}."] if warning else []))
 
 
 def section_a(f: Findings) -> str:
-    c, L = f.curve, f.cfg.segment_seconds
-    marks = sorted({*CURVE_TABLE_SECONDS, L, f.recommended})
+    c, S = f.curve, f.segment_seconds
+    marks = sorted({*(x for x in CURVE_TABLE_SECONDS if x <= c.seconds[-1]), S, f.recommended, 2.0})
     rows = [
         [
-            f"{s:g} s" + (" (configured)" if s == L else "") + (" (original)" if s == 2.0 else ""),
+            f"{s:g} s"
+            + (" (scored)" if s == S else "")
+            + (" (recommended)" if s == f.recommended else "")
+            + (" (original)" if s == ORIGINAL_SEGMENT_SECONDS else ""),
             pct(c.naive[c.at(s)]),
-            pct(c.stored[c.at(s)]),
+            pct(c.padding[c.at(s)]),
             "0.0 %",
             pct(c.dropped[c.at(s)]),
-            int(c.segments[c.at(s)]),
+            int(c.windows[c.at(s)]),
         ]
         for s in marks
     ]
-    short = f.decodable
+    u = f.utterances
+    lengths = (
+        f"{len(u.samples)} utterances, median {float(np.median(u.seconds)):.2f} s, "
+        f"longest {float(u.seconds.max()):.2f} s"
+        if u.samples.size
+        else "no utterances"
+    )
+    source = "exact" if u.exact else "an estimate"
     return "\n\n".join(
         [
             "## A — too short / padding",
             verdict_a(f),
             "![durations](durations.png)\n![padding curve](padding_curve.png)",
+            "The shards hold whole utterances (each kept file's speech split at pauses of "
+            f"≥ {f.cfg.split_pause_seconds:g} s, capped at {f.cfg.max_utterance_seconds:g} s, "
+            f"pieces under {f.cfg.min_utterance_seconds:g} s dropped); the training segment "
+            "length is chosen when training, not here, and the loader cuts windows of it "
+            f"from the utterances: {lengths}. Lengths from {u.source} ({source}).",
             "*original*: every decodable file zero-padded up to whole segments, padding "
-            "counted as signal. *ours*: the kept files' trimmed audio; a final partial "
-            f"segment is kept only if ≥ {pct(f.cfg.min_valid_fraction)} of it is real, and "
-            "its padding is masked out of losses and metrics (stored, never counted). "
-            "*dropped*: real audio in partial tails too short to keep.",
+            "counted as signal. *ours*: windows of the training length on the validation "
+            "grid (0, S, 2S, … in each utterance; training cuts at a random phase, the same "
+            "shares on average); a window running past an utterance's end is zero-padded and "
+            "masked out of losses and metrics (padding in windows, never counted), and is "
+            "used only if it holds min(S/2, 1 s) of real audio. *dropped*: real audio in "
+            "the tail windows too short to use.",
             md_table(
                 [
-                    "segment",
+                    "training segment",
                     "original: padding counted",
-                    "ours: padding stored",
+                    "ours: padding in windows",
                     "ours: padding counted",
                     "ours: audio dropped",
-                    "segments",
+                    "windows (val grid)",
                 ],
                 rows,
             ),
-            f"Recommended: `--segment-seconds {f.recommended:g}`, {recommendation(f)} — the "
-            f"largest length examined ({f.curve.seconds[0]:g}–{f.curve.seconds[-1]:g} s) whose "
-            f"masked padding is ≤ {pct(f.max_padding)} of stored samples (`--max-padding`). "
-            f"Counting padding as signal, the original way would need ≤ "
+            f"Recommended: {train_flag(f.recommended)}, {recommendation(f)} — the longest "
+            f"length examined ({c.seconds[0]:g}–{c.seconds[-1]:g} s, at most the utterance "
+            f"cap) whose masked padding is ≤ {pct(f.max_padding)} of window samples and "
+            f"whose dropped audio is ≤ {pct(f.max_padding)} too (`--max-padding`). No "
+            "preprocess re-run is needed for any length: `--segment-seconds S` scores "
+            "another one. Counting padding as signal, the original way would need ≤ "
             f"{f.recommended_naive:g} s.",
-            top_table(f, "Shortest files", short, lambda r: r["seconds"], ["seconds", "reason"]),
+            top_table(
+                f, "Shortest files", f.decodable, lambda r: r["seconds"], ["seconds", "reason"]
+            ),
         ]
     )
 
@@ -539,8 +573,9 @@ def section_what_if(f: Findings) -> str:
                 o.cfg.preset,
                 f.links.count(f"whatif-{i}-kept", o.kept_records(f.records)),
                 hours(o.hours_kept),
-                hours(o.valid_hours),
-                o.segments,
+                hours(o.utterance_hours),
+                o.utterances,
+                o.estimated,
                 f.links.count(f"whatif-{i}-gained", gained),
                 f.links.count(f"whatif-{i}-lost", lost),
             ]
@@ -562,15 +597,22 @@ def section_what_if(f: Findings) -> str:
             "Decisions re-made by `preprocess.measure.policy.decide_measured` from files.jsonl "
             '(no decoding). `--what-if "min_seconds=0.5,min_rms=0.0005"` uses the original '
             "filter's names (→ `original_min_*`, preset original); any config field works "
-            "(`--what-if min_active_fraction=0.1`); `--what-if original` is the preset.",
+            "(`--what-if min_active_fraction=0.1`); `--what-if original` is the preset. "
+            "A file the run kept has its utterances as cut; *estimated* counts kept files the "
+            "run rejected on a threshold, whose utterances are estimated from their trimmed "
+            "length as one region (an upper bound: OUT does not store the speech mask that "
+            "pauses split at). Utterance settings (`split_pause_seconds`, "
+            "`max_utterance_seconds`, `min_utterance_seconds`) need a rescan of the corpus; "
+            "the training segment length is scored with `--segment-seconds`.",
             md_table(
                 [
                     "config",
                     "preset",
                     "files kept",
                     "hours kept",
-                    "hours in segments",
-                    "segments",
+                    "hours in utterances",
+                    "utterances",
+                    "estimated",
                     "gained",
                     "lost",
                 ],
@@ -633,11 +675,13 @@ def render_terminal(f: Findings, report_path: Path | None = None) -> str:
         lines.append(f"{reason:<15}{n:>7}{h:>10.3f}")
     lines += ["", "what-if (from files.jsonl, no decoding):"]
     w = max(len(o.label) for o in f.outcomes) + 2
-    lines.append(f"{'config':<{w}}{'kept':>6}{'hours kept':>12}{'in segments':>13}{'segments':>10}")
+    lines.append(
+        f"{'config':<{w}}{'kept':>6}{'hours kept':>12}{'in utterances':>15}{'utterances':>12}"
+    )
     for o in f.outcomes:
         lines.append(
-            f"{o.label:<{w}}{o.files_kept:>6}{o.hours_kept:>12.3f}{o.valid_hours:>13.3f}"
-            f"{o.segments:>10}"
+            f"{o.label:<{w}}{o.files_kept:>6}{o.hours_kept:>12.3f}{o.utterance_hours:>15.3f}"
+            f"{o.utterances:>12}" + (f"  ({o.estimated} estimated)" if o.estimated else "")
         )
     if f.splits and "groups" in f.splits.get("val", {}):
         lines.append("")
@@ -726,6 +770,7 @@ def report_for_output(
     **options: Any,
 ) -> Path:
     """Write the report for a preprocess OUT (default `OUT/report/`); never decodes audio.
+    `segment_seconds` is the training length to score (default: training's own);
     `options` are diagnose_output's what_ifs, top and max_padding."""
     f = diagnose_output(Path(out), segment_seconds, **options)
     return write_report(f, Path(report_dir) if report_dir else Path(out) / "report")
