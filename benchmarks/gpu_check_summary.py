@@ -23,7 +23,8 @@ def setup_line(run_config: dict[str, Any], speed: dict[str, Any]) -> str:
     """`gpu_check: base (74.2 M parameters) on NVIDIA H200, bf16, compile off, …`."""
     args, ds = run_config["args"], run_config["deepspeed"]
     precision = "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
-    crop = run_config["data"]["crop_samples"] / run_config["model"]["sample_rate"]
+    data = run_config["data"]  # window_samples; crop_samples in runs before format 2
+    crop = data.get("window_samples", data.get("crop_samples")) / run_config["model"]["sample_rate"]
     return (
         f"gpu_check: {args['model_config']} ({run_config['parameters'] / 1e6:.1f} M parameters) "
         f"on {speed['device']}, {precision}, compile {'on' if args.get('compile') else 'off'}, "

@@ -1,4 +1,6 @@
-"""Torch loaders over a preprocess output directory: a training stream and a validation split.
+"""Torch loaders over a preprocess output directory: a training stream and a validation split,
+both made of WINDOWS of one length S (the training segment length) cut from the utterances
+the shards hold (format 2, docs/SHARDS.md).
 
 Both take the shards `shards.Index` lists (`Index.load(out).entries(split)`, from
 OUT/index.json); nothing here lists a folder. Given those `ShardRef`s, every read is checked
@@ -7,23 +9,37 @@ shard copied over a train one is skipped, counted per sample), and a shard read 
 give the listed sample count and sha256 (a shortfall or mismatch is counted as a bad read,
 with the samples it lacks). Plain paths or URLs (`Index.paths`, a bucket) are read unchecked.
 
+Windows. An utterance of n samples gives the windows that start at phase + k·S (k ≥ 0,
+start < n); a window running past the end is zero-padded with mask False, and an utterance
+shorter than S gives one window at 0. A window is used only if it holds at least
+min(S/2, 1 s) of real audio (its overlap with the `valid` runs): enough for every loss and
+metric to see speech, while a short utterance still trains at a long S. Training draws the
+phase per epoch and utterance, seeded from (seed, epoch, key), so every epoch sees other
+cuts and a resumed run the same ones; validation and `telucodec eval` use phase 0, a fixed
+grid.
+
 Training is a WebDataset pipeline of small stages, each a plain function over an iterator:
 
-    resampled shard draws → split_by_node → split by worker slot → read tar → shuffle buffer
-    → decode (bad samples counted and skipped) → random crop → batch → with_epoch(n)
+    resampled shard draws → split_by_node → split by worker slot → read tar → shuffle
+    utterances → decode (bad samples counted and skipped) → cut windows → shuffle windows
+    → batch → with_epoch(n)
 
 Shards are drawn *with replacement* from one stream that every rank and worker shares
 (same seed), and the two splits deal its draws out round-robin, so no two workers read the
 same draw and a rank never runs dry: with `with_epoch(n)` every rank yields exactly the
 same number of batches per epoch whatever the shard sizes, and a collective never waits
 on a rank that ran out (the classic hang with uneven shard counts). Every random choice is
-seeded from (seed, epoch, rank, slot), and batch i of a run always comes from slot
-i % num_workers, so a resumed run replays exactly the batches of an uninterrupted one
-(`TrainStream.start`). Workers stay up across epochs: one DataLoader per session.
+seeded from (seed, epoch, rank, slot) or (seed, epoch, key), and batch i of a run always
+comes from slot i % num_workers, so a resumed run replays exactly the batches of an
+uninterrupted one (`TrainStream.start`). Workers stay up across epochs: one DataLoader per
+session. The second shuffle mixes the windows of many utterances, so a batch is not one
+utterance's consecutive windows.
 
-Validation is not resampled: items are read in sorted shard order, grouped into batches
-of a fixed size, and batch j goes to rank j % world, so every item is evaluated exactly
-once and inside the same batch whatever the world size.
+Validation is not resampled: windows are numbered on the grid in sorted shard order from
+each sample's json `samples` and `valid` (no audio decoded to count them), grouped into
+batches of a fixed size, and batch j goes to rank j % world, so every window is evaluated
+exactly once and inside the same batch whatever the world size; a rank decodes only the
+utterances that hold one of its windows.
 
 A corrupt sample, a sample of another split or an unreadable shard is skipped and counted
 (`ErrorTally`), never fatal, and so is every shortfall or mismatch against index.json; the
@@ -32,6 +48,8 @@ per-shard counts ride along with each batch so the trainer reports them per epoc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,7 +63,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.format import ShardFormatError, SplitMismatchError, decode_sample
+from shards.format import SAMPLE_RATE, ShardFormatError, SplitMismatchError, decode_sample
 from shards.index import ShardRef
 from shards.reader import (
     ShardMismatchError,
@@ -57,6 +75,11 @@ from shards.reader import (
 
 log = logging.getLogger(__name__)
 
+# A window must hold min(S/2, MIN_REAL_SECONDS) of real audio to be used (`min_real_samples`).
+MIN_REAL_SECONDS = 1.0
+# Audio the window shuffle of a training worker holds: 256 s is 20 MB of float32 + mask,
+# 256 one-second windows from ~30 utterances of 8 s, whatever S is.
+WINDOW_BUFFER_SECONDS = 256.0
 # After this many consecutive shard reads or sample decodes without one good sample, the
 # data is not "partly corrupt" any more and training must stop with a clear message.
 MAX_CONSECUTIVE_FAILURES = 1000
@@ -234,31 +257,123 @@ def decode_samples(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator
         yield sample
 
 
-def random_crops(
-    src: Iterable[dict[str, Any]], crop: int, rng: np.random.Generator, tries: int = 4
+# ------------------------------------------------------------------------------ windows
+
+
+def min_real_samples(window: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """The least real audio a window of `window` samples must hold to be used:
+    min(S/2, 1 s). Half a window keeps padding from dominating short windows; a long window
+    needs only 1 s, so a 2-s utterance still trains at S = 8 s."""
+    return min(-(-window // 2), int(MIN_REAL_SECONDS * sample_rate))
+
+
+def real_samples(valid: Sequence[Sequence[int]], start: int, stop: int) -> int:
+    """Samples of the `[start, end)` runs `valid` inside [start, stop)."""
+    return sum(max(0, min(int(e), stop) - max(int(s), start)) for s, e in valid)
+
+
+def window_starts(
+    samples: int, valid: Sequence[Sequence[int]], window: int, phase: int = 0
+) -> list[int]:
+    """Starts of the windows of one utterance of `samples` samples: phase + k·window for
+    k ≥ 0 and start < samples (one window at 0 when the utterance is shorter than a
+    window), each kept only if it holds `min_real_samples(window)` of the `valid` runs."""
+    if samples < window:
+        phase = 0
+    need = min_real_samples(window)
+    return [s for s in range(phase, samples, window) if real_samples(valid, s, s + window) >= need]
+
+
+def phase_span(samples: int, window: int) -> int:
+    """How many phases 0 … span − 1 training draws from for an utterance of `samples`:
+    `window`, but no more than keep its first window at least `min_real_samples` long, so
+    an utterance that has a window at all has one in every epoch (else a train split of a
+    few utterances could give no window in an epoch, and its stream would never yield).
+    1 for an utterance shorter than a window: its one window is at 0."""
+    if samples < window:
+        return 1
+    return min(window, samples - min_real_samples(window) + 1)
+
+
+def window_phase(seed: int, epoch: int, key: str, samples: int, window: int) -> int:
+    """The training phase in [0, phase_span) of utterance `key` in `epoch`: a hash of
+    (seed, epoch, key), the same in any process, worker or resumed run (Python's `hash` is
+    salted per process), and another one in another epoch."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % phase_span(samples, window)
+
+
+def grid_windows(samples: int, window: int) -> int:
+    """Windows on the validation grid of an utterance of `samples` samples that is real
+    audio throughout (`valid` [[0, samples]], what the manifest's rows describe)."""
+    need = min_real_samples(window)
+    return (samples - need) // window + 1 if samples >= need else 0
+
+
+def expected_windows(samples: int, window: int) -> float:
+    """Mean training windows of such an utterance over its phases (`phase_span`): a window
+    at start s is kept when samples − s ≥ need, which the starts p + k·window of the phases
+    p < window satisfy samples − need + 1 times in all, and those of a narrower span once
+    each."""
+    need = min_real_samples(window)
+    if samples < window:
+        return 1.0 if samples >= need else 0.0
+    return max(1.0, (samples - need + 1) / window)
+
+
+def count_windows(rows: Iterable[Mapping[str, Any]], window: int, grid: bool) -> int:
+    """Windows of manifest rows (`samples` each): on the validation grid (`grid`), or the
+    expected training windows of one epoch, rounded down."""
+    if grid:
+        return sum(grid_windows(int(r["samples"]), window) for r in rows)
+    return int(sum(expected_windows(int(r["samples"]), window) for r in rows))
+
+
+def cut_window(sample: dict[str, Any], start: int, window: int) -> dict[str, Any]:
+    """One window of a decoded utterance, copied (a buffered window must not keep its whole
+    utterance alive) and zero-padded past the end with mask False; key `<key>@<start>`."""
+    audio = np.zeros(window, dtype=np.float32)
+    mask = np.zeros(window, dtype=bool)
+    part = sample["audio"][start : start + window]
+    audio[: part.shape[0]] = part
+    mask[: part.shape[0]] = sample["mask"][start : start + window]
+    return {
+        "key": f"{sample['key']}@{start}",
+        "audio": audio,
+        "mask": mask,
+        "meta": sample["meta"],
+        "start": start,
+    }
+
+
+def cut_windows(
+    src: Iterable[dict[str, Any]], window: int, seed: int, epoch: int
 ) -> Iterator[dict[str, Any]]:
-    """Cut a `crop`-sample window from each sample (0: keep whole). Of up to `tries` random
-    offsets, the first whose window is at least half real audio wins (else the one with
-    the most), so training rarely spends a step on padding."""
+    """Decoded utterances → their training windows of `window` samples in `epoch`, at the
+    phase `window_phase(seed, epoch, key)` (module docstring: the windows and the rule).
+    MAX_CONSECUTIVE_FAILURES utterances in a row without a window stop the stream with a
+    RuntimeError: a split whose utterances are all shorter than the rule allows would
+    otherwise never yield a batch."""
+    barren = 0
     for sample in src:
-        audio, mask = sample["audio"], sample["mask"]
-        if crop <= 0 or audio.shape[0] == crop:
-            yield sample
-            continue
-        if audio.shape[0] < crop:
-            pad = crop - audio.shape[0]
-            yield {**sample, "audio": np.pad(audio, (0, pad)), "mask": np.pad(mask, (0, pad))}
-            continue
-        best, best_valid = 0, -1
-        for _ in range(tries):
-            start = int(rng.integers(0, audio.shape[0] - crop + 1))
-            valid = int(mask[start : start + crop].sum())
-            if valid > best_valid:
-                best, best_valid = start, valid
-            if 2 * valid >= crop:
-                break
-        window = slice(best, best + crop)
-        yield {**sample, "audio": audio[window], "mask": mask[window]}
+        n = sample["audio"].shape[0]
+        valid = sample["meta"]["valid"]  # checked against the audio by decode_sample
+        phase = window_phase(seed, epoch, sample["key"], n, window)
+        starts = window_starts(n, valid, window, phase)
+        barren = 0 if starts else barren + 1
+        if barren >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(
+                f"{barren} utterances in a row gave no {window}-sample window holding "
+                f"{min_real_samples(window)} samples of real audio; last {sample['key']}"
+            )
+        for start in starts:
+            yield cut_window(sample, start, window)
+
+
+def window_buffer(window: int, batch_size: int) -> int:
+    """Windows the second training shuffle holds: WINDOW_BUFFER_SECONDS of audio (its
+    memory does not grow with S), and at least two batches."""
+    return max(2 * batch_size, -(-int(WINDOW_BUFFER_SECONDS * SAMPLE_RATE) // window))
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,7 +416,8 @@ def split_by_slot(src: Iterable[Any], slot: int, num_slots: int) -> Iterator[Any
 
 
 class TrainStream(IterableDataset):
-    """The endless training stream of one rank; epoch e is its batches
+    """The endless training stream of one rank: batches of `window_samples`-sample windows
+    (audio Tensor[B x S], mask BoolTensor[B x S]); epoch e is its batches
     [e * batches_per_epoch, (e + 1) * batches_per_epoch), the same count on every rank.
 
     Set `start` (the run's batch index to begin at: 0, or the resume point) before making
@@ -321,13 +437,18 @@ class TrainStream(IterableDataset):
         urls: Sequence[ShardSource],
         batch_size: int,
         batches_per_epoch: int,
-        crop_samples: int = 0,
-        shuffle_buffer: int = 1000,
+        window_samples: int = SAMPLE_RATE,
+        shuffle_buffer: int = 100,
         seed: int = 0,
     ):
         super().__init__()
         if not urls:
             raise ValueError("no training shards")
+        if window_samples < 1 or batches_per_epoch < 1:
+            raise ValueError(
+                f"window_samples {window_samples} and batches_per_epoch {batches_per_epoch} "
+                "must be >= 1"
+            )
         for source in urls:
             check_source(source)
         # ResampledShards draws strings: a ShardRef or path object is found again by its
@@ -338,7 +459,7 @@ class TrainStream(IterableDataset):
         }
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
-        self.crop_samples = crop_samples
+        self.window_samples = window_samples
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.start = 0
@@ -349,6 +470,7 @@ class TrainStream(IterableDataset):
         """The `n_batches` batches of stream slot `slot` in epoch `epoch` on this rank."""
         rank = wds.utils.pytorch_worker_info()[0]
         slot_seed = wds.utils.make_seed(self.seed, epoch, rank, slot)
+        windows = window_buffer(self.window_samples, self.batch_size)
         return wds.DataPipeline(
             # One shard-draw stream shared by all ranks and slots (worker_seed is constant)…
             wds.ResampledShards(
@@ -363,7 +485,8 @@ class TrainStream(IterableDataset):
             lambda src: read_shards(src, tally, self.listed),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=slot_seed),
             lambda src: decode_samples(src, tally),
-            lambda src: random_crops(src, self.crop_samples, np.random.default_rng(slot_seed)),
+            lambda src: cut_windows(src, self.window_samples, self.seed, epoch),
+            wds.shuffle(windows, initial=windows, seed=wds.utils.make_seed(slot_seed, 1)),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         ).with_epoch(nbatches=n_batches)
 
@@ -375,6 +498,9 @@ class TrainStream(IterableDataset):
         while True:
             lo, hi = epoch * per_epoch, (epoch + 1) * per_epoch
             n_batches = count_in_slot(lo, hi, slot, num_workers)
+            if n_batches == 0:  # more workers than batches: webdataset reads 0 as "endless"
+                epoch += 1
+                continue
             n_skip = count_in_slot(lo, max(lo, self.start), slot, num_workers)
             tally = ErrorTally(quiet=True)
             batches = iter(self.pipeline(epoch, slot, num_workers, n_batches, tally))
@@ -419,9 +545,10 @@ class EpochErrors:
         )
 
 
-def batches_per_epoch(n_samples: int, batch_size: int, world: int) -> int:
-    """Batches per rank that make one pass over `n_samples` with `world` ranks (at least 1)."""
-    return max(1, n_samples // (batch_size * world))
+def batches_per_epoch(n_windows: int, batch_size: int, world: int) -> int:
+    """Batches per rank that make one pass over `n_windows` (`count_windows` of the train
+    split's manifest rows) with `world` ranks (at least 1)."""
+    return max(1, n_windows // (batch_size * world))
 
 
 def train_loader(stream: TrainStream, num_workers: int = 2, pin_memory: bool = False) -> DataLoader:
@@ -441,60 +568,114 @@ def train_loader(stream: TrainStream, num_workers: int = 2, pin_memory: bool = F
 # ---------------------------------------------------------------------- validation
 
 
-def listed_items(samples: int, max_items: int = 0) -> int:
-    """Items `val_batches(…, max_items)` numbers from a split of `samples` items (what
-    index.json lists): all of them, or the first `max_items` when that is > 0."""
-    return min(samples, max_items) if max_items else samples
+def listed_items(windows: int, max_items: int = 0) -> int:
+    """Windows `val_batches(…, max_items)` numbers from a split of `windows` grid windows
+    (`count_windows(rows, S, grid=True)` of its manifest rows): all of them, or the first
+    `max_items` when that is > 0."""
+    return min(windows, max_items) if max_items else windows
+
+
+def sample_meta(members: Mapping[str, Any], shard: str, split: str | None) -> dict[str, Any]:
+    """The json member of one raw sample, checked enough to number its windows without
+    decoding audio: an object with `samples` >= 1 and `valid` runs inside it. Raises
+    ShardFormatError naming shard and key, SplitMismatchError (after the checks, so the
+    windows can still be numbered) when its `split` is not `split`."""
+    key = members.get("__key__", "?")
+    try:
+        meta = json.loads(bytes(members["json"]).decode("utf-8"))
+        n = meta["samples"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"'samples' is {n!r}, expected an integer >= 1")
+        for s, e in meta["valid"]:
+            if not 0 <= int(s) <= int(e) <= n:
+                raise ValueError(f"valid run [{s}, {e}) outside its {n} samples")
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc!r}") from exc
+    if split is not None and meta.get("split") != split:
+        raise SplitMismatchError(
+            f"{shard}: sample {key!r} has split {meta.get('split')!r}, but index.json lists "
+            f"this shard under {split!r}"
+        )
+    return meta
 
 
 def val_batches(
     paths: Iterable[ShardSource],
     batch_size: int,
+    window: int,
     rank: int = 0,
     world: int = 1,
     max_items: int = 0,
     tally: ErrorTally | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Deterministic validation batches of this rank, full segments with their masks.
+    """Deterministic validation batches of this rank: windows of `window` samples on the
+    fixed grid 0, S, 2S, … of every utterance (`window_starts` at phase 0), with masks.
 
-    Items are numbered in the order of `paths` (sorted by name) before decoding; item i is
-    in batch i // batch_size and batch j belongs to rank j % world. So the union over ranks
-    is every item exactly once, in the same batches for any world size; nothing is padded
-    or repeated. A corrupt item or shard is skipped and counted in `tally`. `max_items` > 0
-    keeps only the first items. Each batch carries its items' ordinals as `"item"`, so a
-    fixed subset (evaluate's perceptual items) is the same for any world size.
+    Windows are numbered in the order of `paths` (sorted by name), then of the samples in
+    a shard, from each sample's json (`samples`, `valid`) before any audio is decoded;
+    window i is in batch i // batch_size and batch j belongs to rank j % world. So the
+    union over ranks is every window exactly once, in the same batches for any world size;
+    a rank decodes only the utterances that hold one of its windows. `max_items` > 0 keeps
+    only the first windows. Each batch carries its windows' ordinals as `"item"`, so a
+    fixed subset (evaluate's perceptual items) is the same for any world size; its keys
+    are `<utterance key>@<start>`.
 
-    Given `Index.entries("val")`, each read is checked against index.json: an item of
-    another split is skipped and counted like a corrupt one (keeping its ordinal); a shard
-    read whole must give its listed count and sha256. Every rank reads every shard, but a
-    bad read is counted on rank 0 only and a bad item on the rank that owns it, so tallies
-    summed over ranks count each problem once. A shard the `max_items` cut stops in is read
-    in part and not checked for count or sha256.
+    Given `Index.entries("val")`, each read is checked against index.json: a sample of
+    another split is skipped and counted like a corrupt one (its windows keep their
+    ordinals); a shard read whole must give its listed count and sha256. Every rank reads
+    every shard, but a bad read, and a sample whose json cannot be read (it numbers no
+    window), is counted on rank 0 only, and any other bad sample on the rank that owns its
+    first window, so tallies summed over ranks count each problem once. A shard the
+    `max_items` cut stops in is read in part and not checked for count or sha256.
     """
+    if window < 1 or batch_size < 1:
+        raise ValueError(f"window {window} and batch_size {batch_size} must be >= 1")
     tally = tally if tally is not None else ErrorTally()
     reads = tally if rank == 0 else ErrorTally(quiet=True)  # the same reads on every rank
     index = 0
-    current, samples = -1, []
+    current, items = -1, []
+
+    def owner(item: int) -> int:
+        return (item // batch_size) % world
+
     for path in paths:
         with closing(read_shard(path, reads)) as raw:
             for members in raw:
                 if max_items and index >= max_items:
                     break
-                batch_index, index = index // batch_size, index + 1
-                if batch_index % world != rank:
-                    continue
-                if batch_index != current and samples:
-                    yield collate(samples)
-                    samples = []
-                current = batch_index
                 shard = members["__shard__"]
+                problem: ShardFormatError | None = None
                 try:
+                    meta = sample_meta(members, shard, members.get("__split__"))
+                except SplitMismatchError as exc:
+                    problem, meta = exc, json.loads(bytes(members["json"]).decode("utf-8"))
+                except ShardFormatError as exc:
+                    if rank == 0:
+                        tally.record("sample", exc, shard)
+                    continue
+                starts = window_starts(meta["samples"], meta["valid"], window)
+                if max_items:
+                    starts = starts[: max_items - index]
+                first, index = index, index + len(starts)
+                mine = [(first + j, s) for j, s in enumerate(starts) if owner(first + j) == rank]
+                if not mine:
+                    continue
+                try:
+                    if problem is not None:
+                        raise problem
+                    # Also checks that the audio is the `samples` long the windows assumed.
                     sample = decode_sample(members, shard=shard, split=members.get("__split__"))
                 except ShardFormatError as exc:
-                    tally.record("sample", exc, shard)
+                    if owner(first) == rank:
+                        tally.record("sample", exc, shard)
                     continue
-                samples.append({**sample, "item": index - 1})
+                for item, start in mine:
+                    if item // batch_size != current and items:
+                        yield collate(items)
+                        items = []
+                    current = item // batch_size
+                    items.append({**cut_window(sample, start, window), "item": item})
         if max_items and index >= max_items:
             break
-    if samples:
-        yield collate(samples)
+    if items:
+        yield collate(items)

@@ -4,14 +4,17 @@ preprocess output directory.
     python -m telucodec encode IN.wav OUT.tcq --checkpoint CKPT [--kbps 6]
     python -m telucodec decode IN.tcq OUT.wav --checkpoint CKPT
     python -m telucodec eval --checkpoint CKPT --data-dir OUT [--split val] [--kbps 1.5 3 6]
-    python -m telucodec compare --checkpoint CKPT --data-dir OUT [--out DIR]
+                             [--segment-seconds S]
+    python -m telucodec compare --checkpoint CKPT --data-dir OUT [--segment-seconds S] [--out DIR]
     python -m telucodec compare --checkpoint CKPT --audio DIR [--chunk-seconds 10]
                                 [--no-normalize] [--out DIR]
 
 Glue, like the `training` package, and outside the model package for the same reason: this
 is where data meets the model. encode/decode read and write audio files and .tcq bitstreams;
 eval and compare list shards through `shards.Index` (index.json, never a glob of the folder) and
-batch them with the loader's deterministic `val_batches`, then hand tensors to
+batch them with the loader's deterministic `val_batches` (windows of one length on a fixed
+grid: by default the length the codec was validated on in training, which its export
+records, so eval scores the windows training's validation scored), then hand tensors to
 `telucodec.evaluate` and `telucodec.compare`. `compare --audio` scores a folder of real
 recordings instead (any format and rate, brought to the corpus's -23 LUFS with the
 pipeline's own loudness meter, cut into chunks), and counts the files it cannot score;
@@ -29,6 +32,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +48,7 @@ from telucodec.bitstream import (
     encode_bitstream,
     open_bitstream,
 )
-from telucodec.checkpoint import CheckpointError, load_codec
+from telucodec.checkpoint import CheckpointError, load_codec, read_checkpoint_config
 from telucodec.configs import DEFAULT_KBPS, kbps_values
 from telucodec_cli.audio_files import MIN_CHUNK_SECONDS, Recordings, list_recordings, read_audio
 
@@ -147,15 +151,51 @@ def write_pcm16(path: str, blocks: Iterable[np.ndarray], sample_rate: int) -> No
 # ------------------------------------------------------------- a preprocess output: eval/compare
 
 
-def load_split(data_dir: str, split: str) -> tuple[Index, list[ShardRef]]:
-    """OUT/index.json and the shards of `split` it lists (a stray tar in shards/ is not
-    data), as entries the loader reads as local files and checks against index.json;
-    ValueError when it lists none."""
-    index = Index.load(data_dir)
-    entries = index.entries(split)
+# The window length of an export that records none (one from before format 2).
+DEFAULT_SEGMENT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Split:
+    """The shards of one split (entries the loader reads as local files and checks against
+    index.json), the window length in samples, and the grid windows the manifest lists."""
+
+    index: Index
+    entries: list[ShardRef]
+    window: int
+    listed: int
+
+
+def segment_seconds_of(args: argparse.Namespace) -> float:
+    """--segment-seconds, else the window length the checkpoint's training validated on
+    (its export's `extra`), else DEFAULT_SEGMENT_SECONDS."""
+    if args.segment_seconds is not None:
+        return args.segment_seconds
+    _, extra = read_checkpoint_config(args.checkpoint)
+    recorded = extra.get("segment_seconds") if isinstance(extra, dict) else None
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
+        return float(recorded)
+    return DEFAULT_SEGMENT_SECONDS
+
+
+def load_split(args: argparse.Namespace, sample_rate: int) -> Split:
+    """OUT/index.json, the shards of `split` it lists (a stray tar in shards/ is not data)
+    and its window count; ValueError when it lists none or the window is longer than the
+    OUT's utterances."""
+    index = Index.load(args.data_dir)
+    entries = index.entries(args.split)
     if not entries:
-        raise ValueError(f"{Path(data_dir) / 'index.json'} lists no {split} shards")
-    return index, entries
+        raise ValueError(f"{Path(args.data_dir) / 'index.json'} lists no {args.split} shards")
+    seconds = segment_seconds_of(args)
+    window = int(round(seconds * sample_rate))
+    cap = index.utterance_max_samples
+    if window > cap:
+        raise ValueError(
+            f"--segment-seconds {seconds:g} is longer than the utterances of {args.data_dir} "
+            f"(utterance_max_samples {cap}: {cap / sample_rate:g} s)"
+        )
+    listed = loader.count_windows(index.manifest(args.split), window, grid=True)
+    return Split(index, entries, window, listed)
 
 
 def report_skipped(command: str, tally: loader.ErrorTally) -> dict[str, int]:
@@ -189,10 +229,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from telucodec.evaluate import evaluate, perceptual_subset
 
     model = load_codec(args.checkpoint)
-    index, entries = load_split(args.data_dir, args.split)
-    listed = loader.listed_items(index.samples(args.split), args.max_items)
+    split = load_split(args, model.cfg.sample_rate)
+    listed = loader.listed_items(split.listed, args.max_items)
     tally = loader.ErrorTally(quiet=True)  # printed here, with the command's name
-    batches = loader.val_batches(entries, args.batch_size, max_items=args.max_items, tally=tally)
+    batches = loader.val_batches(
+        split.entries, args.batch_size, split.window, max_items=args.max_items, tally=tally
+    )
     subset = perceptual_subset(listed, args.perceptual_items)
     figures = evaluate(model, batches, args.kbps, perceptual_items=subset).figures()
     scored = max((fig["items"] for fig in figures.values()), default=0)
@@ -202,6 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint),
         "data_dir": str(args.data_dir),
         "split": args.split,
+        "segment_seconds": split.window / model.cfg.sample_rate,
         **report_skipped("eval", tally),
         "bitrates": figures,
     }
@@ -242,7 +285,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from_folder = args.audio is not None
     files = list_recordings(args.audio) if from_folder else None  # refused before the model
     model = load_codec(args.checkpoint)
-    index, entries = (None, None) if from_folder else load_split(args.data_dir, args.split)
+    split = None if from_folder else load_split(args, model.cfg.sample_rate)
     why_not = missing_opus()
     if why_not:
         print(f"telucodec compare: {why_not}; reporting telucodec alone", file=sys.stderr)
@@ -254,16 +297,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         source = recordings.report("compare")
     else:
         tally = loader.ErrorTally(quiet=True)  # printed here, with the command's name
-        batches = loader.val_batches(entries, 1, max_items=args.max_items, tally=tally)
+        batches = loader.val_batches(
+            split.entries, 1, split.window, max_items=args.max_items, tally=tally
+        )
         items = ((b["audio"][0].numpy(), b["mask"][0].numpy()) for b in batches)
         results = compare(model, items, args.kbps, opus)
         scored = max((fig["items"] for fig in results["telucodec"].values()), default=0)
         if not scored:
-            listed = loader.listed_items(index.samples(args.split), args.max_items)
+            listed = loader.listed_items(split.listed, args.max_items)
             return nothing_scored("compare", listed, args.split, tally)
         source = {
             "data_dir": str(args.data_dir),
             "split": args.split,
+            "segment_seconds": split.window / model.cfg.sample_rate,
             **report_skipped("compare", tally),
         }
     out = Path(args.out)
@@ -321,6 +367,16 @@ def add_dataset_flags(p: argparse.ArgumentParser, audio: bool = False) -> None:
         nargs="+",
         default=[list(DEFAULT_KBPS)],
         help="bitrates, e.g. 1.5 3 6 (or 1.5,3,6)",
+    )
+    p.add_argument(
+        "--segment-seconds",
+        "--segment_seconds",
+        dest="segment_seconds",
+        type=float,
+        default=None,
+        help="--data-dir: window length; items are the windows on a fixed grid 0, S, 2S, … "
+        "of every utterance (default: what the checkpoint's training validated on, else "
+        f"{DEFAULT_SEGMENT_SECONDS:g})",
     )
     p.add_argument("--max-items", type=int, default=0, help="first N items only (0: all)")
 
@@ -385,6 +441,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.kbps = [k for group in args.kbps for k in group]
     if args.command == "compare":
         check_compare_source(args)
+    seconds = getattr(args, "segment_seconds", None)  # eval and compare have it
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        print(
+            f"telucodec {args.command}: error: --segment-seconds must be > 0, got {seconds}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if args.command == "eval" and args.perceptual_items < 0:
         print(
             "telucodec eval: error: --perceptual-items must be >= 0 (0: off), "
@@ -409,8 +472,8 @@ def check_compare_source(args: argparse.Namespace) -> None:
         return
     if not args.audio.strip():
         refuse("--audio needs a folder of recordings, got an empty path")
-    if args.max_items or args.split != "val":
-        refuse("--split and --max-items apply to --data-dir only")
+    if args.max_items or args.split != "val" or args.segment_seconds is not None:
+        refuse("--split, --max-items and --segment-seconds apply to --data-dir only")
     if args.chunk_seconds is None:
         args.chunk_seconds = 10.0
     if not (math.isfinite(args.chunk_seconds) and args.chunk_seconds >= MIN_CHUNK_SECONDS):

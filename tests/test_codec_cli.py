@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 
 import shards
-from shards import ShardWriter, read_samples
+from shards import Index, ShardWriter, loader
 from telucodec.bitstream import HEADER_BYTES, Header, decode_bitstream, encode_bitstream
 from telucodec.checkpoint import load_codec, model_identity, save_codec
 from telucodec.configs import get_config
@@ -29,6 +29,7 @@ from telucodec.model import Codec, aten_convolutions
 from telucodec_cli.audio_files import read_audio
 from telucodec_cli.main import parse_args
 from tests.test_codec_model import speechlike, trained_tiny
+from tests.test_windows import finish_out, manifest_row, utterance_meta
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_RATE = 44_100
@@ -378,18 +379,15 @@ def test_header_whose_frames_disagree_with_the_payload_is_one_line(work, checkpo
 # ------------------------------------------------------------------------------ eval
 
 
-def _meta(i: int, split: str) -> dict:
-    return {"source": f"{split}/{i}.wav", "offset": 0, "gain_db": 0.0, "sample_rate": 16000}
-
-
 @pytest.fixture(scope="module")
 def preprocess_out(work) -> Path:
-    """OUT/shards/{train,val}-000000.tar listed in OUT/index.json. Val items 2 and 4 are
-    padded: 6000 and 3000 real samples in 16000. A stale `val-000099.tar` (3 items, from
-    some earlier run) lies in shards/ but not in the index: it is not part of this output."""
+    """A format-2 OUT: shards/{train,val}-000000.tar listed in OUT/index.json and
+    manifest.jsonl, utterances of 1 s. Val utterances 2 and 4 hold only 6000 and 3000 real
+    samples (their `valid` runs). A stale `val-000099.tar` (3 items, from some earlier run)
+    lies in shards/ but not in the index: it is not part of this output."""
     out = work / "out"
     rng = np.random.default_rng(3)
-    listed = []
+    listed, rows = [], []
     for split, n_items, number in (("train", 2, 0), ("val", 5, 0), ("val", 3, 99)):
         name = f"{split}-{number:06d}.tar"
         with ShardWriter(out / "shards" / name) as writer:
@@ -397,13 +395,14 @@ def preprocess_out(work) -> Path:
                 n_valid = {2: 6000, 4: 3000}.get(i, 16000)
                 audio = np.zeros(16000, np.float32)
                 audio[:n_valid] = speechlike(rng, n_valid)
-                meta = {**_meta(i, split), "split": split}
+                meta = utterance_meta(split, f"{split}/{i}.wav", 16000)
                 key = shards.sample_key(f"{split}{number}x{i}", 0)
                 writer.write(key, audio, [[0, n_valid]], meta)
+                rows.append(manifest_row(key, name, split, 16000, n_valid, meta["source"]))
         if number != 99:
             listed.append({**writer.info.to_dict(), "split": split})
-    shards.write_index(out, {"shards": listed, "segment_samples": 16000})
-    return out
+    listed_names = {entry["name"] for entry in listed}
+    return finish_out(out, listed, [r for r in rows if r["shard"] in listed_names])
 
 
 def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, preprocess_out):
@@ -423,52 +422,48 @@ def test_eval_prints_masked_and_unmasked_figures_per_bitrate(work, checkpoint, p
             "6",
             "--batch-size",
             2,
+            "--segment-seconds",
+            0.5,
             "--out",
             report_path,
         )
     )
+    # Windows of 0.5 s (a window needs 0.25 s of real audio): 2 of each whole utterance,
+    # 1 of utterance 2 (6000 real samples, 2000 padding), none of utterance 4 (3000).
     # The terminal gets a short table (a row per bitrate), the file every figure.
     rows = proc.stdout.splitlines()
     assert rows[0].split()[:3] == ["kbps", "items", "masked"] and "PESQ-WB" in rows[0]
-    assert [r.split()[:2] for r in rows[1:4]] == [["1.5", "5"], ["3", "5"], ["6", "5"]]
+    assert [r.split()[:2] for r in rows[1:4]] == [["1.5", "7"], ["3", "7"], ["6", "7"]]
     assert not proc.stdout.lstrip().startswith("{")
     report = json.loads(report_path.read_text())
     assert report["split"] == "val" and set(report["bitrates"]) == {"1.5", "3", "6"}
+    assert report["segment_seconds"] == 0.5
     assert report["bad_samples"] == report["bad_shards"] == 0
     for kbps, nq in (("1.5", 3), ("3", 6), ("6", 12)):
         figures = report["bitrates"][kbps]
-        assert figures["n_quantizers"] == nq and figures["items"] == 5
-        # By default every item of this 5-item split is in the perceptual subset; item 4
-        # (0.19 s of audio) is too short for either measure, item 2 (0.375 s) for STOI's
-        # 384 ms analysis: counted as missing, not as low scores.
+        assert figures["n_quantizers"] == nq and figures["items"] == 7
+        # By default every window of this 7-window split is in the perceptual subset; that
+        # of utterance 2 (0.375 s of audio) is too short for STOI's 384 ms analysis: counted
+        # as missing, not as a low score.
         assert set(figures) == set(MetricSums(PERCEPTUAL).summary()) | {"n_quantizers"}
-        assert (figures["pesq_wb_items"], figures["stoi_items"]) == (4, 3)
+        assert (figures["pesq_wb_items"], figures["stoi_items"]) == (7, 6)
         assert 1.0 <= figures["pesq_wb"] <= 4.65 and 0.0 < figures["stoi"] <= 1.0
         for value in figures.values():
             assert isinstance(value, (int, float)) and np.isfinite(value)
         assert figures["gated_items"] == figures["unmasked_gated_items"] == 0
-        assert figures["padding_fraction"] == pytest.approx(1 - (3 * 16000 + 9000) / 80000)
+        assert figures["padding_fraction"] == pytest.approx(1 - (6 * 8000 + 6000) / (7 * 8000))
         # Padding holds zeros, so scoring it adds no signal, only the decoder's output there
         # as error: with padded items the unmasked figures are strictly lower.
         assert figures["unmasked_snr_db"] < figures["masked_snr_db"]
         assert figures["unmasked_global_snr_db"] < figures["masked_global_snr_db"]
         assert figures["masked_snr_db"] > 0  # a trained codec, so the figures mean something
         lo = figures["masked_snr_db"] - figures["masked_snr_db_ci95"]
-        assert lo < figures["masked_snr_db"] and figures["masked_snr_db_items"] == 5
+        assert lo < figures["masked_snr_db"] and figures["masked_snr_db_items"] == 7
 
-    # The same numbers as the library call on the same samples (the CLI adds only I/O).
-    samples = list(read_samples([preprocess_out / "shards" / "val-000000.tar"]))
-    batches = [
-        {
-            "audio": torch.from_numpy(np.stack([s["audio"] for s in samples[i : i + 2]])),
-            "mask": torch.from_numpy(np.stack([s["mask"] for s in samples[i : i + 2]])),
-            "key": [s["key"] for s in samples[i : i + 2]],
-            "item": list(range(i, min(i + 2, len(samples)))),
-        }
-        for i in range(0, len(samples), 2)
-    ]
+    # The same numbers as the library call on the same windows (the CLI adds only I/O).
+    batches = loader.val_batches(Index.load(preprocess_out).entries("val"), 2, 8000)
     model = load_codec(checkpoint)
-    direct = evaluate(model, batches, [1.5, 3.0, 6.0], perceptual_items=range(5)).figures()
+    direct = evaluate(model, batches, [1.5, 3.0, 6.0], perceptual_items=range(7)).figures()
     assert direct == report["bitrates"]
 
 
@@ -477,9 +472,9 @@ def test_eval_reads_only_the_shards_index_json_lists(work, checkpoint, preproces
     assert (preprocess_out / "shards" / "val-000099.tar").is_file()
     out = work / "eval-listed.json"
     args = ("--data-dir", preprocess_out, "--kbps", 6, "--out", out, "--perceptual-items", 0)
-    ok(telucodec("eval", "--checkpoint", checkpoint, *args))
+    ok(telucodec("eval", "--checkpoint", checkpoint, *args, "--segment-seconds", 0.5))
     figures = json.loads(out.read_text())["bitrates"]["6"]
-    assert figures["items"] == 5 and "pesq_wb" not in figures
+    assert figures["items"] == 7 and "pesq_wb" not in figures
 
 
 def test_eval_and_compare_accept_the_older_spellings_data_and_comma_kbps():

@@ -77,13 +77,18 @@ def test_compare_cli_writes_json_and_png(tmp_path, with_opus):
     torch.manual_seed(0)
     ckpt = save_codec(tmp_path / "ckpt", Codec(get_config("tiny")).eval())
     meta = {"source": "a.wav", "offset": 0, "gain_db": 0.0, "sample_rate": 16000, "split": "val"}
+    meta["samples"] = 16000  # format 2: utterances of 1 s, 0.75 s of it real
     with ShardWriter(tmp_path / "out" / "shards" / "val-000000.tar") as w:
         for i in range(2):
             w.write(f"f{i}-00000", _speech(1.0, i), [[0, 12000]], meta)
     # A stale shard of an earlier run, not in index.json: compare must not read it.
     with ShardWriter(tmp_path / "out" / "shards" / "val-000099.tar") as stale:
         stale.write("old-00000", _speech(1.0, 9), [[0, 16000]], meta)
-    shards.write_index(tmp_path / "out", {"shards": [{**w.info.to_dict(), "split": "val"}]})
+    listed = [{**w.info.to_dict(), "split": "val"}]
+    shards.write_index(tmp_path / "out", {"shards": listed, "utterance_max_samples": 320000})
+    row = {"shard": "val-000000.tar", "split": "val", "samples": 16000, "seconds": 1.0}
+    row |= {"valid_seconds": 0.75, "source": "a.wav", "offset": 0}
+    shards.write_manifest(tmp_path / "out", [{**row, "key": f"f{i}-00000"} for i in range(2)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not with_opus:
         env["PATH"] = "/nonexistent"

@@ -91,7 +91,7 @@ def test_gpu_check_installs_what_is_missing_trains_tiny_and_prints_the_summary(t
         seconds="120",
         batch="2",
         workers="1",
-        args="--segment-seconds 0.25 --log-every 1",
+        args="--segment-seconds 0.5 --log-every 1",
         report=str(tmp_path / "report"),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -100,7 +100,7 @@ def test_gpu_check_installs_what_is_missing_trains_tiny_and_prints_the_summary(t
     assert "installing 1 carried wheels for: gpu_check_probe" in out
     assert (tmp_path / "site" / "gpu_check_probe.py").is_file()
     # (3) the summary, in short lines.
-    setup = "gpu_check: tiny (0.1 M parameters) on cpu, fp32, compile off, micro batch 2 x 0.25 s"
+    setup = "gpu_check: tiny (0.1 M parameters) on cpu, fp32, compile off, micro batch 2 x 0.50 s"
     assert f"\n{setup}, 1 rank\n" in out
     rates = r"[\d.]+ steps/s, [\d.]+ samples/s$"
     assert re.search(r"^speed: 3 steps in \d+ s: " + rates, out, re.M)
@@ -110,10 +110,10 @@ def test_gpu_check_installs_what_is_missing_trains_tiny_and_prints_the_summary(t
     assert re.search(r"^loss terms: codebook [-\d.e]+, commitment .*, l1 .*, mel ", out, re.M)
     number = r"-?[\d.]+"
     for kbps in ("1.5", "3", "6"):
-        # PESQ-WB and STOI of the default perceptual subset (all 9 val items here).
+        # PESQ-WB and STOI of the default perceptual subset (all 14 val windows of 0.5 s).
         figures = (
             rf"masked SNR {number} dB, SI-SDR {number} dB, mel [\d.]+, "
-            rf"PESQ-WB [\d.]+, STOI [\d.]+ \(9 items\)$"
+            rf"PESQ-WB [\d.]+, STOI [\d.]+ \(14 items\)$"
         )
         line = rf"^val {kbps} kbps: {figures}"
         assert re.search(line, out, re.M), out

@@ -20,30 +20,31 @@ from telucodec.checkpoint import save_codec
 from telucodec.configs import get_config
 from telucodec.model import Codec
 from telucodec_cli.main import main as telucodec_main
+from tests.test_windows import finish_out, manifest_row, utterance_meta
 
 SEGMENT = 8000
 
 
 def make_out(root: Path, train=(4, 4), val=(3, 3), encoding: str = "flac") -> Path:
-    """A small preprocess OUT: shards/{train,val}-NNNNNN.tar of `SEGMENT`-sample items (the
-    odd ones half padding) and index.json with each shard's count, bytes and sha256."""
+    """A small format-2 OUT: shards/{train,val}-NNNNNN.tar of utterances of `SEGMENT`
+    samples (the odd ones half as long), index.json with each shard's count, bytes and
+    sha256, and manifest.jsonl. Windows of SEGMENT give one window per utterance."""
     rng = np.random.default_rng(0)
-    listed = []
+    listed, rows = [], []
     for split, sizes in (("train", train), ("val", val)):
         for number, n in enumerate(sizes):
             name = f"{split}-{number:06d}.tar"
             with ShardWriter(root / "shards" / name, encoding=encoding) as writer:
                 for i in range(n):
-                    n_valid = SEGMENT if i % 2 == 0 else SEGMENT // 2
-                    audio = np.zeros(SEGMENT, np.float32)
-                    audio[:n_valid] = rng.uniform(-0.3, 0.3, n_valid).astype(np.float32)
-                    meta = {"source": f"{split}/{number}/{i}.wav", "offset": 0, "gain_db": 0.0}
-                    meta |= {"sample_rate": 16000, "split": split}
+                    length = SEGMENT if i % 2 == 0 else SEGMENT // 2
+                    audio = rng.uniform(-0.3, 0.3, length).astype(np.float32)
+                    source = f"{split}/{number}/{i}.wav"
                     key = shards.sample_key(f"{split}{number}x{i}", 0)
-                    writer.write(key, audio, [[0, n_valid]], meta)
+                    meta = utterance_meta(split, source, length)
+                    writer.write(key, audio, [[0, length]], meta)
+                    rows.append(manifest_row(key, name, split, length, length, source))
             listed.append({**writer.info.to_dict(), "split": split})
-    shards.write_index(root, {"shards": listed, "segment_samples": SEGMENT})
-    return root
+    return finish_out(root, listed, rows)
 
 
 def blank_header_checksum(shard: Path, member: int) -> None:
@@ -71,7 +72,7 @@ def stream(out: Path, per_epoch: int = 12) -> loader.TrainStream:
         Index.load(out).entries("train"),
         batch_size=2,
         batches_per_epoch=per_epoch,
-        crop_samples=2000,
+        window_samples=2000,
         shuffle_buffer=2,
         seed=1,
     )
@@ -99,7 +100,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def run_eval(checkpoint: Path, data: Path | str, *extra: str) -> int:
     args = ["eval", "--checkpoint", str(checkpoint), "--data-dir", str(data)]
-    return telucodec_main([*args, "--kbps", "6", "--perceptual-items", "0", *extra])
+    flags = ["--kbps", "6", "--perceptual-items", "0", "--segment-seconds", "0.5"]
+    return telucodec_main([*args, *flags, *extra])
 
 
 # ------------------------------------------------------------------- untrusted data dirs
@@ -122,7 +124,8 @@ def test_data_dir_named_like_a_pipe_url_is_read_as_a_folder_and_runs_nothing(
     assert len(list(read_samples(index.paths("val")))) == 6
     assert len(list(read_samples(index.entries("val")))) == 6
     tally = loader.ErrorTally(quiet=True)
-    assert sum(len(b["key"]) for b in loader.val_batches(index.entries("val"), 4, tally=tally)) == 6
+    batches = loader.val_batches(index.entries("val"), 4, SEGMENT, tally=tally)
+    assert sum(len(b["key"]) for b in batches) == 6
     assert tally.totals() == [0] * len(loader.SHARD_COUNTS)
     batches, errors = one_epoch(Path(name), per_epoch=3)
     assert len(keys(batches)) == 6 and errors.by_shard() == {}
@@ -167,7 +170,7 @@ def test_damaged_header_is_counted_in_validation_and_eval(tmp_path, checkpoint, 
     out = make_out(tmp_path, val=(5, 3))
     blank_header_checksum(out / "shards" / "val-000000.tar", member=2 * 2)
     tally = loader.ErrorTally(quiet=True)
-    items = keys(list(loader.val_batches(Index.load(out).entries("val"), 2, tally=tally)))
+    items = keys(list(loader.val_batches(Index.load(out).entries("val"), 2, SEGMENT, tally=tally)))
     assert len(items) == 2 + 3
     assert tally.bad_shards == 1 and tally.total("missing_samples") == 3
     assert any(
@@ -176,7 +179,7 @@ def test_damaged_header_is_counted_in_validation_and_eval(tmp_path, checkpoint, 
     # Two ranks read every shard, but their tallies sum to the one bad read.
     per_rank = [loader.ErrorTally(quiet=True) for _ in range(2)]
     for rank, t in enumerate(per_rank):
-        list(loader.val_batches(Index.load(out).entries("val"), 2, rank, 2, tally=t))
+        list(loader.val_batches(Index.load(out).entries("val"), 2, SEGMENT, rank, 2, tally=t))
     assert loader.merge_by_shard(*(t.by_shard for t in per_rank)) == tally.by_shard
 
     report = tmp_path / "eval.json"
@@ -198,7 +201,7 @@ def test_reads_cut_by_the_epoch_end_or_max_items_are_no_shortfall(tmp_path):
     assert len(keys(batches)) == 6 and errors.by_shard() == {} and errors.totals() == (0, 0)
     tally = loader.ErrorTally(quiet=True)
     entries = Index.load(out).entries("val")
-    assert len(keys(list(loader.val_batches(entries, 2, max_items=4, tally=tally)))) == 4
+    assert len(keys(list(loader.val_batches(entries, 2, SEGMENT, max_items=4, tally=tally)))) == 4
     assert tally.totals() == [0] * len(loader.SHARD_COUNTS) and tally.messages == []
 
 
@@ -238,7 +241,7 @@ def test_one_flipped_audio_byte_is_a_sha256_mismatch_naming_the_shard(tmp_path):
     entries = Index.load(out).entries("val")
     # npy PCM has no checksum of its own: every item decodes and is scored (the documented
     # cost of checking while streaming); the read is reported at its end.
-    assert len(keys(list(loader.val_batches(entries, 2, tally=tally)))) == 6
+    assert len(keys(list(loader.val_batches(entries, 2, SEGMENT, tally=tally)))) == 6
     assert tally.bad_shards == 1 and tally.total("sha256_mismatches") == 1
     assert tally.messages == [
         "shard differs from index.json: val-000001.tar: sha256 differs from index.json"
@@ -265,6 +268,7 @@ def test_eval_with_every_val_shard_missing_exits_1_with_one_line(tmp_path, check
     assert "val-000000.tar" in line and "Traceback" not in captured.err
     assert captured.out == "" and not (tmp_path / "eval.json").exists()
     args = ["compare", "--checkpoint", str(checkpoint), "--data-dir", str(out), "--kbps", "6"]
+    args += ["--segment-seconds", "0.5"]
     assert telucodec_main([*args, "--out", str(tmp_path / "cmp")]) == 1
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.startswith("telucodec compare: error: scored none of the 6 val items")

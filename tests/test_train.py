@@ -32,6 +32,7 @@ from shards import Index, ShardWriter, loader
 from shards.format import encode_sample
 from telucodec.configs import get_config
 from telucodec.evaluate import MetricSums, evaluate
+from tests.test_windows import finish_out, manifest_row, utterance_meta
 from training import loop
 from training.args import parse_args
 from training.checkpoint_files import rng_state, set_rng_state, verify_manifest
@@ -59,24 +60,19 @@ def speechlike(rng: np.random.Generator, n: int) -> np.ndarray:
     return (0.07 * x * envelope).astype(np.float32)
 
 
-def _meta(split: str, i: int) -> dict:
-    return {
-        "source": f"{split}/{i}.wav",
-        "offset": 0,
-        "gain_db": 0.0,
-        "sample_rate": 16000,
-        "split": split,
-    }
+def _meta(split: str, i: int, samples: int = SEGMENT) -> dict:
+    return utterance_meta(split, f"{split}/{i}.wav", samples)
 
 
 def make_shard_dir(
     root: Path, train=(6, 4), val=(5, 4), seed=0, corrupt_sample=False, truncated_shard=False
 ) -> Path:
-    """A preprocess OUT: shards/{train,val}-NNNNNN.tar with `train`/`val` samples per shard
-    (every other one half padding) and index.json. `corrupt_sample` puts an undecodable
-    audio member into train shard 0; `truncated_shard` adds a train shard cut mid-sample."""
+    """A format-2 preprocess OUT: shards/{train,val}-NNNNNN.tar with `train`/`val`
+    utterances per shard (1 s, every other one 0.5 s), index.json and manifest.jsonl.
+    `corrupt_sample` puts an undecodable audio member into train shard 0; `truncated_shard`
+    adds a train shard cut mid-sample."""
     rng = np.random.default_rng(seed)
-    entries = []
+    entries, rows = [], []
     specs = [("train", s, n) for s, n in enumerate(train)]
     specs += [("val", s, n) for s, n in enumerate(val)]
     if truncated_shard:
@@ -85,14 +81,14 @@ def make_shard_dir(
         name = f"{split}-{s:06d}.tar"
         with ShardWriter(root / "shards" / name) as w:
             for i in range(n):
-                n_valid = SEGMENT if i % 2 == 0 else SEGMENT // 2
-                audio = np.zeros(SEGMENT, np.float32)
-                audio[:n_valid] = speechlike(rng, n_valid)
+                length = SEGMENT if i % 2 == 0 else SEGMENT // 2
                 key = shards.sample_key(f"{split}{s}f{i}", 0)
-                sample = encode_sample(key, audio, [[0, n_valid]], _meta(split, i))
+                meta = _meta(split, i, length)
+                sample = encode_sample(key, speechlike(rng, length), [[0, length]], meta)
                 if corrupt_sample and split == "train" and s == 0 and i == 1:
                     sample["audio.flac"] = b"this is not a flac stream"
                 w.write_encoded(sample)
+                rows.append(manifest_row(key, name, split, length, length, meta["source"]))
         info = w.info.to_dict()
         if truncated_shard and split == "train" and s == len(train):
             # Cut inside the last member's data: half the file can fall in the end-of-archive
@@ -102,9 +98,7 @@ def make_shard_dir(
                 last = tar.getmembers()[-1]
             path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])
         entries.append({**info, "split": split})
-    index = {"shards": entries, "config": {"segment_samples": SEGMENT}}
-    (root / "index.json").write_text(json.dumps(index, indent=1))
-    return root
+    return finish_out(root, entries, rows)
 
 
 @pytest.fixture
@@ -141,7 +135,7 @@ def _train_args(data: Path, ckpt: Path, name: str, *extra: str) -> list[str]:
     """train_ds.py and its flags for a few-second run of the tiny codec (the first seven
     items are the script and the three run-naming flags)."""
     fast = (
-        "--model-config tiny --batch-size 2 --segment-seconds 0.25 --shuffle-buffer 8 "
+        "--model-config tiny --batch-size 2 --segment-seconds 0.5 --shuffle-buffer 8 "
         "--num-workers 1 --log-every 1 --val-every 0 --audio-examples 1"
     )
     run = ["--data-dir", str(data), "--checkpoint-dir", str(ckpt), "--experiment-name", name]
@@ -180,7 +174,7 @@ def _stream(data: Path, batch: int = 2, per_epoch: int = 5, seed: int = 3) -> lo
         Index.load(data).paths("train"),
         batch_size=batch,
         batches_per_epoch=per_epoch,
-        crop_samples=4000,
+        window_samples=4000,
         shuffle_buffer=6,
         seed=seed,
     )
@@ -233,14 +227,15 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path):
 def test_validation_batches_cover_every_item_once_in_the_same_batches_for_any_world(tmp_path):
     data = make_shard_dir(tmp_path, train=(1,), val=(5, 4, 3))
     paths = Index.load(data).paths("val")
-    one = _keys(loader.val_batches(paths, 4, rank=0, world=1))
-    two = [_keys(loader.val_batches(paths, 4, rank=r, world=2)) for r in (0, 1)]
+    one = _keys(loader.val_batches(paths, 4, SEGMENT, rank=0, world=1))
+    two = [_keys(loader.val_batches(paths, 4, SEGMENT, rank=r, world=2)) for r in (0, 1)]
     assert sorted(sum(one, [])) == sorted(sum(sum(two, []), []))
     assert len(sum(one, [])) == 12 == len(set(sum(one, [])))
     assert two[0] == one[0::2] and two[1] == one[1::2]
-    batches = list(loader.val_batches(paths, 4))
+    batches = list(loader.val_batches(paths, 4, SEGMENT))
     assert all(b["audio"].shape[1] == SEGMENT for b in batches)
-    # Shards of 5, 4 and 3 items, every other one half padding: 7 whole, 5 half.
+    # Shards of 5, 4 and 3 utterances, every other one 0.5 s: 7 whole windows, 5 half
+    # padded (a window needs half its length of real audio).
     assert sum(int(b["mask"].sum()) for b in batches) == 7 * SEGMENT + 5 * SEGMENT // 2
 
 
@@ -263,19 +258,19 @@ class PointwiseCodec(torch.nn.Module):
 
 def test_masked_validation_is_unchanged_by_extra_padding(tmp_path):
     rng = np.random.default_rng(5)
-    clips = [speechlike(rng, n) for n in (8000, 12000, 16000)]
+    clips = [speechlike(rng, n) for n in (16000, 20000, 24000)]
+    path = str(tmp_path / "val.tar")
+    with ShardWriter(path) as w:
+        for i, clip in enumerate(clips):
+            meta = _meta("val", i, len(clip))
+            w.write(shards.sample_key(f"c{i}", 0), clip, [[0, len(clip)]], meta)
 
-    def shard(name: str, pad: int) -> str:
-        with ShardWriter(tmp_path / name) as w:
-            for i, clip in enumerate(clips):
-                audio = np.concatenate([clip, np.zeros(pad, np.float32)])
-                w.write(shards.sample_key(f"c{i}", 0), audio, [[0, len(clip)]], _meta("val", i))
-        return str(tmp_path / name)
+    def figures(window: int) -> dict:
+        batches = loader.val_batches([path], 2, window)
+        return evaluate(PointwiseCodec(), batches, [6.0]).figures()["6"]
 
-    def figures(path: str) -> dict:
-        return evaluate(PointwiseCodec(), loader.val_batches([path], 2), [6.0]).figures()["6"]
-
-    bare, padded = figures(shard("bare.tar", 0)), figures(shard("padded.tar", 24000))
+    # Each utterance is one window either way, padded to 1.5 s or to 3 s.
+    bare, padded = figures(24000), figures(48000)
     for name in (
         "masked_snr_db",
         "masked_snr_db_ci95",
@@ -399,8 +394,9 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     assert all(np.isfinite(r["loss"]) for r in m["history"]["train"])
     assert [r["step"] for r in m["history"]["val"]] == [3, 6]
     final = m["final"]["6"]
-    assert final["items"] == 9 and np.isfinite(final["masked_snr_db"])
-    assert final["n_quantizers"] == 12 and final["masked_snr_db_items"] == 9
+    # Val: 5 + 4 utterances, 5 of 1 s (2 windows of 0.5 s) and 4 of 0.5 s (1): 14 windows.
+    assert final["items"] == 14 and np.isfinite(final["masked_snr_db"])
+    assert final["n_quantizers"] == 12 and final["masked_snr_db_items"] == 14
     # The 95 % interval of the mean, in the one schema, at every validation and at the end.
     assert final["masked_snr_db_ci95_lo"] < final["masked_snr_db"] < final["masked_snr_db_ci95_hi"]
     assert all(
@@ -409,7 +405,7 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     )
     assert m["verdict"] in {"SUCCESS", "FAILURE", "UNDECIDED"}
     assert m["success"] == (m["verdict"] == "SUCCESS")
-    assert f"{m['verdict']}: " in proc.stdout.splitlines()[-1] and "(n = 9" in proc.stdout
+    assert f"{m['verdict']}: " in proc.stdout.splitlines()[-1] and "(n = 14" in proc.stdout
     assert "95 % CI [" in proc.stdout
     assert set(m["final"]) == {"1.5", "3", "6"}
     errors = m["history"]["data_errors"]
@@ -417,11 +413,11 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     assert "skipped" in proc.stdout and "corrupt samples" in proc.stdout
     assert "=== VALIDATION SNR DEBUG ===" in proc.stdout and "Signal power" in proc.stdout
     assert "val masked SNR 6 kbps:" in proc.stdout and "unmasked" in proc.stdout.splitlines()[-1]
-    # PESQ-WB and STOI of the default perceptual subset (all 9 val items here, padding cut
+    # PESQ-WB and STOI of the default perceptual subset (all 14 windows here, padding cut
     # off) at every validation: in metrics.json, the per-validation lines and the final line.
     for record in m["history"]["val"]:
         for figures in record["kbps"].values():
-            assert figures["pesq_wb_items"] == figures["stoi_items"] == 9
+            assert figures["pesq_wb_items"] == figures["stoi_items"] == 14
             assert 1.0 <= figures["pesq_wb"] <= 4.65 and 0.0 < figures["stoi"] <= 1.0
     assert "PESQ-WB" in proc.stdout.splitlines()[-1] and "STOI" in proc.stdout.splitlines()[-1]
     assert proc.stdout.count("STOI") >= 2 * 3 + 1  # 2 validations x 3 bitrates + final line
@@ -431,6 +427,8 @@ def test_single_process_run_writes_checkpoint_metrics_export_and_counts_corrupt_
     assert list((exp / "tb").glob("events.out.tfevents.*"))
     run_config = json.loads((exp / "run_config.json").read_text())
     assert run_config["deepspeed"]["bf16"]["enabled"] is False
+    assert run_config["data"]["window_samples"] == 8000
+    assert run_config["data"]["val_windows"] == 14 and run_config["data"]["segment_seconds"] == 0.5
     assert run_config["model"]["name"] == "tiny"
     codec = load_codec(exp / "final")
     with torch.no_grad():
@@ -502,9 +500,10 @@ def test_two_cpu_ranks_under_deepspeed_launcher_finish_on_uneven_shards(tmp_path
     run_training(cmd, port=port)
     m = metrics_of(ckpt, "ds2")
     assert m["world_size"] == 2 and m["step"] == 5
-    # 12 samples / (2 per batch x 2 ranks) = 3 batches per epoch: epoch 0 whole, 1 partial.
+    # Windows of 0.5 s: a 1-s utterance gives 1.5 an epoch on average, a 0.5-s one 1, so
+    # 15 windows / (2 per batch x 2 ranks) = 3 batches per epoch: epoch 0 whole, 1 partial.
     assert [(e["epoch"], e["step"]) for e in m["history"]["data_errors"]] == [(0, 3), (1, 5)]
-    assert m["final"]["6"]["items"] == 3
+    assert m["final"]["6"]["items"] == 5  # val on the grid: 2 windows of 1 s, 1 of 0.5 s
 
 
 def fake_slurm(tmp_path: Path, port: int) -> dict:
@@ -562,7 +561,7 @@ def test_validation_figures_are_identical_for_one_and_two_ranks(tmp_path):
     one, two = metrics_of(ckpt, "w1"), metrics_of(ckpt, "w2")
     assert two["world_size"] == 2 and one["world_size"] == 1
     for kbps in ("1.5", "3", "6"):
-        assert one["final"][kbps]["items"] == two["final"][kbps]["items"] == 11
+        assert one["final"][kbps]["items"] == two["final"][kbps]["items"] == 17
         for name, value in one["final"][kbps].items():
             expected = value if value is None else pytest.approx(value, rel=1e-9, abs=1e-12)
             assert two["final"][kbps][name] == expected, name
@@ -894,7 +893,7 @@ def test_bad_shards_are_reported_once_per_shard_per_epoch_by_name(tmp_path, capf
     bad = data / "shards" / "val-000000.tar"
     bad.write_bytes(bad.read_bytes()[:3000])
     tally = loader.ErrorTally()
-    list(loader.val_batches(Index.load(data).paths("val"), 2, tally=tally))
+    list(loader.val_batches(Index.load(data).paths("val"), 2, SEGMENT, tally=tally))
     logged = [r.getMessage() for r in caplog.records if r.name == "shards.loader"]
     assert len(logged) == 1 and "val-000000.tar" in logged[0] and tally.bad_shards == 1
 
@@ -921,7 +920,7 @@ def test_epoch_data_errors_are_printed_only_when_some_were_skipped(capsys, monke
 
 
 def test_final_line_states_how_many_listed_val_items_were_scored():
-    data = SimpleNamespace(index=SimpleNamespace(samples=lambda split: 55))
+    data = SimpleNamespace(val_windows=55)
     args = SimpleNamespace(max_val_items=0)
     coverage = val_coverage(data, args, {"items": 35})
     assert coverage == "; scored 35 of 55 listed val items (20 unreadable)"

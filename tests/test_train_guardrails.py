@@ -54,9 +54,9 @@ def test_a_train_split_smaller_than_one_batch_trains(tmp_path):
     """One train segment, batches of 2 and the default two loader workers: an epoch is one
     batch, drawn with repetition (it was `AssertionError: (1, 2)` at the third batch)."""
     data = make_shard_dir(tmp_path / "out", train=(1,), val=(2,))
-    cmd = _train_args(data, tmp_path / "ckpt", "one", "--max-steps", "4")
+    cmd = _train_args(data, tmp_path / "ckpt", "one", "--max-steps", "4", "--segment-seconds", "1")
     proc = run_training([sys.executable, *default_workers(cmd)])
-    assert "1 train segments are fewer than one batch on every rank (2 x 1 ranks)" in proc.stdout
+    assert "1 train windows of 1 s are fewer than one batch on every rank (2 x 1" in proc.stdout
     m = metrics_of(tmp_path / "ckpt", "one")
     assert m["step"] == 4 and [r["step"] for r in m["history"]["train"]] == [1, 2, 3, 4]
     assert [e["epoch"] for e in m["history"]["data_errors"]] == [0, 1, 2, 3]
@@ -197,7 +197,8 @@ def test_opus_comparison_is_printed_beside_the_verdict_when_opusenc_is_there(tmp
     cfg = get_config("tiny")
     run = SimpleNamespace(args=SimpleNamespace(perceptual_items=2), kbps=[1.5, 6.0], cfg=cfg)
     engines = SimpleNamespace(generator=SimpleNamespace(module=Codec(cfg)))
-    result = validate.compare_with_opus(run, SimpleNamespace(index=Index.load(data)), engines)
+    data = SimpleNamespace(index=Index.load(data), window_samples=4000)
+    result = validate.compare_with_opus(run, data, engines)
     assert result["kbps"] == "6" and result["items"] == 2
     assert result["opus"]["masked_si_sdr_db"] > 40  # the stand-in is a 16-bit copy
     line = opus_line(result["kbps"], result["telucodec"], result["opus"])

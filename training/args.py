@@ -73,23 +73,36 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="bitrates to validate at, e.g. 1.5 3 6 or 1.5,3,6 (default: 1.5 3 6 up to the max)",
     )
     flag("debug_validation", action="store_true", help="debug block for the worst val items")
-    flag("segment_seconds", type=float, default=0.5, help="random training crop (val: whole)")
+    flag(
+        "segment_seconds",
+        type=float,
+        default=1.0,
+        help="window length of training and validation, cut from the OUT's utterances at "
+        "load time (at most its utterance cap); the export records it for `telucodec eval`",
+    )
     flag("num_workers", type=int, default=2, help="DataLoader decode workers per rank")
-    flag("shuffle_buffer", type=int, default=1000, help="samples per worker")
+    flag(
+        "shuffle_buffer",
+        type=int,
+        default=100,
+        help="utterances per worker shuffled before windows are cut (their windows are "
+        "shuffled again, 256 s of them)",
+    )
     flag("val_batch_size", type=int, default=None, help="default: --batch-size")
     flag(
         "max_val_items",
         type=int,
         default=0,
-        help="first N val items only (0: all): each validation (every --val-every and at the "
-        "end) encodes and decodes every item at every --kbps bitrate, so its time grows with "
-        "N x bitrates (19,712 items x 3 took 310 s on CPU); N bounds it",
+        help="first N val items only (0: all), an item being one window: each validation "
+        "(every --val-every and at the end) encodes and decodes every item at every --kbps "
+        "bitrate, so its time grows with N x bitrates (19,712 items x 3 took 310 s on CPU); "
+        "N bounds it",
     )
     flag(
         "perceptual_items",
         type=int,
         default=16,
-        help="val items (a fixed subset spread over the set) also scored with PESQ-WB and "
+        help="val windows (a fixed subset spread over the set) also scored with PESQ-WB and "
         "STOI at each validation (0: off)",
     )
     flag("log_every", type=int, default=10, help="steps between logged losses")

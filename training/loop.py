@@ -52,7 +52,7 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
     guard = NonFiniteGuard(args.max_nonfinite_steps)
     data.stream.start = state.batches
     on_gpu = run.device.type == "cuda"
-    batches = iter(loader.train_loader(data.stream, loader_workers(run, data), on_gpu))
+    batches = iter(loader.train_loader(data.stream, args.num_workers, on_gpu))
     engines.generator.train()
     try:
         while state.step < data.total_steps:
@@ -98,14 +98,6 @@ def stop_workers(batches) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)  # absent with --num-workers 0
     if shutdown is not None:
         shutdown()
-
-
-def loader_workers(run: Run, data: Data) -> int:
-    """--num-workers, but never more than an epoch has batches: batch i comes from worker
-    i % workers, so with more workers than batches per epoch some worker has no batch in an
-    epoch, and webdataset reads `with_epoch(0)` as "endless", not "none" (a train split
-    smaller than one batch per rank stopped the run with `AssertionError: (1, 2)`)."""
-    return min(run.args.num_workers, data.batches_per_epoch)
 
 
 def throughput(run: Run, data: Data, session: Session) -> dict[str, Any]:

@@ -44,10 +44,13 @@ def write_run_config(run: Run, data: Data, engines: Engines) -> None:
             "train_samples": data.index.samples("train"),
             "val_shards": len(data.index.entries("val")),
             "val_samples": data.index.samples("val"),
-            "segment_samples": data.index.segment_samples,
+            "utterance_max_samples": data.index.utterance_max_samples,
+            "window_samples": data.window_samples,
+            "segment_seconds": data.window_samples / run.cfg.sample_rate,
+            "train_windows": data.train_windows,
+            "val_windows": data.val_windows,
             "micro_batch": data.micro_batch,
             "batches_per_epoch": data.batches_per_epoch,
-            "crop_samples": data.stream.crop_samples,
         },
         "total_steps": data.total_steps,
         "kbps": run.kbps,
@@ -90,14 +93,21 @@ def export(
     """Rank 0: the generator to CKPT/NAME/final (float32, for `python -m telucodec`),
     metrics.json (with `speed`, this session's `throughput`, and Opus beside our codec
     when opus-tools are installed) and curves.png, and the headline: the verdict of
-    report.CRITERION (masked SNR and SI-SDR > 0 dB with 95 % confidence)."""
+    report.CRITERION (masked SNR and SI-SDR > 0 dB with 95 % confidence). The export's
+    `extra` records `segment_seconds`, the window length it was validated on, which
+    `telucodec eval` then scores by default."""
     exp_dir, top = run.exp_dir, f"{run.kbps[-1]:g}"
     generator = engines.generator.module
     if engines.dtype != torch.float32:
         # Only its state_dict is saved: with --compile the copy's compiled forward would
         # still call the original bf16 module, so never run this copy.
         generator = copy.deepcopy(generator).float()
-    extra = {"step": state.step, "experiment": run.args.experiment_name, "validation": figures}
+    extra = {
+        "step": state.step,
+        "experiment": run.args.experiment_name,
+        "validation": figures,
+        "segment_seconds": data.window_samples / run.cfg.sample_rate,
+    }
     save_codec(exp_dir / "final", generator, extra=extra)
     opus = compare_with_opus(run, data, engines)
     elapsed = time.time() - run.started

@@ -39,9 +39,10 @@ def run_summary(c: dict[str, Any]) -> list[str]:
         f"codec {c['model']['name']}: {c['parameters'] / 1e6:.2f} M parameters, {precision}, "
         f"{c['world_size']} rank(s) on {c['device']}, ZeRO "
         f"{ds.get('zero_optimization', {}).get('stage', 0)}",
-        f"data: {d['train_samples']} train segments in {d['train_shards']} shards, "
-        f"{d['val_samples']} val in {d['val_shards']}",
-        f"schedule: {c['total_steps']} steps of {per_step} segments "
+        f"data: {d['train_samples']} train utterances in {d['train_shards']} shards "
+        f"(~{d['train_windows']} windows of {d['segment_seconds']:g} s an epoch), "
+        f"{d['val_samples']} val in {d['val_shards']} ({d['val_windows']} windows)",
+        f"schedule: {c['total_steps']} steps of {per_step} windows "
         f"({d['micro_batch']} per rank x {ds['gradient_accumulation_steps']} accumulated), "
         f"LR {lr}, validating at {' '.join(f'{k:g}' for k in c['kbps'])} kbps",
     ]

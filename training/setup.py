@@ -1,5 +1,5 @@
 """What a run is set up from: the flags and this rank's place (`Run`), the resolved DeepSpeed
-config and the schedule length, and the OUT directory's training stream (`Data`)."""
+config and the schedule length, and the OUT directory's training stream of windows (`Data`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from shards import Index, loader
+from shards import Index, IndexFormatError, ManifestError, loader
 from telucodec.configs import DEFAULT_KBPS, CodecConfig, get_config
-from training.args import experiment_dir
+from training.args import experiment_dir, fail
 from training.distributed import print0
 from training.init_source import InitSource
 
@@ -116,33 +116,66 @@ def set_schedule_length(ds_config: dict[str, Any], total_steps: int) -> None:
 
 @dataclass(frozen=True)
 class Data:
-    """The OUT directory's index, this rank's training stream and the schedule it implies."""
+    """The OUT directory's index, this rank's training stream and the schedule it implies.
+    Train and validation use one window length, `--segment-seconds`."""
 
     index: Index
     stream: loader.TrainStream
     micro_batch: int  # per rank
     accumulation: int  # micro-batches per optimizer step
-    samples_per_step: int  # micro batch x accumulation x world
-    batches_per_epoch: int  # per rank: train samples // (micro batch x world)
+    samples_per_step: int  # windows: micro batch x accumulation x world
+    batches_per_epoch: int  # per rank: train windows // (micro batch x world)
     total_steps: int  # optimizer steps in the whole run
     val_batch_size: int
+    window_samples: int  # S, of every training and validation window
+    train_windows: int  # expected per epoch (loader.count_windows of the manifest)
+    val_windows: int  # on the validation grid
+
+
+def open_index(data_dir: str, window: int, sample_rate: int) -> Index:
+    """OUT/index.json and its manifest, checked before any stream starts: another format
+    (an OUT of fixed segments: re-run preprocess), no train shards, or a window longer than
+    the OUT's utterances is one line, exit 2 (`fail`)."""
+    try:
+        index = Index.load(data_dir)
+        index.manifest()  # read once here, so a bad manifest is a refusal, not a traceback
+        cap = index.utterance_max_samples
+    except (FileNotFoundError, IndexFormatError, ManifestError) as exc:
+        fail(f"--data-dir: {exc}")
+    if not index.entries("train"):
+        fail(f"--data-dir: {Path(data_dir) / 'index.json'} lists no train shards")
+    if window > cap:
+        fail(
+            f"--segment-seconds {window / sample_rate:g} is longer than the utterances of "
+            f"{data_dir} (utterance_max_samples {cap}: {cap / sample_rate:g} s); choose at "
+            "most that, or preprocess with a larger max_utterance_seconds"
+        )
+    return index
 
 
 def load_data(run: Run, ds_config: dict[str, Any]) -> Data:
-    """Shard lists from OUT/index.json, batch sizes from the resolved DeepSpeed config;
-    every rank runs the same number of steps."""
+    """Shard lists from OUT/index.json, window counts from its manifest, batch sizes from
+    the resolved DeepSpeed config; every rank runs the same number of steps."""
     args = run.args
-    index = Index.load(args.data_dir)
-    if not index.entries("train"):
-        raise SystemExit(f"{Path(args.data_dir) / 'index.json'} lists no train shards")
+    sr = run.cfg.sample_rate
+    window = int(round(args.segment_seconds * sr))
+    index = open_index(args.data_dir, window, sr)
+    train_windows = loader.count_windows(index.manifest("train"), window, grid=False)
+    val_windows = loader.count_windows(index.manifest("val"), window, grid=True)
+    if not train_windows:
+        need = loader.min_real_samples(window, sr) / sr
+        fail(
+            f"--segment-seconds {args.segment_seconds:g}: no train utterance of {args.data_dir} "
+            f"holds the {need:g} s of audio a window needs; choose a shorter window"
+        )
     micro = ds_config["train_micro_batch_size_per_gpu"]
     accumulation = ds_config["gradient_accumulation_steps"]
-    per_epoch = loader.batches_per_epoch(index.samples("train"), micro, run.world)
-    if index.samples("train") < micro * run.world:
+    per_epoch = loader.batches_per_epoch(train_windows, micro, run.world)
+    if train_windows < micro * run.world:
         print0(
-            f"note: {index.samples('train')} train segments are fewer than one batch on every "
-            f"rank ({micro} x {run.world} ranks): an epoch is 1 batch per rank, the segments "
-            "drawn with repetition"
+            f"note: {train_windows} train windows of {args.segment_seconds:g} s are fewer than "
+            f"one batch on every rank ({micro} x {run.world} ranks): an epoch is 1 batch per "
+            "rank, the windows drawn with repetition"
         )
     if args.max_steps is not None:
         total_steps = args.max_steps
@@ -152,10 +185,22 @@ def load_data(run: Run, ds_config: dict[str, Any]) -> Data:
         index.entries("train"),
         batch_size=micro,
         batches_per_epoch=per_epoch,
-        crop_samples=int(round(args.segment_seconds * run.cfg.sample_rate)),
+        window_samples=window,
         shuffle_buffer=args.shuffle_buffer,
         seed=args.seed,
     )
     samples = micro * accumulation * run.world
     val_batch = args.val_batch_size or micro
-    return Data(index, stream, micro, accumulation, samples, per_epoch, total_steps, val_batch)
+    return Data(
+        index,
+        stream,
+        micro,
+        accumulation,
+        samples,
+        per_epoch,
+        total_steps,
+        val_batch,
+        window,
+        train_windows,
+        val_windows,
+    )

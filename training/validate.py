@@ -1,5 +1,6 @@
-"""Validation during and after training: every val item once over all ranks, scored at
-every bitrate by `telucodec.evaluate`, logged on rank 0."""
+"""Validation during and after training: every val window (the training window length, on
+the fixed grid `telucodec eval` uses too) once over all ranks, scored at every bitrate by
+`telucodec.evaluate`, logged on rank 0."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from training.setup import Data, Run
 
 
 def val_coverage(data: Data, args: argparse.Namespace, figures: dict[str, Any]) -> str:
-    """How many val items were scored of those index.json lists (capped at --max-val-items),
-    appended to the final line: `; scored 35 of 55 listed val items (20 unreadable)`."""
-    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
+    """How many val windows were scored of those the manifest lists (capped at
+    --max-val-items), appended to the final line: `; scored 35 of 55 listed val items (20
+    unreadable)`."""
+    listed = loader.listed_items(data.val_windows, args.max_val_items)
     scored = figures["items"]
     missing = f" ({listed - scored} unreadable)" if scored < listed else ""
     return f"; scored {scored} of {listed} listed val items{missing}"
@@ -53,7 +55,7 @@ def progress(batches: Iterator[dict], run: Run, listed: int, batch_size: int) ->
 
 
 def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> dict[str, dict]:
-    """Every val item exactly once over all ranks (loader.val_batches), scored at every
+    """Every val window exactly once over all ranks (loader.val_batches), scored at every
     bitrate (telucodec.evaluate); one all-reduce of the tallies gives the figures of the
     whole set, the same for any world size. Appends to the history; returns the figures."""
     args = run.args
@@ -61,12 +63,13 @@ def validate(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> d
     batches = loader.val_batches(
         data.index.entries("val"),
         data.val_batch_size,
+        data.window_samples,
         run.rank,
         run.world,
         args.max_val_items,
         tally,
     )
-    listed = loader.listed_items(data.index.samples("val"), args.max_val_items)
+    listed = loader.listed_items(data.val_windows, args.max_val_items)
     result = evaluate(
         engines.generator.module,
         progress(batches, run, listed, data.val_batch_size),
@@ -124,7 +127,7 @@ def log_validation(run: Run, state: TrainState, record: dict, examples: list, tb
 
 def compare_with_opus(run: Run, data: Data, engines: Engines) -> dict[str, Any] | None:
     """Our codec beside Opus at the headline bitrate on the first --perceptual-items val
-    items, both scored the same way (telucodec.compare, as `python -m telucodec compare
+    windows, both scored the same way (telucodec.compare, as `python -m telucodec compare
     --max-items N` does): the verdict's figures next to a codec people know. Run on rank 0
     at the end, on a float32 CPU copy of the generator. None with --perceptual-items 0;
     {"skipped": why} when opusenc/opusdec are not on PATH or fail; else {"kbps", "items",
@@ -140,7 +143,9 @@ def compare_with_opus(run: Run, data: Data, engines: Engines) -> dict[str, Any] 
     weights = engines.generator.module.state_dict()  # eager keys, also under --compile
     model.load_state_dict({k: v.detach().float().cpu() for k, v in weights.items()})
     tally = loader.ErrorTally(quiet=True)  # validation has reported the val split's faults
-    batches = loader.val_batches(data.index.paths("val"), 1, max_items=n, tally=tally)
+    batches = loader.val_batches(
+        data.index.entries("val"), 1, data.window_samples, max_items=n, tally=tally
+    )
     items = ((b["audio"][0].numpy(), b["mask"][0].numpy()) for b in batches)
     try:
         results = compare(model, items, [kbps], opus_round_trip)
