@@ -71,6 +71,9 @@ class PreprocessConfig:
     audio_encoding: str = "flac"
     # Decisions (docs/CONTRACTS.md)
     min_peak_dbfs: float = -80.0
+    # `quiet` also when integer PCM speech spans < 16 steps (−66 dBFS in 16-bit): too few
+    # bits deep to normalize (docs/CONTRACTS.md).
+    min_peak_lsb: float = 16.0
     min_no_speech_seconds: float = 0.1
     min_active_seconds: float = 1.0
     min_active_fraction: float = 0.2
@@ -78,7 +81,9 @@ class PreprocessConfig:
     clip_min_run: int = 3
     max_clipped_fraction: float = 0.005
     # Voice-activity detector (preprocess.measure.kernels.active_frames)
-    vad_margin_db: float = 12.0
+    # 6 dB over each band's floor, measured: tests/test_noisy_speech.py (the 12 dB it replaced
+    # lost most speech at 10 dB SNR in white noise; noise alone stays under ~3 dB).
+    vad_margin_db: float = 6.0
     vad_floor_dbfs: float = -100.0
     # Minimum-statistics window: long enough that continuous read speech still holds a
     # pause (1.5 s marked a third of a 6 s continuous utterance inactive; 5 s: under 20 %).
@@ -185,6 +190,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "shard_mb": (float, lambda v: v > 0.0, "shard_mb > 0"),
     "audio_encoding": (str, lambda v: v in AUDIO_ENCODINGS, f"one of {list(AUDIO_ENCODINGS)}"),
     "min_peak_dbfs": (float, lambda v: v <= 0.0, "min_peak_dbfs ≤ 0"),
+    "min_peak_lsb": (float, lambda v: v >= 0.0, "min_peak_lsb ≥ 0"),
     "min_no_speech_seconds": (float, lambda v: v >= 0.0, "min_no_speech_seconds ≥ 0"),
     "min_active_seconds": (float, lambda v: v >= 0.0, "min_active_seconds ≥ 0"),
     "min_active_fraction": (float, lambda v: 0.0 <= v <= 1.0, "0 ≤ min_active_fraction ≤ 1"),

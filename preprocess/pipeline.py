@@ -34,7 +34,7 @@ from preprocess.actors.unit import (
 )
 from preprocess.config import PreprocessConfig
 from preprocess.measure import stage_times
-from preprocess.measure.policy import Decision, reject
+from preprocess.measure.policy import Decision, reject, undecodable
 from preprocess.measure.stage_times import add_times
 from preprocess.out.lock import OutputLocked, output_lock
 from preprocess.out.outdir import OutputConflict, check_input_unchanged, claim_output
@@ -221,7 +221,7 @@ def plan_decision(f: InputFile) -> Decision:
             f"libsndfile cannot decode {ext} ({f.probe_error}); convert it first, e.g. "
             f"`ffmpeg -i in{ext} out.flac`",
         )
-    return reject("corrupt" if f.is_audio_extension else "not_audio", f.probe_error)
+    return undecodable(f.probe_error, f.is_audio_extension)
 
 
 def check_run_paths(

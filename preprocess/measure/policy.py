@@ -58,10 +58,33 @@ def dbfs(x: float) -> float:
     return 20.0 * math.log10(x) if x > 0 else -math.inf
 
 
+# libsndfile's message for an encoding it parses but does not implement (64-bit integer
+# PCM, a WAVE_FORMAT_EXTENSIBLE sub-format it lacks): the file may be fine, the decoder
+# cannot read it, so the user should convert it, not look for damage.
+_UNIMPLEMENTED = "unimplemented format"
+
+
+def undecodable(message: str | None, is_audio_extension: bool) -> Decision:
+    """The reason for a file the decoder could not open or read, from its message."""
+    if message and _UNIMPLEMENTED in message.lower():
+        return reject(
+            "unsupported_format",
+            f"{message}; the decoder does not implement this encoding: convert it first, "
+            "e.g. `ffmpeg -i in.wav -c:a pcm_s16le out.wav`",
+        )
+    return reject("corrupt" if is_audio_extension else "not_audio", message)
+
+
+def pcm_bits(subtype: str | None) -> int | None:
+    """Bit depth of integer PCM (`PCM_16` → 16, `PCM_U8` → 8); None for float or lossy."""
+    bits = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+    return bits.get(subtype or "")
+
+
 def decide(a: FileAnalysis, cfg: PreprocessConfig, is_audio_extension: bool) -> Decision:
     """Apply the policy of `cfg.preset` to an analysed file."""
     if a.error is not None:
-        return reject("corrupt" if is_audio_extension else "not_audio", a.error)
+        return undecodable(a.error, is_audio_extension)
     if a.header is None or a.frames_read == 0:
         return reject("corrupt", "no audio frames (header only or empty stream)")
     if a.truncated:
@@ -97,6 +120,7 @@ class Measurements:
     loudness_lufs: float
     snr_db: float | None = None  # None: not measured (an OUT from before quality scores)
     dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
+    pcm_bits: int | None = None  # integer PCM bit depth of the source; None: float, lossy
 
     @classmethod
     def from_analysis(cls, a: FileAnalysis) -> Measurements:
@@ -112,6 +136,7 @@ class Measurements:
             loudness_lufs=a.loudness_lufs,
             snr_db=a.snr_db,
             dnsmos_ovrl=a.dnsmos_ovrl,
+            pcm_bits=pcm_bits(a.header.subtype if a.header else None),
         )
 
     @classmethod
@@ -133,6 +158,7 @@ class Measurements:
             loudness_lufs=f("loudness_lufs", -math.inf),
             snr_db=rec.get("snr_db"),
             dnsmos_ovrl=rec.get("dnsmos_ovrl"),
+            pcm_bits=pcm_bits(rec.get("subtype")),
         )
 
 
@@ -148,6 +174,18 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
         return reject(
             "quiet", f"peak {dbfs(a.peak_without_dc):.1f} dBFS < {cfg.min_peak_dbfs} dBFS"
         )
+    if a.pcm_bits is not None:
+        # Too few bits deep: speech spanning ±N steps carries quantization noise only
+        # ~20·log10(N / 1.7) dB under it (N = 16: ~19 dB), which normalization would raise
+        # with it; and the activity detector, under its −100 dBFS floor, would call it
+        # `no_speech` or `short` when it is intact speech (issue 24).
+        lsb = a.peak_without_dc * 2.0 ** (a.pcm_bits - 1)
+        if lsb < cfg.min_peak_lsb:
+            return reject(
+                "quiet",
+                f"peak {lsb:.1f} LSB of {a.pcm_bits}-bit PCM < {cfg.min_peak_lsb:g} LSB "
+                f"({dbfs(a.peak_without_dc):.1f} dBFS): too few bits deep to rescue",
+            )
     if a.active_seconds < cfg.min_no_speech_seconds:
         return reject("no_speech", f"{a.active_seconds:.2f} s of speech-like activity")
     if a.active_seconds < cfg.min_active_seconds:

@@ -51,7 +51,7 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
     (rounded so a threshold decides the same on the files.jsonl value); None for F = 0.
 
     Noise power = the *median* of the inactive frames' power: pauses also hold breath,
-    word tails and onsets under the detector's 12 dB margin, and a median ignores them
+    word tails and onsets under the detector's 6 dB margin, and a median ignores them
     where a mean would not (mean: −3 dB bias at 10 dB SNR; median: +2 dB). Speech power =
     mean power of the active frames minus that noise (powers add). The SNR is that of
     active speech, as ITU-T P.56 measures a speech level over active speech only, so a

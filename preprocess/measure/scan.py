@@ -121,9 +121,9 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     """
     a = FileAnalysis(frame_seconds=cfg.frame_samples / cfg.sample_rate)
     frames = _FrameAccumulator(cfg.frame_samples)
-    # Speech activity is judged on high-passed audio: rumble and DC drift are not speech.
-    vad_frames = _FrameAccumulator(cfg.frame_samples)
-    highpass = kernels.HighPass(cfg.sample_rate)
+    # Speech activity is judged on high-passed audio (rumble and DC drift are not speech),
+    # in the whole speech band and its part under 1 kHz (kernels.active_frames says why).
+    bands = kernels.SpeechBands(cfg.sample_rate, cfg.frame_samples)
     meter = LoudnessMeter(cfg.sample_rate)
     run_len: np.ndarray | None = None
     lo, hi = math.inf, -math.inf
@@ -163,7 +163,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
             a.samples_16k += item.size
             frames.add(item)
             lap("analysis")
-            vad_frames.add(highpass.process(item))
+            bands.add(item)
             lap("speech")
             meter.add(item)
             lap("loudness")
@@ -177,9 +177,9 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     a.frame_rms = frames.frames()
     if a.nonfinite or a.overflow:
         return a
-    frame_db = _to_db(vad_frames.frames())
+    band_db = bands.db()
     a.active = kernels.active_frames(
-        frame_db,
+        band_db,
         margin_db=cfg.vad_margin_db,
         abs_floor_db=cfg.vad_floor_dbfs,
         frame_seconds=cfg.frame_samples / cfg.sample_rate,
@@ -188,15 +188,11 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     lap("speech")
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
     lap("loudness")
-    a.snr_db = speech_snr_db(frame_db, a.active)
+    a.snr_db = speech_snr_db(band_db[0], a.active)
     if cfg.quality == "dnsmos" and a.active.any():
         a.dnsmos = dnsmos_file(spool, a.active, cfg.frame_samples, cfg.dnsmos_max_windows)
     lap("quality")
     return a
-
-
-def _to_db(rms: np.ndarray) -> np.ndarray:
-    return (20.0 * np.log10(np.maximum(rms.astype(np.float64), 1e-12))).astype(np.float32)
 
 
 def _active_loudness(quarters: np.ndarray, active: np.ndarray, cfg: PreprocessConfig) -> float:
