@@ -9,7 +9,7 @@ DEMO ?= demo
 DEMO_MINUTES ?= 12
 DEMO_TRAIN_SECONDS ?= 180
 
-.PHONY: venv demo test lint clean gpu-carry
+.PHONY: venv demo test test-fast test-e2e lint clean gpu-carry
 
 venv: $(STAMP)
 
@@ -36,8 +36,17 @@ demo: venv
 	@echo "training curves:  $(DEMO)/runs/demo/curves.png   metrics: $(DEMO)/runs/demo/metrics.json"
 	@echo "codec eval:       $(DEMO)/eval.json"
 
+# The whole suite (what CI runs): tests/unit, then tests/e2e (pipeline runs on Ray, training
+# under DeepSpeed, the CLIs as subprocesses). ~10 min on 2 cores.
 test: venv
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests/unit tests/e2e
+
+# The inner loop: in-process tests only, no Ray, no training run (~1 min on 2 cores).
+test-fast: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests/unit
+
+test-e2e: venv
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests/e2e
 
 # Wheels and a preprocess OUT in .gpu_carry/ for benchmarks/gpu_check.sh on a GPU machine
 # that cannot download (docs/BENCHMARKS.md, "GPU check").

@@ -29,5 +29,5 @@ Arrows point one way: `actors` imports `plan`, `out` imports both, `pipeline` al
 `run` the pipeline; each may import `config`, `measure` and `shards`. `measure` imports only
 `config`; `diagnose` imports `measure` and the read side (config, out.stats_store,
 shards.Index); `synth` imports nothing of the pipeline, and the pipeline imports neither
-`diagnose` nor `synth` (tests/test_layout.py).
+`diagnose` nor `synth` (tests/e2e/test_layout.py).
 """

@@ -81,7 +81,7 @@ class PreprocessConfig:
     clip_min_run: int = 3
     max_clipped_fraction: float = 0.005
     # Voice-activity detector (preprocess.measure.kernels.active_frames)
-    # 6 dB over each band's floor, measured: tests/test_noisy_speech.py (the 12 dB it replaced
+    # 6 dB over each band's floor, measured: tests/e2e/test_noisy_speech.py (the 12 dB it replaced
     # lost most speech at 10 dB SNR in white noise; noise alone stays under ~3 dB).
     vad_margin_db: float = 6.0
     vad_floor_dbfs: float = -100.0
@@ -252,7 +252,7 @@ def _checked_split(cfg: PreprocessConfig) -> str:
     """split_by's syntax, and the manifest's hash (read from the file when not given)."""
     # Imported here, not at the top: config is the data every part reads (measure and the
     # diagnosis included), and the split rules belong to the orchestration; a module-level
-    # import would pull preprocess.plan.split into measure's imports (tests/test_layout.py).
+    # import would pull preprocess.plan.split into measure's imports (tests/e2e/test_layout.py).
     from preprocess.plan.split import manifest_sha256, parse_split_by
 
     try:

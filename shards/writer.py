@@ -71,7 +71,7 @@ class _SampleTar:
 
     Why: `import webdataset` imports torch, which cost every preprocessing worker ≈3 CPU-s
     and ≈300 MB of RSS (measured, `python -X importtime`), for a writer that needs only
-    `tarfile`. `tests/test_shards.py` checks the bytes against webdataset's writer.
+    `tarfile`. `tests/unit/test_shards.py` checks the bytes against webdataset's writer.
     """
 
     def __init__(self, fileobj, user: str, group: str, mtime: int, mode: int = 0o444):

@@ -28,7 +28,18 @@ _EXPORTS = {
     "BitstreamError": "telucodec.bitstream",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_KBPS",
+    "BitstreamError",
+    "CheckpointError",
+    "Codec",
+    "CodecConfig",
+    "CodecOutput",
+    "get_config",
+    "load_codec",
+    "save_codec",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # static tools see the real names
     from telucodec.bitstream import BitstreamError

@@ -171,7 +171,7 @@ class CodecConfig:
 # match its source on every one. The others are the recipe (loss weights and resolutions,
 # EMA decay, k-means, dead-code revival, quantizer dropout, the critic, the name) and may
 # change between a run and its fine-tuning; the critic is built fresh either way. Every
-# field is in exactly one of the two lists (tests/test_train.py), so a new field must be
+# field is in exactly one of the two lists (tests/e2e/test_train.py), so a new field must be
 # classified when it is added.
 ARCHITECTURE_FIELDS = (
     "arch",

@@ -161,7 +161,7 @@ class Codec(nn.Module):
         `decode_context()` frames either side and trimmed. On CPU the result is bit-identical
         whatever `chunk_frames` (convolutions on ATen's path, `aten_convolutions`), and
         bit-identical to `decode` for `tiny` and `small`; `decode` on oneDNN rounds SEANet
-        (`base`) differently, by under 1e-6 (6e-7 measured; tests/test_codec_cli.py).
+        (`base`) differently, by under 1e-6 (6e-7 measured; tests/e2e/test_codec_cli.py).
         """
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")

@@ -1,4 +1,6 @@
-"""Shared fixtures: a small synthetic corpus with ground truth, and pipeline runs on it."""
+"""Shared by both suites: the repo root, running a repo command, reading JSONL, logging as the
+CLI does. The end-to-end fixtures (a corpus and one preprocessed OUT per test run) live in
+tests/e2e/conftest.py."""
 
 from __future__ import annotations
 
@@ -38,40 +40,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.fixture(scope="session")
-def synth_corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
-    """About 1.5 minutes of procedural speech with every planted fault, and its truth."""
-    root = tmp_path_factory.mktemp("synth") / "corpus"
-    run_cmd(
-        [
-            "-m",
-            "preprocess.synth",
-            str(root),
-            "--minutes",
-            "1.5",
-            "--seed",
-            "7",
-            "--engine",
-            "procedural",
-        ]
-    )
-    truth = read_jsonl(root.with_name(root.name + ".truth.jsonl"))
-    return root, truth
-
-
 def preprocess(
     corpus: Path, out: Path, *extra: str, script: bool = False
 ) -> subprocess.CompletedProcess:
     entry = [str(REPO / "preprocess" / "run.py")] if script else ["-m", "preprocess.run"]
     return run_cmd([*entry, "--input", str(corpus), "--output", str(out), "--no-report", *extra])
-
-
-@pytest.fixture(scope="session")
-def synth_out(synth_corpus, tmp_path_factory) -> Path:
-    """The synth corpus preprocessed with 2 workers and small shards (several units)."""
-    out = tmp_path_factory.mktemp("out") / "w2"
-    preprocess(synth_corpus[0], out, "--workers", "2", "--shard-mb", "0.3")
-    return out
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -77,7 +77,7 @@ ORIGINAL_SEGMENT_SECONDS = 2.0  # the original train_codec.py: "segment_length":
 TRAIN_SEGMENT_SECONDS = 1.0
 # shards.loader.MIN_REAL_SECONDS: a window is used only with min(S/2, 1 s) of real audio.
 # Not imported: shards.loader imports torch, which the report after every preprocess run
-# must not load (tests/test_diagnose.py checks that the two agree).
+# must not load (tests/e2e/test_diagnose.py checks that the two agree).
 MIN_REAL_SECONDS = 1.0
 
 

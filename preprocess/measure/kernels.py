@@ -6,7 +6,7 @@ compiled code with float64 accumulation and never allocate more than their block
 kernel is a plain loop (`_name`, `@njit(cache=True)`) behind a small typed Python wrapper
 that checks shapes and dtypes, so a caller's mistake fails with a message instead of a
 silent recompile for a new dtype or a wrong answer. The rules behind the defaults are in
-docs/KERNELS.md; every kernel has a pure-numpy reference in tests/test_kernels.py.
+docs/KERNELS.md; every kernel has a pure-numpy reference in tests/unit/test_kernels.py.
 """
 
 from __future__ import annotations
@@ -583,7 +583,7 @@ def active_frames(
          may sit under it while the whole band does not);
       4. hangover: gaps ≤ `fill_gap_seconds` between active frames are filled, then active
          bursts shorter than `min_burst_seconds` are dropped.
-    Why bands and a 6 dB margin (measured on real speech in noise, tests/test_noisy_speech.py
+    Why bands and a 6 dB margin (measured on real speech in noise, tests/e2e/test_noisy_speech.py
     and docs/PREPROCESS.md "Speech activity"): voiced speech puts most of its power under
     1 kHz, white or pink noise mostly above, so the low band holds speech 3–8 dB further
     over its floor than the whole band does (Sohn et al. 1999 and the WebRTC VAD decide
@@ -718,7 +718,7 @@ def segment_pcm(src: np.ndarray, dc: float, gain: float, segment: int) -> np.nda
 
     One pass where numpy took five (subtract, multiply, clip, pad, then float64 round):
     ≈0.1 of ≈0.55 ms per 1 s segment. Bit-identical to that numpy chain, float32
-    arithmetic and round-half-even included (tests/test_kernels.py). A non-finite sample
+    arithmetic and round-half-even included (tests/unit/test_kernels.py). A non-finite sample
     raises ValueError.
     """
     src = _f32_1d(src, "segment_pcm src")

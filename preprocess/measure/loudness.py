@@ -6,7 +6,7 @@ which is all the gating needs — a 400 ms gating block with 75 % overlap is the
 consecutive sub-blocks. The pipeline then gates on its own speech-activity mask instead of
 the −70 LUFS absolute gate (docs/CONTRACTS.md), so very quiet speech is measured on its
 speech and can be rescued. Mono only: the pipeline downmixes first, and a mono channel's
-BS.1770 weight is 1.0. Verified against pyloudnorm (tests/test_loudness.py).
+BS.1770 weight is 1.0. Verified against pyloudnorm (tests/unit/test_loudness.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ files.jsonl and stats.zarr, and `min_snr_db` / `min_dnsmos_ovrl` can reject on t
 SNR: from the per-frame quantities pass 1 already streams (the 80 Hz high-passed 20 ms
 frame energies and the speech-activity mask), so it costs O(frames) once per file and no
 memory beyond the frame arrays. Error on speech mixed with white and pink noise at known
-SNRs is measured in tests/test_quality.py.
+SNRs is measured in tests/e2e/test_quality.py.
 
 DNSMOS: Microsoft's P.835 ONNX model (Reddy et al. 2022, "DNSMOS P.835: a non-intrusive
 perceptual objective speech quality metric to evaluate noise suppressors") shipped inside
@@ -58,7 +58,7 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
     file's pause fraction does not move it. With under MIN_FRAMES pauses (continuous
     speech, or noise so loud the detector finds no pause) the noise is the 10th
     percentile of all frames, and with too few active frames the speech is all frames:
-    at 0 dB SNR that reads several dB low (measured in tests/test_quality.py).
+    at 0 dB SNR that reads several dB low (measured in tests/e2e/test_quality.py).
     """
     db = np.asarray(frame_db, dtype=np.float64)
     if db.size == 0:

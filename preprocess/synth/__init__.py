@@ -13,5 +13,5 @@
 Imports: numpy, scipy, soundfile, soxr — nothing of the pipeline. It plants what
 docs/CONTRACTS.md says the pipeline must decide, so importing the pipeline here would let
 the generator and the code under test agree by construction; and the pipeline never imports
-it either (tests/test_layout.py holds both arrows).
+it either (tests/e2e/test_layout.py holds both arrows).
 """

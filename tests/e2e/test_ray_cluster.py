@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, preprocess
-from tests.test_pipeline import SHARD_MB, tree_digest
+from tests.e2e.test_pipeline import SHARD_MB, tree_digest
 
 RAY = Path(sys.executable).with_name("ray")
 

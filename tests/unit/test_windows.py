@@ -3,7 +3,7 @@ the least-real-audio rule, padding, and validation windows that are the same for
 size and for `telucodec eval`.
 
 `write_out` builds a format-2 OUT (shards of utterances, index.json, manifest.jsonl) for
-these tests and for tests/test_train.py, test_shard_integrity.py and test_codec_cli.py.
+these tests and for tests/e2e/test_train.py, test_shard_integrity.py and test_codec_cli.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from telucodec.checkpoint import save_codec
 from telucodec.configs import get_config
 from telucodec.model import Codec
 from telucodec_cli.main import main as telucodec_main
-from tests.test_windows import finish_out, manifest_row, utterance_meta
+from tests.unit.test_windows import finish_out, manifest_row, utterance_meta
 
 SEGMENT = 8000
 

@@ -41,7 +41,7 @@ from preprocess.diagnose.whatif import (
 from preprocess.measure import kernels
 from shards import read_manifest
 from tests.conftest import preprocess, read_jsonl, run_cmd
-from tests.test_report_scale import decide_all, synthetic_records, write_out
+from tests.unit.test_report_scale import decide_all, synthetic_records, write_out
 
 WHAT_IFS = ("original", "min_seconds=0.5,min_rms=0.0005")
 LINK = re.compile(r"\[(\d+)\]\(files/([^)]+)\.tsv\)")
@@ -471,7 +471,7 @@ def test_report_states_the_split_and_warns_when_val_is_smaller_than_asked(diagno
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict:
-    """400 synthetic files (tests/test_report_scale.py), two of them shorter than 50 ms,
+    """400 synthetic files (tests/unit/test_report_scale.py), two of them shorter than 50 ms,
     diagnosed; every figure is kept for inspection."""
     from preprocess.diagnose import plots
 

@@ -16,8 +16,8 @@ import soundfile as sf
 
 from shards import Index
 from tests.conftest import REPO, preprocess, read_jsonl
-from tests.test_pipeline import tree_digest
-from tests.test_robustness import _speechlike
+from tests.e2e.test_pipeline import tree_digest
+from tests.e2e.test_robustness import _speechlike
 
 # One worker and ~2.5 s of audio per unit: each speaker file is its own unit and shard.
 SMALL = ("--workers", "1", "--shard-mb", "0.05")

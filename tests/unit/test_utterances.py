@@ -14,7 +14,7 @@ from preprocess.actors import unit as unit_mod
 from preprocess.config import PreprocessConfig
 from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 from shards import decode_sample
-from tests.test_robustness import _speechlike
+from tests.e2e.test_robustness import _speechlike
 
 SR = 16000
 

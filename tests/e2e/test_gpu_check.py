@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import (
+from tests.e2e.test_train import (
     _train_args,
     clean_shm,  # noqa: F401  (fixture)
     make_shard_dir,
@@ -27,7 +27,7 @@ from tests.test_train import (
     run_training,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 PRESENT = "deepspeed webdataset soundfile soxr zarr"
 

@@ -4,7 +4,7 @@ than a ZeRO checkpoint was saved with is one line; the verdict tests SI-SDR as w
 and names what it tested; validation shows progress; a full disk at a checkpoint save and
 SIGINT / SIGTERM are one line with the exit status of the contract, no worker left behind.
 
-The end-to-end cases run `train_ds.py` on the tiny shard fixtures of tests/test_train.py.
+The end-to-end cases run `train_ds.py` on the tiny shard fixtures of tests/e2e/test_train.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from telucodec.evaluate import MetricSums
-from tests.test_train import (
+from tests.e2e.test_train import (
     BIN,
     REPO,
     _env,

@@ -11,7 +11,7 @@ from preprocess.out.stats_store import read_stats
 from preprocess.pipeline import plan_decision
 from preprocess.plan.planner import InputFile, fingerprint, list_inputs
 from tests.conftest import preprocess, read_jsonl
-from tests.test_rerun import write_wav
+from tests.e2e.test_rerun import write_wav
 
 BAD = b"spk_a/bad\xff\xfe.wav"
 

@@ -32,7 +32,7 @@ from shards import Index, ShardWriter, loader
 from shards.format import encode_sample
 from telucodec.configs import get_config
 from telucodec.evaluate import MetricSums, evaluate
-from tests.test_windows import finish_out, manifest_row, utterance_meta
+from tests.unit.test_windows import finish_out, manifest_row, utterance_meta
 from training import loop
 from training.args import parse_args
 from training.checkpoint_files import rng_state, set_rng_state, verify_manifest
@@ -43,7 +43,7 @@ from training.report import headline, succeeded, verdict
 from training.setup import resolve_ds_config, set_schedule_length
 from training.validate import val_coverage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SEGMENT = 16000
 
@@ -347,7 +347,7 @@ def test_original_train_codec_command_line_means_the_same_as_the_kebab_case_one(
 
 def test_headline_decides_snr_above_or_below_zero_only_with_95_percent_confidence():
     """The masked SNR half of the verdict (SI-SDR, its other half, clearly above 0 dB here;
-    tests/test_train_guardrails.py has the cases where SI-SDR decides)."""
+    tests/e2e/test_train_guardrails.py has the cases where SI-SDR decides)."""
 
     def line(*snr_db: float) -> str:
         tally = MetricSums()

@@ -269,7 +269,7 @@ def test_index_states_each_split_and_val_lands_within_one_group(synth_out):
 
 def test_a_run_that_keeps_nothing_says_so():
     """2 000 files all `short` ended rc 0 with a table and no word that OUT is empty; the
-    CLI now ends such a run with this one line and exit 1 (tests/test_run_guarantees.py)."""
+    CLI now ends such a run with this one line and exit 1 (tests/e2e/test_run_guarantees.py)."""
     from preprocess.summary import unusable_result
 
     empty = {"segments": 0, "files": 0, "shards": 0, "valid_hours": 0.0}

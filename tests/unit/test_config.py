@@ -6,15 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from preprocess import run
 from preprocess.config import ConfigError, PreprocessConfig, load_config
 from preprocess.diagnose import cli as diagnose
-from tests.conftest import REPO
 
 
 def wrong_type(value: object) -> object:
@@ -183,28 +180,6 @@ def test_diagnose_refuses_bad_flags_before_scanning(tmp_path, capsys, monkeypatc
     assert diagnose.main([str(corpus), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "corpus.diagnose").exists()
-
-
-def test_both_commands_exit_2_with_one_line_from_the_shell(tmp_path):
-    """The same, through the real entry points: no traceback on stderr."""
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"frame_ms": 0}))
-    (tmp_path / "in").mkdir()
-    for args in (
-        ["-m", "preprocess.run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")],
-        ["-m", "preprocess.diagnose", str(tmp_path / "in")],
-    ):
-        proc = subprocess.run(
-            [sys.executable, *args, "--config", str(config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("preprocess: error: config file ")
-        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    assert not (tmp_path / "o").exists() and not (REPO / "in.diagnose").exists()
 
 
 def test_to_dict_through_json_and_from_dict_gives_the_same_config():

@@ -106,7 +106,7 @@ def test_ten_minute_file_is_processed_with_flat_memory(tmp_path):
 
 
 def test_script_and_module_entry_points_share_the_parser():
-    out = run_cmd([str(Path(__file__).parent.parent / "preprocess" / "run.py"), "--help"])
+    out = run_cmd([str(Path(__file__).resolve().parents[2] / "preprocess" / "run.py"), "--help"])
     mod = run_cmd(["-m", "preprocess.run", "--help"])
     assert "--address" in out.stdout and "--workers" in out.stdout
     assert out.stdout.split("options:")[1] == mod.stdout.split("options:")[1]
@@ -201,7 +201,7 @@ def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
     import time
 
     from tests.conftest import REPO, preprocess
-    from tests.test_pipeline import tree_digest
+    from tests.e2e.test_pipeline import tree_digest
 
     root = tmp_path / "in"
     (root / "long").mkdir(parents=True)

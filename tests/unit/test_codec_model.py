@@ -26,7 +26,7 @@ from telucodec.losses import CodecLoss
 from telucodec.model import Codec
 from telucodec.quantize import ResidualVectorQuantize, VectorQuantize, kmeans
 
-TELUCODEC = Path(__file__).resolve().parents[1] / "telucodec"
+TELUCODEC = Path(__file__).resolve().parents[2] / "telucodec"
 
 
 def speechlike(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -28,10 +28,10 @@ from telucodec.metrics import PERCEPTUAL
 from telucodec.model import Codec, aten_convolutions
 from telucodec_cli.audio_files import read_audio
 from telucodec_cli.main import parse_args
-from tests.test_codec_model import speechlike, trained_tiny
-from tests.test_windows import finish_out, manifest_row, utterance_meta
+from tests.unit.test_codec_model import speechlike, trained_tiny
+from tests.unit.test_windows import finish_out, manifest_row, utterance_meta
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE_RATE = 44_100
 SOURCE_FRAMES = 3 * SOURCE_RATE + 77  # not a whole number of 16 kHz samples or of frames
 

@@ -27,8 +27,8 @@ from preprocess.out.lock import LOCK_NAME, OutputLocked, output_lock
 from preprocess.plan.planner import WorkUnit
 from preprocess.summary import unusable_result
 from tests.conftest import REPO, read_jsonl
-from tests.test_ray_session import _processes_mentioning
-from tests.test_robustness import _files, _speechlike
+from tests.e2e.test_ray_session import _processes_mentioning
+from tests.e2e.test_robustness import _files, _speechlike
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
