@@ -20,7 +20,7 @@ Everything a run produces lives in CKPT/NAME/: run_config.json (args + DeepSpeed
 codec config), checkpoints/ (DeepSpeed, with data position and RNG state), final/ (the
 generator for `python -m telucodec`), metrics.json, curves.png and tb/ (TensorBoard).
 Exit status: 0 done; 1 failed (e.g. a checkpoint the disk has no room for: one line);
-2 a refused input (one line, before any process group starts); 130 / 143 on SIGINT /
+2 a refused input (one line, before any engine or data loader starts); 130 / 143 on SIGINT /
 SIGTERM (one line; --resume continues from the last checkpoint).
 docs/TRAINING.md has the details.
 """

@@ -27,7 +27,8 @@
 
 Arrows point one way: `actors` imports `plan`, `out` imports both, `pipeline` all three and
 `run` the pipeline; each may import `config`, `measure` and `shards`. `measure` imports only
-`config`; `diagnose` imports `measure` and the read side (config, out.stats_store,
-shards.Index); `synth` imports nothing of the pipeline, and the pipeline imports neither
-`diagnose` nor `synth` (tests/e2e/test_layout.py).
+`config`; `diagnose` imports `measure`, the read side (config, out.stats_store,
+shards.Index) and `run` for the CLI's ending (exit codes, one-line errors, signals);
+`synth` imports nothing of the pipeline, and the pipeline imports neither `diagnose` nor
+`synth` (tests/e2e/test_layout.py).
 """

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 _FINGERPRINT_BATCH = 32
 FINGERPRINTS = "fingerprints.jsonl"  # in OUT/.work: hashes a killed run already took
 
-__all__ = ["OutputConflict", "OutputLocked", "check_run_paths", "run_pipeline"]
+__all__ = ["OutputConflict", "OutputLocked", "UsageError", "check_run_paths", "run_pipeline"]
 
 
 @ray.remote
@@ -224,21 +224,25 @@ def plan_decision(f: InputFile) -> Decision:
     return undecodable(f.probe_error, f.is_audio_extension)
 
 
+class UsageError(ValueError):
+    """A run refused before any work began (a bad path or flag): the CLI's exit 2."""
+
+
 def check_run_paths(
     input_root: str | Path, output: str | Path, workers: int | None = None
 ) -> tuple[Path, Path]:
-    """The input and output as absolute paths, or ValueError/NotADirectoryError with one
-    line: judged before OUT is locked or created."""
+    """The input and output as absolute paths, or UsageError with one line: judged
+    before OUT is locked or created."""
     input_root = Path(input_root).resolve()
     out = Path(output).resolve()
     if not input_root.is_dir():
-        raise NotADirectoryError(f"input {input_root} is not a directory")
+        raise UsageError(f"input {input_root} is not a directory")
     if workers is not None and workers <= 0:
-        raise ValueError(f"--workers {workers}: expected a positive number of workers")
+        raise UsageError(f"--workers {workers}: expected a positive number of workers")
     if out == input_root or input_root in out.parents:
-        raise ValueError(f"output {out} must not lie inside the input {input_root}")
+        raise UsageError(f"output {out} must not lie inside the input {input_root}")
     if out in input_root.parents:  # --overwrite clears OUT's folders: the input with them
-        raise ValueError(f"input {input_root} must not lie inside the output {out}")
+        raise UsageError(f"input {input_root} must not lie inside the output {out}")
     return input_root, out
 
 
@@ -269,7 +273,7 @@ def run_pipeline(
         claim_output(out, input_root, cfg, overwrite)  # before Ray starts or anything is written
         work = out / ".work"
         work.mkdir(exist_ok=True)
-        log.info(f"preprocess: {input_root} → {out}")
+        log.info("preprocess: %s → %s", input_root, out)
         log.info(config_line(cfg))
         with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
             done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
@@ -384,7 +388,7 @@ def _run_on_ray(
     # first (an actor holds no CPU by default, and SPREAD alone put both on one node).
     cpus = int(ray.cluster_resources().get("CPU", workers))
     if workers > cpus:
-        log.info(f"{workers} workers asked, the cluster has {cpus} CPUs: using {cpus}")
+        log.info("%d workers asked, the cluster has %d CPUs: using %d", workers, cpus, cpus)
         workers = max(1, cpus)
     # A worker that dies (out of memory, a native decoder's crash) is restarted by Ray;
     # schedule.run_on_pool sends its task out again, so a death costs a task, not the run.

@@ -5,8 +5,9 @@ The same code runs as `python preprocess/run.py …` and under
 
 How a run ends is part of the CLI (and shared with `preprocess.diagnose`): one line on
 stderr and an exit code a script can act on — 0 done, 1 failed (including an OUT another
-run holds, a full disk, and a result with nothing to train or validate on), 2 bad usage,
-130 on SIGINT, 143 on SIGTERM — never a traceback for any of these.
+run holds, a full disk, a damaged shard found after work began, and a result with nothing
+to train or validate on), 2 bad usage (input refused before any work), 130 on SIGINT, 143
+on SIGTERM — never a traceback for any of these.
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from preprocess.actors.ray_session import RayStartError, wait_for_stop  # noqa: E402
 from preprocess.actors.schedule import WorkerDeaths  # noqa: E402
 from preprocess.config import RETIRED_WHY, ConfigError, load_config  # noqa: E402
-from preprocess.measure.quality import require_dnsmos  # noqa: E402
+from preprocess.measure.quality import DnsmosUnavailable, require_dnsmos  # noqa: E402
 from preprocess.out.lock import OutputLocked, output_lock  # noqa: E402
-from preprocess.pipeline import check_run_paths, run_pipeline  # noqa: E402
+from preprocess.out.outdir import OutputConflict  # noqa: E402
+from preprocess.pipeline import UsageError, check_run_paths, run_pipeline  # noqa: E402
+from preprocess.plan.split import SplitError  # noqa: E402
 from preprocess.summary import print_summary, unusable_result  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+# Not __name__: run as a script this module is __main__, outside the "preprocess" logger.
+log = logging.getLogger("preprocess.run")
+# Exit 2 ("bad usage, nothing written"): input refused before any work. Any other known
+# failure (a shard, index or manifest error, a shard part gone missing) is exit 1.
+USAGE_ERRORS = (UsageError, ConfigError, OutputConflict, SplitError, DnsmosUnavailable)
+# What `preprocess.diagnose` still raises for its refusals: any of these is exit 2 there.
+ANY_VALUE_ERROR = (ValueError, NotADirectoryError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbosity(args))
     with signals_end_the_run():
-        return run_cli(lambda: _main(args), Path(args.output).resolve())
+        return run_cli(lambda: _main(args), Path(args.output).resolve(), usage=USAGE_ERRORS)
 
 
 RETIRED_FLAGS = {
@@ -161,7 +171,8 @@ def _main(args: argparse.Namespace) -> int:
 def _write_report(out: Path) -> None:
     try:
         from preprocess.diagnose.report import report_for_output
-    except ImportError:
+    except ImportError as exc:  # the plotting extras are optional; the run itself is done
+        log.warning("report skipped: %s (install the extras it needs, or pass --no-report)", exc)
         return
     report = report_for_output(out)
     print(f"report: {report}")
@@ -177,11 +188,13 @@ def signals_end_the_run() -> Iterator[None]:
     """SIGINT raises KeyboardInterrupt and SIGTERM Terminated in the main thread, in any
     phase; `run_cli` turns either into one line and 130/143.
 
-    After the first signal both are ignored: the clean-up it starts (stopping a local Ray,
-    a few seconds) must finish, or Ray's daemons would outlive the run. `ray.init` would
+    After the first signal both are ignored until the block ends (then the handlers found
+    at its start are back): the clean-up it starts (stopping a local Ray, a few seconds)
+    must finish, or Ray's daemons would outlive the run. `ray.init` would
     replace the SIGTERM handler with its own (`sys.exit`: exit 1, no word), so Ray is kept
     from installing one while this block runs.
     """
+    # Costs no start-up time: preprocess.pipeline (imported by this module) imports ray.
     import ray._private.utils as ray_utils
 
     if threading.current_thread() is not threading.main_thread():
@@ -202,22 +215,23 @@ def signals_end_the_run() -> Iterator[None]:
         yield
     finally:
         ray_utils.set_sigterm_handler = ray_install
+        # Signal or not, leave them as we found them: an in-process caller (a test, a
+        # notebook) must not keep SIGINT/SIGTERM ignored after main() returns.
         for s, handler in before.items():
-            if signal.getsignal(s) is on_signal:  # no signal came: leave as we found them
-                signal.signal(s, handler)
+            signal.signal(s, handler)
 
 
-def run_cli(body: Any, out: Path | None) -> int:
+def run_cli(body: Any, out: Path | None, usage: tuple[type, ...] = ANY_VALUE_ERROR) -> int:
     """Run a CLI's `body()` and return its exit code; an exception that ends a run in a
-    way the user can act on becomes one line on stderr and its code (`ending`), anything
-    else (a bug) keeps its traceback."""
+    way the user can act on becomes one line on stderr and its code (`ending`; `usage`:
+    the errors that are exit 2), anything else (a bug) keeps its traceback."""
     try:
         try:
             return body()
         finally:
             wait_for_stop()  # a local Ray stopped in the background: down before we return
     except BaseException as exc:
-        end = ending(exc, out)
+        end = ending(exc, out, usage)
         if end is None:
             raise
         code, line = end
@@ -226,8 +240,13 @@ def run_cli(body: Any, out: Path | None) -> int:
         return code
 
 
-def ending(exc: BaseException, out: Path | None) -> tuple[int, str] | None:
-    """(exit code, one line) for an exception that ends a run, or None for a bug."""
+def ending(
+    exc: BaseException, out: Path | None, usage: tuple[type, ...] = ANY_VALUE_ERROR
+) -> tuple[int, str] | None:
+    """(exit code, one line) for an exception that ends a run, or None for a bug.
+
+    `usage`: the exceptions that are exit 2 (input refused before any work); the other
+    ValueErrors and missing files are exit 1, as one line too."""
     rerun = "run the same command again to continue (finished units are kept)"
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_SIGINT, f"preprocess: interrupted (SIGINT); {rerun}"
@@ -241,8 +260,10 @@ def ending(exc: BaseException, out: Path | None) -> tuple[int, str] | None:
         return EXIT_FAILED, f"preprocess: error: {exc}"
     if _from_a_worker(exc):
         return None  # a worker's bug: its traceback is the report
-    if isinstance(exc, (ValueError, NotADirectoryError, FileNotFoundError)):  # OutputConflict
+    if isinstance(exc, usage):
         return EXIT_USAGE, f"preprocess: error: {exc}"
+    if isinstance(exc, ANY_VALUE_ERROR):  # ShardFormatError, IndexFormatError, a lost part
+        return EXIT_FAILED, f"preprocess: error: {exc}"
     return None
 
 

@@ -19,14 +19,14 @@ Per cut: `id` and `recording.id` are the sample key; `duration` is `samples / 16
 `SupervisionSegment` per `valid` run (the real audio; the rest is padding), and `custom`
 carries `valid` (the runs in samples), `source`, `offset`, `gain_db`, `split` and `shard`.
 Audio loads through soundfile as `int16 / 32768` (ours: `/ 32767`, `shards.decode_sample`).
-Each shard is checked against index.json as it is read (count, bytes, sha256:
-`shards.reader`), like every reader of an OUT.
+Each sample is checked as every reader of an OUT checks it (`shards.decode_sample`: its
+meta's `split` is the shard's, its `samples` the audio's length, its `valid` runs inside it),
+and each shard against index.json as it is read (count, bytes, sha256: `shards.reader`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 from collections.abc import Iterator
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from shards.format import SAMPLE_RATE, ShardFormatError
+from shards.format import SAMPLE_RATE, decode_sample
 from shards.index import Index, ShardRef
 from shards.reader import iter_raw_samples
 
@@ -68,7 +68,7 @@ class OutCutIterator:
     def __iter__(self) -> Iterator[Any]:
         for ref in self._shard_order():
             for members in iter_raw_samples(ref):
-                yield _to_cut(members, ref.name)
+                yield _to_cut(members, ref.name, self.split)
         self.epoch += 1
 
 
@@ -82,21 +82,21 @@ def _audio_bytes(name: str, data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _to_cut(members: dict[str, Any], shard: str) -> Any:
-    """One sample's tar members → a MonoCut over an in-memory recording."""
+def _to_cut(members: dict[str, Any], shard: str, split: str | None = None) -> Any:
+    """One sample's tar members → a MonoCut over an in-memory recording.
+
+    Checked by `shards.decode_sample` first, as every reader checks a sample: a sample of
+    another split than `split` raises SplitMismatchError, bad members, `valid` runs or a
+    `samples` that differs from the audio raise ShardFormatError. The decoded audio is
+    dropped (the cut keeps the bytes and decodes again on `load_audio()`)."""
     from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
 
-    key = members["__key__"]
-    audio = [n for n in members if n.startswith("audio.")]
-    if len(audio) != 1 or "json" not in members:
-        raise ShardFormatError(f"{shard}: sample {key!r} lacks one audio member and json")
-    try:
-        meta = json.loads(bytes(members["json"]).decode("utf-8"))
-        n = int(meta["samples"])
-        runs = [[int(s), int(e)] for s, e in meta["valid"]]
-        source = _audio_bytes(audio[0], bytes(members[audio[0]]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShardFormatError(f"{shard}: sample {key!r}: bad member for a cut: {exc!r}") from exc
+    sample = decode_sample(members, shard, split=split)
+    key, meta = sample["key"], sample["meta"]
+    n = int(sample["audio"].shape[0])
+    runs = [[int(s), int(e)] for s, e in meta["valid"]]  # checked inside [0, n) above
+    audio = next(name for name in members if name.startswith("audio."))
+    source = _audio_bytes(audio, bytes(members[audio]))
     recording = Recording(
         id=key,
         sources=[AudioSource(type="memory", channels=[0], source=source)],

@@ -46,6 +46,10 @@ ALLOW_PIPE_ENV = "TELUCODEC_ALLOW_PIPE"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TAR_NAME = re.compile(r"[^/\s'\"]+\.tar\w*")
 _DRAIN_CHUNK = 1 << 20
+# The largest tar member read into memory. A 20-s utterance is ~0.4 MB in FLAC and 0.64 MB
+# in npy, its json a few kB; a header claiming more is a damaged or foreign tar, refused
+# before a read that could take the whole memory of a loader worker.
+MAX_MEMBER_BYTES = 64 << 20
 
 ShardSource = str | os.PathLike | ShardRef
 
@@ -180,6 +184,11 @@ def iter_raw_samples(source: ShardSource) -> Iterator[dict[str, bytes]]:
                     if not info.isfile():
                         continue
                     key, ext = split_member_name(info.name)
+                    if info.size > MAX_MEMBER_BYTES:
+                        raise ShardFormatError(
+                            f"{shard}: member {info.name!r} declares {info.size} bytes, more "
+                            f"than the {MAX_MEMBER_BYTES} a sample member may have"
+                        )
                     data = tar.extractfile(info).read()
                     if len(data) != info.size:
                         raise ShardFormatError(

@@ -99,6 +99,12 @@ class _SampleTar:
     def close(self) -> None:
         self._tar.close()
 
+    def discard(self) -> None:
+        """Forget the archive unfinished (an aborted shard): tarfile's stream would otherwise
+        write its end blocks into the closed file when collected."""
+        self._tar.closed = True
+        self._tar.fileobj.closed = True  # tarfile's _Stream: its close() is then a no-op
+
 
 class ShardWriter:
     """Write samples into one tar shard at `path`, atomically.
@@ -157,6 +163,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the partial shard; the final name is never created."""
+        self._tar.discard()
         if not self._raw.closed:
             self._raw.close()
         self._tmp.unlink(missing_ok=True)

@@ -30,10 +30,13 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import soundfile as sf
@@ -381,19 +384,29 @@ def add_dataset_flags(p: argparse.ArgumentParser, audio: bool = False) -> None:
     p.add_argument("--max-items", type=int, default=0, help="first N items only (0: all)")
 
 
+def add_talk_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """-q/-v; before the command with False defaults, after it with SUPPRESS (so a flag
+    given before the command is not reset by the subcommand's parser)."""
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", default=default, help="errors only")
+    talk.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug messages too"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m telucodec", description=__doc__.splitlines()[0])
-    talk = p.add_mutually_exclusive_group()
-    talk.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    talk.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    add_talk_flags(p, False)
+    talk = argparse.ArgumentParser(add_help=False)
+    add_talk_flags(talk, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("encode", help="audio file → .tcq bitstream")
+    e = sub.add_parser("encode", parents=[talk], help="audio file → .tcq bitstream")
     e.add_argument("input")
     e.add_argument("output")
     e.add_argument("--checkpoint", required=True, help="directory written by save_codec")
     e.add_argument("--kbps", type=float, default=6.0)
     e.set_defaults(func=cmd_encode)
-    d = sub.add_parser("decode", help=".tcq bitstream → WAV")
+    d = sub.add_parser("decode", parents=[talk], help=".tcq bitstream → WAV")
     d.add_argument("input")
     d.add_argument("output")
     d.add_argument("--checkpoint", required=True, help="directory written by save_codec")
@@ -403,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode even if the stream was encoded by another checkpoint",
     )
     d.set_defaults(func=cmd_decode)
-    v = sub.add_parser("eval", help="metrics per bitrate on a preprocess output")
+    v = sub.add_parser("eval", parents=[talk], help="metrics per bitrate on a preprocess output")
     add_dataset_flags(v)
     v.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
     v.add_argument("--out", help="write the JSON report (every figure) to this file")
@@ -416,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="items (spread over the split) also scored with PESQ-WB and STOI (0: off)",
     )
     v.set_defaults(func=cmd_eval)
-    c = sub.add_parser("compare", help="our codec vs Opus at the same bitrates")
+    c = sub.add_parser("compare", parents=[talk], help="our codec vs Opus at the same bitrates")
     add_dataset_flags(c, audio=True)
     c.add_argument(
         "--chunk-seconds",
@@ -435,8 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def refuse(command: str, message: str) -> NoReturn:
+    """A refused input: one line, exit 2."""
+    print(f"telucodec {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.quiet and args.verbose:  # one before the command, the other after it
+        refuse(args.command, "-q/--quiet and -v/--verbose exclude each other")
+    if getattr(args, "max_items", 0) < 0:  # eval and compare have it
+        refuse(args.command, f"--max-items must be >= 0 (0: all), got {args.max_items}")
+    if getattr(args, "batch_size", 1) < 1:  # eval has it
+        refuse(args.command, f"--batch-size must be >= 1, got {args.batch_size}")
     if args.command in ("eval", "compare"):  # one list from `1.5 3 6` or `1.5,3,6`
         args.kbps = [k for group in args.kbps for k in group]
     if args.command == "compare":
@@ -487,14 +512,45 @@ def configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def output_of(args: argparse.Namespace) -> str:
+    """What the command writes, for an OSError that names no file (ENOSPC on a write)."""
+    return str(getattr(args, "output", None) or getattr(args, "out", None) or "its output")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 1 failed (an OSError such as a full disk or no permission: one
+    line naming the file); 2 a refused input (one line); 130 / 143 on SIGINT / SIGTERM (one
+    line)."""
     args = parse_args(argv)
     configure_logging(args)
+    in_main = threading.current_thread() is threading.main_thread()  # signal's requirement
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"telucodec {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"telucodec {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except (BitstreamError, CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"telucodec {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = exc.filename or output_of(args)
+        print(f"telucodec {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -180,9 +180,11 @@ def check_ranges(args: argparse.Namespace) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """A refused input: one line on stderr (from rank 0 only: every rank checks its inputs
-    before the process group exists, so N ranks would print it N times), exit 2 on every
-    rank, no traceback."""
+    """A refused input: one line on stderr (from rank 0 only: every rank checks the same
+    inputs, so N ranks would print it N times), exit 2 on every rank, no traceback. The
+    checks run before any engine or data loader starts; some (the flags, --resume's world
+    size) before the process group, others (the DeepSpeed config, OUT's index, manifest and
+    window) after it."""
     if os.environ.get("RANK", "0") == "0":
         print(f"train_ds.py: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)

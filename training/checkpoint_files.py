@@ -1,8 +1,10 @@
 """What a checkpoint holds besides DeepSpeed's files: each rank's RNG state as JSON and a
 sha256 manifest of every file, checked before anything in it is unpickled.
 
-JSON rather than pickle for the RNG state, so a tampered file can at worst be refused; the
-manifest because DeepSpeed's .pt files are pickles that could run code when loaded.
+JSON rather than pickle for the RNG state, so a tampered file can at worst be refused. The
+manifest guards DeepSpeed's .pt files, which are pickles, against corruption and against a
+file swapped on its own; it lives in the same folder, so it is integrity checking, not
+protection from someone who can rewrite the folder: resume only from folders you trust.
 """
 
 from __future__ import annotations

@@ -159,6 +159,23 @@ def partitioned_over(tag_dir: Path) -> int | None:
     return len(ranks) or None
 
 
+# The tags save_checkpoint writes; `latest` naming anything else (`../x`, an absolute path)
+# would send --resume outside the checkpoint folder.
+TAG = re.compile(r"step\d{8}")
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag `ckpt_dir/latest` names, None without one; anything but `stepNNNNNNNN` is one
+    line, exit 2 (`fail`)."""
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+    if not TAG.fullmatch(tag):
+        fail(f"--resume: {latest} names {tag[:80]!r}; expected a tag like step00000004")
+    return tag
+
+
 def check_resume_world(args: argparse.Namespace) -> None:
     """--resume on another number of ranks than a ZeRO stage >= 1 checkpoint was saved with
     is one line naming both and what to do, exit 2, before any process group starts: ZeRO
@@ -167,9 +184,9 @@ def check_resume_world(args: argparse.Namespace) -> None:
     differs from an uninterrupted run's). The world is the launcher's WORLD_SIZE (1 under
     plain `python`)."""
     ckpt_dir = experiment_dir(args) / "checkpoints"
-    if not args.resume or not (ckpt_dir / "latest").is_file():
+    tag = latest_tag(ckpt_dir) if args.resume else None
+    if tag is None:
         return
-    tag = (ckpt_dir / "latest").read_text().strip()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for tag_dir in (ckpt_dir / tag, ckpt_dir / "discriminator" / tag):
         saved = partitioned_over(tag_dir)
@@ -185,11 +202,11 @@ def check_resume_world(args: argparse.Namespace) -> None:
 def resume(run: Run, engines: Engines) -> TrainState:
     """Load the latest checkpoint into the engines and this rank's RNG → its TrainState; a
     fresh state when there is none yet. Its files are checked against the manifest first
-    (DeepSpeed's .pt files are pickles: a modified one could run code when loaded)."""
+    (integrity: a corrupted or partial file is refused before DeepSpeed loads it)."""
     ckpt_dir = run.ckpt_dir
     path, client = None, None
-    if (ckpt_dir / "latest").is_file():
-        tag = (ckpt_dir / "latest").read_text().strip()
+    tag = latest_tag(ckpt_dir)
+    if tag is not None:
         verify_manifest(ckpt_dir, tag)
         path, client = engines.generator.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:

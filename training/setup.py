@@ -70,15 +70,25 @@ def resolve_ds_config(
     """ds_config.json with what the command line and the machine decide filled in: micro
     batch and LR (when given), bf16 on GPU / fp32 on CPU, TensorBoard under the experiment.
     The schedule's length follows from the data (`set_schedule_length`). The result is
-    stored with the run and summarized on the terminal (write_run_config)."""
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    stored with the run and summarized on the terminal (write_run_config). A file that is
+    missing or not a JSON object, an unsupported ZeRO stage or no gradient_clipping is one
+    line, exit 2 (`fail`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as exc:
+        fail(f"--deepspeed-config {path}: {exc.strerror or exc}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f"--deepspeed-config {path}: not valid JSON ({exc})")
+    if not isinstance(cfg, dict):
+        fail(f"--deepspeed-config {path}: expected a JSON object, got {type(cfg).__name__}")
     stage = cfg.get("zero_optimization", {}).get("stage", 0)
     if stage not in SUPPORTED_ZERO_STAGES:
-        raise SystemExit(
-            f"{path}: zero_optimization.stage {stage} is not supported; use 0 or 1 (stages 2/3 "
-            "partition weights and gradients, which validation on engine.module with uneven "
-            "per-rank batches, the export's deepcopy and the second critic engine cannot use)"
+        fail(
+            f"--deepspeed-config {path}: zero_optimization.stage {stage} is not supported; use "
+            "0 or 1 (stages 2/3 partition weights and gradients, which validation on "
+            "engine.module with uneven per-rank batches, the export's deepcopy and the second "
+            "critic engine cannot use)"
         )
     cfg.pop("train_batch_size", None)  # DeepSpeed derives it: micro x accumulation x world
     if args.batch_size is not None:
@@ -86,7 +96,7 @@ def resolve_ds_config(
     cfg.setdefault("train_micro_batch_size_per_gpu", 16)
     cfg.setdefault("gradient_accumulation_steps", 1)
     if "gradient_clipping" not in cfg:
-        raise ValueError(f"{path}: set gradient_clipping explicitly (0 disables it)")
+        fail(f"--deepspeed-config {path}: set gradient_clipping explicitly (0 disables it)")
     opt = cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
     opt.setdefault("params", {}).setdefault("torch_adam", True)  # no JIT-built fused kernel
     if args.learning_rate is not None:
@@ -134,8 +144,10 @@ class Data:
 
 def open_index(data_dir: str, window: int, sample_rate: int) -> Index:
     """OUT/index.json and its manifest, checked before any stream starts: another format
-    (an OUT of fixed segments: re-run preprocess), no train shards, or a window longer than
-    the OUT's utterances is one line, exit 2 (`fail`)."""
+    (an OUT of fixed segments: re-run preprocess), no train shards, none of them intact
+    (each missing or of another size than index.json says: a size check, linear in shards,
+    no hashing), or a window longer than the OUT's utterances is one line, exit 2 (`fail`).
+    Some shards missing or short is a one-line note: the stream skips and counts them."""
     try:
         index = Index.load(data_dir)
         index.manifest()  # read once here, so a bad manifest is a refusal, not a traceback
@@ -144,6 +156,15 @@ def open_index(data_dir: str, window: int, sample_rate: int) -> Index:
         fail(f"--data-dir: {exc}")
     if not index.entries("train"):
         fail(f"--data-dir: {Path(data_dir) / 'index.json'} lists no train shards")
+    problems = index.verify(checksum=False)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        listed = f"{'; '.join(problems[:3])}{more}"
+        # verify gives at most one problem per shard
+        if len(index.verify("train", checksum=False)) == len(index.entries("train")):
+            fail(f"--data-dir {data_dir}: no train shard is intact: {listed}")
+        # A few bad shards do not stop training: the stream skips and counts them per epoch.
+        print0(f"note: --data-dir {data_dir}: {listed}")
     if window > cap:
         fail(
             f"--segment-seconds {window / sample_rate:g} is longer than the utterances of "

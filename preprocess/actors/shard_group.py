@@ -170,21 +170,29 @@ def _write_parts(
     writer: ShardWriter | None = None
     rows: list[str] = []
     size = 0
-    for file_i, seg_i in order:
-        if writer is None:
-            writer = ShardWriter(tmp / f"part-{len(parts):03d}.tar", encoding=cfg.audio_encoding)
-            rows, size = [], 0
-        spool_i, samples = per_file[file_i]
-        index, key = samples[seg_i]
-        sample = spools[spool_i].get(index, key)
-        writer.write_encoded(sample)
-        rows.append(json.dumps(manifest_row(key, sample["json"]), separators=(",", ":")))
-        size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
-        if size >= target:
+    try:
+        for file_i, seg_i in order:
+            if writer is None:
+                path = tmp / f"part-{len(parts):03d}.tar"
+                writer = ShardWriter(path, encoding=cfg.audio_encoding)
+                rows, size = [], 0
+            spool_i, samples = per_file[file_i]
+            index, key = samples[seg_i]
+            sample = spools[spool_i].get(index, key)
+            writer.write_encoded(sample)
+            rows.append(json.dumps(manifest_row(key, sample["json"]), separators=(",", ":")))
+            size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
+            if size >= target:
+                parts.append(_close_part(writer, rows))
+                writer = None
+        if writer is not None:
             parts.append(_close_part(writer, rows))
             writer = None
-    if writer is not None:
-        parts.append(_close_part(writer, rows))
+    finally:
+        # A write that fails part-way (ENOSPC) must not leave the part's file open in a
+        # long-lived actor: drop it (the group is redone by the next run).
+        if writer is not None:
+            writer.abort()
     return parts
 
 

@@ -504,3 +504,102 @@ def test_eval_of_a_split_the_index_does_not_list_is_a_clear_error(work, checkpoi
     shards.write_index(empty, {"shards": []})
     proc = telucodec("eval", "--checkpoint", checkpoint, "--data-dir", empty)
     fails_clearly(proc, "index.json lists no val shards")
+
+
+# ------------------------------------------------- flags, interrupts and write failures
+
+
+def test_quiet_and_verbose_work_before_and_after_the_command():
+    base = ["--checkpoint", "c", "--data-dir", "d"]
+    for command, rest in (
+        ("eval", base),
+        ("compare", base),
+        ("encode", ["a", "b", "--checkpoint", "c"]),
+    ):
+        assert parse_args(["-q", command, *rest]).quiet
+        assert parse_args([command, *rest, "-q"]).quiet
+        assert parse_args([command, "--verbose", *rest]).verbose
+        plain = parse_args([command, *rest])
+        assert plain.quiet is False and plain.verbose is False
+
+
+def test_quiet_before_and_verbose_after_the_command_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["-q", "decode", "a.tcq", "b.wav", "--checkpoint", "c", "-v"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "telucodec decode: error: -q/--quiet and -v/--verbose exclude each other"
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "message"),
+    [
+        ("eval", "--max-items", "-1", "--max-items must be >= 0 (0: all), got -1"),
+        ("compare", "--max-items", "-3", "--max-items must be >= 0 (0: all), got -3"),
+        ("eval", "--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_out_of_range_item_and_batch_counts_are_one_line_exit_2(
+    capsys, command, flag, value, message
+):
+    with pytest.raises(SystemExit) as exc:
+        parse_args([command, "--checkpoint", "c", "--data-dir", "d", flag, value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f"telucodec {command}: error: {message}"
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_exit_1(
+    tmp_path, checkpoint, stereo_flac
+):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    proc = telucodec("encode", stereo_flac, locked / "x.tcq", "--checkpoint", checkpoint)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"telucodec encode: error: {locked / 'x.tcq'}: ")
+    assert "Permission denied" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(2, 130, "interrupted (SIGINT)"), (15, 143, "terminated (SIGTERM)")],
+)
+def test_a_signal_mid_command_is_one_line_and_its_exit_code(
+    monkeypatch, capsys, tmp_path, sig, code, said
+):
+    """Ctrl-C or a SIGTERM while a command runs: one line, 130 / 143, no traceback; the
+    SIGTERM handler is put back afterwards."""
+    import signal
+    import time
+
+    from telucodec_cli import main as cli
+
+    def signalled(args):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the signal's exception interrupts this
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_encode", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["encode", "a", str(tmp_path / "b"), "--checkpoint", "c"]) == code
+    assert capsys.readouterr().err.strip() == f"telucodec encode: {said}"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_full_disk_while_writing_is_one_line_naming_the_output_exit_1(
+    monkeypatch, capsys, tmp_path
+):
+    import errno
+
+    from telucodec_cli import main as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() gives it
+
+    monkeypatch.setattr(cli, "cmd_encode", full)
+    out = tmp_path / "b.tcq"
+    assert cli.main(["encode", "a", str(out), "--checkpoint", "c"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"telucodec encode: error: {out}: {os.strerror(errno.ENOSPC)}"

@@ -392,3 +392,87 @@ def test_a_signal_ends_the_run_with_one_line_no_ray_left_and_the_rerun_continues
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(read_jsonl(out / "files.jsonl")) == 8
+
+
+def test_a_shard_part_write_that_fails_part_way_leaves_no_open_file(tmp_path, monkeypatch):
+    """A long-lived actor that hits ENOSPC mid-part closes and drops the part it was writing."""
+    from types import SimpleNamespace
+
+    import shards
+    from preprocess.actors import shard_group
+
+    meta = {"split": "train", "samples": 160, "valid": [[0, 160]], "source": "a.wav"}
+    meta |= {"offset": 0, "gain_db": 0.0}
+    samples = {
+        k: {"__key__": k, "json": json.dumps(meta).encode(), "audio.npy": b"\0" * 64}
+        for k in ("a", "b")
+    }
+    spool = SimpleNamespace(index=[(0, 64, 64)] * 2, get=lambda i, key: samples[key])
+    writes, opened = [], []
+    real_init, real_write = shards.ShardWriter.__init__, shards.ShardWriter.write_encoded
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    def write(self, sample):
+        writes.append(sample["__key__"])
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, sample)
+
+    monkeypatch.setattr(shard_group.ShardWriter, "__init__", init)
+    monkeypatch.setattr(shard_group.ShardWriter, "write_encoded", write)
+    cfg = PreprocessConfig()
+    with pytest.raises(OSError, match="No space left"):
+        shard_group._write_parts(tmp_path, 0, [spool], [(0, [(0, "a"), (1, "b")])], cfg)
+    [writer] = opened
+    assert writer._raw.closed and list(tmp_path.iterdir()) == []
+
+
+def test_signal_handlers_are_restored_after_a_signal_ends_an_in_process_run():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def body() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises Terminated here
+        return 0
+
+    with run_cli.signals_end_the_run():
+        code = run_cli.run_cli(body, None)
+    assert code == run_cli.EXIT_SIGTERM
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_report_that_cannot_be_imported_is_a_warning_not_silence(tmp_path, monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_report(name, *args, **kwargs):
+        if name == "preprocess.diagnose.report":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_report)
+    with caplog.at_level("WARNING", logger="preprocess.run"):
+        run_cli._write_report(tmp_path)
+    assert "report skipped: No module named 'matplotlib'" in caplog.text
+
+
+def test_only_input_refused_before_work_is_exit_2_other_known_failures_exit_1(tmp_path):
+    import shards
+
+    usage = run_cli.USAGE_ERRORS
+    refused = run_cli.ending(run_cli.UsageError("--workers 0: expected"), tmp_path, usage)
+    assert refused == (run_cli.EXIT_USAGE, "preprocess: error: --workers 0: expected")
+    for late in (
+        shards.ShardFormatError("train-000000.tar: unreadable tar"),
+        shards.IndexFormatError("OUT: index.json format_version 1"),
+        FileNotFoundError("shard group 3: shard part p is missing"),
+        ValueError("shard group 3: part-000.jsonl lists 4 utterances, its shard holds 5"),
+    ):
+        assert run_cli.ending(late, tmp_path, usage) == (
+            run_cli.EXIT_FAILED,
+            f"preprocess: error: {late}",
+        )

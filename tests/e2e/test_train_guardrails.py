@@ -380,3 +380,83 @@ def test_a_signal_mid_training_is_one_line_no_worker_left_and_resume_continues(t
     )
     assert f"resumed {ckpt / 'sig' / 'checkpoints'} at step {saved}" in resumed.stdout
     assert metrics_of(ckpt, "sig")["step"] == saved + 2
+
+
+# ------------------------------------------------- refused inputs: config, shards, `latest`
+
+
+def _one_line_exit_2(capsys, call) -> str:
+    """`call()` refuses: exit 2 and one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train_ds.py: error: "), err
+    return err
+
+
+def test_a_missing_or_unusable_deepspeed_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from training.setup import resolve_ds_config
+
+    monkeypatch.setenv("RANK", "0")
+    args = parse_args(["--data-dir", "x"])
+    good = json.loads((REPO / "ds_config.json").read_text())
+    cases = {"missing.json": None, "broken.json": "{not json", "list.json": "[1, 2]"}
+    cases["noclip.json"] = json.dumps({k: v for k, v in good.items() if k != "gradient_clipping"})
+    cases["zero3.json"] = json.dumps({**good, "zero_optimization": {"stage": 3}})
+    expect = {
+        "missing.json": "No such file",
+        "broken.json": "not valid JSON",
+        "list.json": "expected a JSON object",
+        "noclip.json": "set gradient_clipping explicitly",
+        "zero3.json": "zero_optimization.stage 3 is not supported; use 0 or 1",
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        err = _one_line_exit_2(
+            capsys, lambda p=path: resolve_ds_config(str(p), args, False, Path("tb"))
+        )
+        assert f"--deepspeed-config {path}: " in err and expect[name] in err, err
+
+
+def test_missing_or_short_shards_are_named_and_no_intact_train_shard_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    """Every train shard gone was a DataLoader worker traceback after 1000 failed draws;
+    now it is one line naming them, exit 2. One shard short of its listed size is a note
+    and training goes on (the stream skips and counts it)."""
+    from training.setup import open_index
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("torch.distributed.get_rank", lambda: 0)  # print0, no process group
+    data = make_shard_dir(tmp_path / "out", train=(2, 2), val=(2,))
+    short = data / "shards" / "train-000001.tar"
+    short.write_bytes(short.read_bytes()[:1024])
+    assert open_index(str(data), 8000, 16000).entries("train")
+    out = capsys.readouterr().out
+    assert "note: --data-dir" in out and "train-000001.tar: 1024 bytes, index says" in out
+    (data / "shards" / "train-000000.tar").unlink()
+    err = _one_line_exit_2(capsys, lambda: open_index(str(data), 8000, 16000))
+    assert "no train shard is intact" in err
+    assert "train-000000.tar: listed in index.json but missing" in err
+    assert "train-000001.tar: 1024 bytes" in err
+
+
+@pytest.mark.parametrize("tag", ["../elsewhere", "/tmp/x", "step4", "step00000004/../../x"])
+def test_a_latest_that_is_not_a_step_tag_is_refused_before_anything_is_read(
+    tmp_path, monkeypatch, capsys, tag
+):
+    """`latest` naming `../x` would send --resume outside the checkpoint folder."""
+    exp = tmp_path / "ckpt" / "run"
+    _fake_checkpoint(exp, 1, zero=True)
+    (exp / "checkpoints" / "latest").write_text(tag + "\n")
+    args = parse_args(["--data-dir", "x", "--checkpoint-dir", str(tmp_path / "ckpt")])
+    args.experiment_name, args.resume = "run", True
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    err = _one_line_exit_2(capsys, lambda: check_resume_world(args))
+    assert f"--resume: {exp / 'checkpoints' / 'latest'} names {tag!r}" in err
+    run = SimpleNamespace(ckpt_dir=exp / "checkpoints", rank=0)
+    assert _one_line_exit_2(capsys, lambda: checkpoints.resume(run, None)) == err

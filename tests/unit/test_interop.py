@@ -5,6 +5,7 @@ test runs the example the doc shows, on an OUT built with the shards writer."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,25 @@ def test_lhotse_cutset_refuses_a_format_1_out(out):
     shards.write_index(out, data)
     with pytest.raises(shards.IndexFormatError, match="older preprocess"):
         cutset(out, "train")
+
+
+def test_lhotse_cutset_refuses_a_val_shard_copied_over_a_train_shard(out):
+    pytest.importorskip("lhotse")
+    from shards.lhotse_cuts import cutset
+
+    val = (out / "shards" / "val-000000.tar").read_bytes()
+    (out / "shards" / "train-000001.tar").write_bytes(val)
+    with pytest.raises(shards.SplitMismatchError, match="train-000001.tar.*split 'val'.*'train'"):
+        list(cutset(out, "train"))
+
+
+def test_lhotse_cut_refuses_meta_samples_that_differ_from_the_audio(out):
+    pytest.importorskip("lhotse")
+    from shards.lhotse_cuts import _to_cut
+    from shards.reader import iter_raw_samples
+
+    members = next(iter_raw_samples(Index.load(out).entries("train")[0]))
+    meta = json.loads(members["json"])
+    members["json"] = json.dumps(meta | {"samples": meta["samples"] + 1}).encode()
+    with pytest.raises(shards.ShardFormatError, match="meta says .* samples, its audio has"):
+        _to_cut(members, "train-000000.tar", "train")

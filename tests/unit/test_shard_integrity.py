@@ -273,3 +273,18 @@ def test_eval_with_every_val_shard_missing_exits_1_with_one_line(tmp_path, check
     line = capsys.readouterr().err.splitlines()[-1]
     assert line.startswith("telucodec compare: error: scored none of the 6 val items")
     assert not (tmp_path / "cmp" / "compare.json").exists()
+
+
+def test_member_declaring_a_huge_size_is_refused_before_it_is_read(tmp_path):
+    from shards.reader import MAX_MEMBER_BYTES, iter_raw_samples
+
+    # Only the header is written: a reader that trusted it would try to read 1 TiB.
+    info = tarfile.TarInfo("k0.audio.flac")
+    info.size = 1 << 40
+    shard = tmp_path / "train-000000.tar"
+    shard.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT))
+    assert info.size > MAX_MEMBER_BYTES
+    with pytest.raises(
+        shards.ShardFormatError, match="train-000000.tar: member 'k0.audio.flac' declares"
+    ):
+        list(iter_raw_samples(shard))
