@@ -186,6 +186,10 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
                 f"peak {lsb:.1f} LSB of {a.pcm_bits}-bit PCM < {cfg.min_peak_lsb:g} LSB "
                 f"({dbfs(a.peak_without_dc):.1f} dBFS): too few bits deep to rescue",
             )
+    if a.seconds < cfg.min_active_seconds:
+        # Too short to hold the speech asked for, whatever it holds; on a fraction of a second
+        # the noise floor cannot be told from speech, so activity would wrongly say no_speech.
+        return reject("short", f"{a.seconds:.2f} s long < {cfg.min_active_seconds} s of speech")
     if a.active_seconds < cfg.min_no_speech_seconds:
         return reject("no_speech", f"{a.active_seconds:.2f} s of speech-like activity")
     if a.active_seconds < cfg.min_active_seconds:
