@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from preprocess.actors.ray_watchdog import alive
+
 log = logging.getLogger(__name__)
 
 # Every worker computes single-threaded: parallelism comes from actors, and nested
@@ -296,21 +298,11 @@ def reap_stale_temp_dirs(root: Path) -> list[Path]:
             pid = int((d / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if _alive(pid) or _named_by_a_process(str(d)):
+        if alive(pid) or _named_by_a_process(str(d)):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _named_by_a_process(text: str) -> bool:

@@ -61,7 +61,7 @@ def stop_session(directory: Path, grace: float = GRACE_SECONDS) -> list[int]:
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
         time.sleep(0.1)
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if alive(p)]
     _signal_all(pids + processes_using(directory), signal.SIGKILL)
     shutil.rmtree(directory, ignore_errors=True)
     return pids
@@ -73,7 +73,8 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` exists (another user's process counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
