@@ -44,6 +44,9 @@ class ConfigError(ValueError):
 
 
 QUALITY = ("snr", "dnsmos")
+# Whose speech activity the speech-amount rules read (docs/PREPROCESS.md, "A second
+# opinion on speech").
+VADS = ("ours", "silero")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class PreprocessConfig:
     # Minimum-statistics window: long enough that continuous read speech still holds a
     # pause (1.5 s marked a third of a 6 s continuous utterance inactive; 5 s: under 20 %).
     vad_window_seconds: float = 5.0
+    # "silero": no_speech/short/mostly_silent read Silero VAD's speech seconds instead of
+    # ours (preprocess.measure.silero_vad; opt-in: ~6 CPU-s per audio-hour, docs/PREPROCESS.md).
+    vad: str = "ours"
     # Loudness normalisation (BS.1770 on the active part)
     normalize: bool = True
     target_lufs: float = -23.0
@@ -200,6 +206,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "vad_margin_db": (float, lambda v: v >= 0.0, "vad_margin_db ≥ 0"),
     "vad_floor_dbfs": (float, lambda v: v <= 0.0, "vad_floor_dbfs ≤ 0"),
     "vad_window_seconds": (float, lambda v: v > 0.0, "vad_window_seconds > 0"),
+    "vad": (str, lambda v: v in VADS, f"one of {list(VADS)}"),
     "normalize": (bool, lambda v: True, "true or false"),
     "target_lufs": (float, lambda v: -70.0 <= v <= 0.0, "-70 ≤ target_lufs ≤ 0"),
     "peak_limit_dbfs": (float, lambda v: v <= 0.0, "peak_limit_dbfs ≤ 0"),

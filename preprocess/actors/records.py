@@ -73,6 +73,7 @@ def file_record(
         "dnsmos_bak": None,
         "dnsmos_ovrl": None,
         "dnsmos_windows": None,
+        "silero_speech_seconds": None,
     }
     if analysis is not None and analysis.error is None and analysis.header is not None:
         rec.update(
@@ -86,6 +87,7 @@ def file_record(
             clipped_fraction=_num(analysis.clipped_fraction),
             nonfinite=analysis.nonfinite + analysis.overflow,
             snr_db=_num(analysis.snr_db),
+            silero_speech_seconds=_num(analysis.silero_speech_seconds),
         )
         if analysis.dnsmos is not None:
             rec.update(

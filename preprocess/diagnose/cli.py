@@ -18,6 +18,7 @@ from preprocess.config import PreprocessConfig, load_config
 from preprocess.diagnose.findings import diagnose_output, is_output
 from preprocess.diagnose.report import render_terminal, write_report
 from preprocess.diagnose.whatif import parse_what_if
+from preprocess.measure.silero_vad import require_silero
 from preprocess.out.lock import output_lock
 from preprocess.run import (
     add_verbosity_flags,
@@ -133,6 +134,8 @@ def _main(args: argparse.Namespace) -> int:
             if report_dir.resolve().is_relative_to(out):
                 held.enter_context(output_lock(out))
         elif path.is_dir():
+            if cfg.vad == "silero":
+                require_silero()  # one line before the scan folder is made
             out = (args.out or Path.cwd() / (path.name + ".diagnose")).resolve()
             held.enter_context(output_lock(out))
             scan_corpus(path, out, cfg, args.workers)

@@ -60,6 +60,7 @@ NEEDS_DECODING = frozenset(
         "vad_margin_db",
         "vad_floor_dbfs",
         "vad_window_seconds",
+        "vad",
         "clip_level",
         "clip_min_run",
         "extra_audio_extensions",

@@ -5,6 +5,7 @@
     loudness   streaming ITU-R BS.1770-4 loudness on 100 ms sub-blocks
     spool      a file's 16 kHz samples held for the second pass (memory, or spilled to disk)
     scan       pass 1: decode once and measure (`FileAnalysis`)
+    silero_vad opt-in second opinion on speech (`--vad silero`): Silero's ONNX model
     policy     keep or reject with a reason code, and the gain a kept file gets
     utterances pass 2: trim, split at long pauses, cap the length, cut 16-bit PCM
 

@@ -121,6 +121,7 @@ class Measurements:
     snr_db: float | None = None  # None: not measured (an OUT from before quality scores)
     dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
     pcm_bits: int | None = None  # integer PCM bit depth of the source; None: float, lossy
+    silero_speech_seconds: float | None = None  # None: Silero VAD not run (vad="ours")
 
     @classmethod
     def from_analysis(cls, a: FileAnalysis) -> Measurements:
@@ -137,6 +138,7 @@ class Measurements:
             snr_db=a.snr_db,
             dnsmos_ovrl=a.dnsmos_ovrl,
             pcm_bits=pcm_bits(a.header.subtype if a.header else None),
+            silero_speech_seconds=a.silero_speech_seconds,
         )
 
     @classmethod
@@ -159,6 +161,7 @@ class Measurements:
             snr_db=rec.get("snr_db"),
             dnsmos_ovrl=rec.get("dnsmos_ovrl"),
             pcm_bits=pcm_bits(rec.get("subtype")),
+            silero_speech_seconds=rec.get("silero_speech_seconds"),
         )
 
 
@@ -190,13 +193,15 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
         # Too short to hold the speech asked for, whatever it holds; on a fraction of a second
         # the noise floor cannot be told from speech, so activity would wrongly say no_speech.
         return reject("short", f"{a.seconds:.2f} s long < {cfg.min_active_seconds} s of speech")
-    if a.active_seconds < cfg.min_no_speech_seconds:
-        return reject("no_speech", f"{a.active_seconds:.2f} s of speech-like activity")
-    if a.active_seconds < cfg.min_active_seconds:
-        return reject("short", f"{a.active_seconds:.2f} s active < {cfg.min_active_seconds} s")
-    if a.active_fraction < cfg.min_active_fraction:
+    speech_seconds, speech_fraction, by = speech_amount(a, cfg)
+    if speech_seconds < cfg.min_no_speech_seconds:
+        return reject("no_speech", f"{speech_seconds:.2f} s of speech-like activity{by}")
+    if speech_seconds < cfg.min_active_seconds:
+        return reject("short", f"{speech_seconds:.2f} s active < {cfg.min_active_seconds} s{by}")
+    if speech_fraction < cfg.min_active_fraction:
         return reject(
-            "mostly_silent", f"active fraction {a.active_fraction:.3f} < {cfg.min_active_fraction}"
+            "mostly_silent",
+            f"active fraction {speech_fraction:.3f} < {cfg.min_active_fraction}{by}",
         )
     if a.clipped_fraction > cfg.max_clipped_fraction:
         return reject(
@@ -211,6 +216,17 @@ def decide_measured(a: Measurements, cfg: PreprocessConfig) -> Decision:
     gain_db = normalization_gain_db(a, cfg)
     reason = "normalized" if gain_db >= cfg.rescue_gain_db else "ok"
     return Decision("kept", reason, gain_db)
+
+
+def speech_amount(a: Measurements, cfg: PreprocessConfig) -> tuple[float, float, str]:
+    """(speech seconds, speech fraction of the file, detail suffix) the speech-amount
+    rules read: our detector's, or with `vad = "silero"` Silero VAD's (its figure is
+    missing only in a record from a run without it; ours then)."""
+    if cfg.vad == "silero" and a.silero_speech_seconds is not None:
+        seconds = a.silero_speech_seconds
+        fraction = min(1.0, seconds / a.seconds) if a.seconds > 0 else 0.0
+        return seconds, fraction, " (Silero VAD)"
+    return a.active_seconds, a.active_fraction, ""
 
 
 def normalization_gain_db(a: Measurements, cfg: PreprocessConfig) -> float:

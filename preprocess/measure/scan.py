@@ -18,6 +18,7 @@ from preprocess.measure import kernels
 from preprocess.measure.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
 from preprocess.measure.loudness import LoudnessMeter, gated_loudness
 from preprocess.measure.quality import DnsmosScores, dnsmos_file, speech_snr_db
+from preprocess.measure.silero_vad import silero_speech
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
 
@@ -50,6 +51,7 @@ class FileAnalysis:
     frame_seconds: float = 0.02
     snr_db: float | None = None  # preprocess.measure.quality.speech_snr_db
     dnsmos: DnsmosScores | None = None  # only with cfg.quality == "dnsmos"
+    silero_speech_seconds: float | None = None  # only with cfg.vad == "silero"
 
     @property
     def seconds(self) -> float:
@@ -192,6 +194,11 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     if cfg.quality == "dnsmos" and a.active.any():
         a.dnsmos = dnsmos_file(spool, a.active, cfg.frame_samples, cfg.dnsmos_max_windows)
     lap("quality")
+    if cfg.vad == "silero" and a.samples_16k:
+        # A second opinion on how much speech the file holds (policy reads it); the
+        # utterance cuts and the loudness still follow our mask.
+        a.silero_speech_seconds = silero_speech(spool).seconds
+        lap("silero")
     return a
 
 

@@ -25,6 +25,7 @@ STAGES = (
     "loudness",  # BS.1770 K-weighting meter and gating
     "speech",  # speech-activity mask
     "quality",  # speech-band SNR and opt-in DNSMOS
+    "silero",  # opt-in Silero VAD (--vad silero), outside the four checks' budget
     "segment",  # cut, DC/gain, pad, FLAC/npy encode
     "tar",  # shard part write (tar, sha256, fsync)
     "unit_io",  # unit stats, done.json, commit

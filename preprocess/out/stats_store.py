@@ -40,6 +40,7 @@ SCALARS: dict[str, str] = {
     "dnsmos_bak": "f4",
     "dnsmos_ovrl": "f4",
     "dnsmos_windows": "i4",
+    "silero_speech_seconds": "f4",
 }
 _CHUNK = 1 << 16
 
