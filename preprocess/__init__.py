@@ -3,18 +3,18 @@
     preprocess/
       run.py          the CLI: `python -m preprocess.run`, `python preprocess/run.py`
       config.py       PreprocessConfig: every knob, stored in index.json
-      pipeline.py     the run end to end on Ray: plan → units on actors → assemble
+      pipeline.py     the run on Ray: plan → units → split the kept audio → groups → assemble
       summary.py      the table a run prints
-      plan/           on the driver, before any audio is read
-        planner.py      list, hash, dedupe, split and group files into shard groups and units
-        split.py        the train/val split by group
+      plan/           on the driver: before any audio is read, and between the two rounds
+        planner.py      list, hash, dedupe, pack units; after the scan, split and shard groups
+        split.py        the train/val split of the kept audio, by group
         provenance.py   code_version: which code shaped an OUT
       actors/         the work on Ray
         ray_session.py  start/join/stop the Ray a run uses
         schedule.py     units and shard-group writes on the actor pool, each group once ready
         unit.py         one work unit on one actor: scan, decide, cut utterances, encode (keyed)
         records.py      the files.jsonl line of one file
-        shard_group.py  one shard group on one actor: its units' samples → its shard part(s)
+        shard_group.py  one shard group on one actor: its files' samples → its shard part(s)
         interleave.py   sample order inside a shard (neighbours from different files)
       out/            the output directory
         outdir.py       claim OUT for one run, refuse a foreign or changed one

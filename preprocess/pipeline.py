@@ -1,9 +1,11 @@
-"""The preprocessing pipeline end to end, on Ray: plan → scan/segment/shard → assemble.
+"""The preprocessing pipeline end to end, on Ray: plan → scan → split → shard → assemble.
 
-Ray tasks hash and probe files; a pool of Ray actors (one per worker) processes work
-units, then writes each shard group's shard from its units (no single writer); the driver
-only plans and assembles. Units and groups commit atomically, so a rerun after kill -9
-skips finished ones.
+A pool of Ray actors (one per worker) hashes and probes files, then processes work units
+(scan, decide, cut and encode utterances into a spool). Once every unit is done, the driver
+splits the *kept* audio into train and val and packs each split's files into shard
+groups; the actors write each group's shard from the spools (no single writer) while the
+driver only plans and assembles. Units and groups commit atomically, so a rerun after
+kill -9 skips finished ones.
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ from tqdm import tqdm
 
 from preprocess.actors.ray_session import ray_session
 from preprocess.actors.records import file_record
-from preprocess.actors.schedule import ActorTasks, fingerprint_on, run_on_pool, utilization
-from preprocess.actors.shard_group import group_is_done, group_key, shard_groups, write_group
+from preprocess.actors.schedule import (
+    CRASHED_DETAIL,
+    ActorTasks,
+    fingerprint_on,
+    run_on_pool,
+    utilization,
+)
+from preprocess.actors.shard_group import group_is_done, group_key, write_group
 from preprocess.actors.unit import (
     WARM_UP_DIR,
     process_unit,
+    read_unit_records,
     start_worker,
+    unit_dir,
     unit_is_done,
     unit_key,
 )
@@ -40,15 +50,19 @@ from preprocess.out.lock import OutputLocked, output_lock
 from preprocess.out.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan.planner import (
     InputFile,
+    ShardGroup,
     WorkUnit,
     assign_splits,
     fingerprint,
     input_digest,
+    kept_items,
     list_inputs,
+    make_shard_groups,
     make_units,
     mark_duplicates,
     needs_decoding,
 )
+from preprocess.plan.split import SplitPlan
 from shards.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -118,13 +132,10 @@ class UnitWorker:
         done["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return _where_and_when(done, start)
 
-    def write_group(
-        self, group: int, units: list[dict[str, Any]], unit_keys: dict[int, str]
-    ) -> dict[str, Any]:
+    def write_group(self, group: dict[str, Any], unit_keys: dict[int, str]) -> dict[str, Any]:
         stage_times.CLOCK.restart()
         start = time.time()
-        work_units = [WorkUnit(**u) for u in units]
-        done = write_group(group, work_units, unit_keys, self.work, self.cfg)
+        done = write_group(ShardGroup.from_dict(group), unit_keys, self.work, self.cfg)
         return _where_and_when(done, start)
 
 
@@ -147,8 +158,8 @@ def _plan(
     input_root: Path, cfg: PreprocessConfig, work: Path, actors: list[Any]
 ) -> list[InputFile]:
     """List, hash and probe every file (on the worker actors; a batch whose worker died is
-    sent again), then dedupe and split. Entries that cannot be read (bad names, FIFOs,
-    broken links…) join with their reason."""
+    sent again), then dedupe. Entries that cannot be read (bad names, FIFOs, broken
+    links…) join with their reason."""
     listing = list_inputs(input_root)
     paths = listing.files
     cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
@@ -169,7 +180,6 @@ def _plan(
     files = [InputFile(**cached[p]) for p in paths] + listing.skipped
     files.sort(key=lambda f: f.path)
     mark_duplicates(files)
-    assign_splits(files, cfg)
     return files
 
 
@@ -266,7 +276,7 @@ def run_pipeline(
     shutdown; see `ray_session`. OUT is locked for the whole run (`out/lock.py`): a run on
     an OUT another process holds raises OutputLocked having touched nothing.
     """
-    from preprocess.out.assemble import assemble
+    from preprocess.out.assemble import Outcome, assemble
 
     input_root, out = check_run_paths(input_root, output, workers)
     with output_lock(out):  # before OUT is read, cleared or written: one run per OUT
@@ -280,7 +290,14 @@ def run_pipeline(
         # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
         t_assemble, cpu_assemble = time.perf_counter(), time.thread_time()
         index = assemble(
-            out, work, cfg, done.units, done.plan_records, input_root, done.digest, scan_only
+            out,
+            work,
+            cfg,
+            Outcome(done.units, done.rounds.records, done.plan_records, done.rounds.split),
+            done.rounds.groups,
+            input_root,
+            done.digest,
+            scan_only,
         )
         assembly = {
             "cpu": {"assemble": time.thread_time() - cpu_assemble},
@@ -303,47 +320,97 @@ def run_pipeline(
     return index
 
 
+@dataclass
+class _Rounds:
+    """What the two rounds of `_run_units` decided, for assembly, and their run figures."""
+
+    records: dict[int, list[dict[str, Any]]]  # unit → its files.jsonl records
+    split: SplitPlan
+    groups: list[ShardGroup]
+    figures: dict[str, Any]
+
+
 def _run_units(
     units: list[WorkUnit],
     files: list[InputFile],
+    plan_records: list[dict[str, Any]],
     input_root: Path,
     work: Path,
     cfg: PreprocessConfig,
     actors: list[Any],
     scan_only: bool = False,
-) -> dict[str, Any]:
-    """Run the units not yet committed and write the shard groups not yet committed, on
-    the worker actors (`schedule.run_on_pool`: each group as soon as its units are done;
-    a dead worker's task goes out again).
+) -> _Rounds:
+    """Two rounds on the worker actors (`schedule.run_on_pool`; a dead worker's task goes
+    out again), with the split between them:
 
-    A unit is reused only with its `unit_key` and, when its group is still to be written,
-    all its parts; a group only with its `group_key` (from its units' keys) and all its
-    shard parts. Returns run figures (peak worker RSS in MB, summed stage times); the run
-    log `work/run-log.jsonl` gets one line per unit and group (node, process, CPU, time).
+    1. scan: every unit not yet committed (scan, decide, cut, encode into its spool);
+    2. the split of the kept audio (`assign_splits`) and the shard groups packed from it
+       (`make_shard_groups`); then every group not yet committed is written, each as soon
+       as its units are (a rerun redoes a unit whose spool a group still needs).
+
+    A unit is reused only with its `unit_key`; a group only with its `group_key` (split,
+    members and their units' keys) and all its shard parts. The run log
+    `work/run-log.jsonl` gets one line per unit and group (node, process, CPU, time).
     """
     by_path = {f.path: f for f in files}
     keys = {u.unit_id: unit_key(u, by_path, cfg) for u in units}
-    groups = {} if scan_only else shard_groups(units)
-    groups = {
-        g: us
-        for g, us in groups.items()
-        if not group_is_done(work, g, group_key(g, us, keys, cfg.digest()))
-    }
-    to_write = {u.unit_id for us in groups.values() for u in us}
     todo = [
-        u
-        for u in units
-        if not unit_is_done(work, u.unit_id, keys[u.unit_id], scan_only, u.unit_id in to_write)
+        u for u in units if not unit_is_done(work, u.unit_id, keys[u.unit_id], scan_only, False)
     ]
     total_files = sum(len(u.paths) for u in units)
+    pool = ActorTasks(actors)
     with tqdm(
         total=total_files,
         initial=total_files - sum(len(u.paths) for u in todo),
-        desc="scan" if scan_only else "scan+shard",
+        desc="scan",
         unit="file",
         dynamic_ncols=True,
     ) as bar:
-        return run_on_pool(todo, groups, keys, by_path, ActorTasks(actors), work, scan_only, bar)
+        figures = run_on_pool(todo, {}, keys, by_path, pool, work, scan_only, bar)
+    records = {u.unit_id: read_unit_records(work, u.unit_id) for u in units}
+    every = [r for rs in records.values() for r in rs] + plan_records
+    split = assign_splits(kept_items(every), cfg)
+    if scan_only:
+        return _Rounds(records, split, [], figures)
+    groups = make_shard_groups(units, records, split.split_of, cfg)
+    pending = {
+        g.group_id: g
+        for g in groups
+        if not group_is_done(work, g.group_id, group_key(g, keys, cfg.digest()))
+    }
+    needed = {u for g in pending.values() for u in g.unit_ids()}
+    redo = [
+        u
+        for u in units
+        if u.unit_id in needed and not unit_is_done(work, u.unit_id, keys[u.unit_id])
+    ]
+    crashed = {p: CRASHED_DETAIL for u in redo for p in _crashed_files(work, u.unit_id)}
+    with tqdm(
+        total=len(groups),
+        initial=len(groups) - len(pending),
+        desc="shard",
+        unit="shard",
+        dynamic_ncols=True,
+    ) as bar:
+        second = run_on_pool(redo, pending, keys, by_path, pool, work, False, bar, crashed)
+    _merge_figures(figures, second)
+    return _Rounds(records, split, groups, figures)
+
+
+def _crashed_files(work: Path, unit_id: int) -> list[str]:
+    """Files that killed a worker when this unit was first run (its done.json), so a
+    rerun that redoes the unit for its spool does not read them again."""
+    try:
+        return json.loads((unit_dir(work, unit_id) / "done.json").read_text())["crashed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _merge_figures(into: dict[str, Any], more: dict[str, Any]) -> None:
+    into["peak_rss_mb"] = max(into["peak_rss_mb"], more["peak_rss_mb"])
+    add_times(into["stage_times"], more["stage_times"])
+    for worker, spans in more["spans"].items():
+        into["spans"].setdefault(worker, []).extend(spans)
 
 
 def config_line(cfg: PreprocessConfig) -> str:
@@ -363,6 +430,7 @@ class _RayWork:
 
     units: list[WorkUnit]
     plan_records: list[dict[str, Any]]
+    rounds: _Rounds
     digest: str
     stage_times: dict[str, dict[str, float]]
     peak_rss_mb: float
@@ -404,17 +472,19 @@ def _run_on_ray(
         check_input_unchanged(out, files, digest, overwrite)
         units = make_units(files, cfg)
         plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-        figures = _run_units(units, files, input_root, work, cfg, actors, scan_only)
+        rounds = _run_units(units, files, plan_records, input_root, work, cfg, actors, scan_only)
         usage = ray.get([a.usage.remote() for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
+    figures = rounds.figures
     times = figures["stage_times"]
     for u in usage:
         add_times(times, u["stage_times"])
     return _RayWork(
         units=units,
         plan_records=plan_records,
+        rounds=rounds,
         digest=digest,
         stage_times=times,
         peak_rss_mb=figures["peak_rss_mb"],

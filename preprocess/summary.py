@@ -19,7 +19,7 @@ def print_summary(index: dict[str, Any]) -> None:
     print(f"{'total':<15}{t['files']:>8}{t['input_hours']:>10.3f}")
     for split, s in t["splits"].items():
         groups = f" in {s['groups']} groups" if "groups" in s else ""
-        share = f" ({100 * s['fraction']:.1f} % of kept hours)" if "fraction" in s else ""
+        share = f" ({100 * s['fraction']:.1f} % of it)" if "fraction" in s else ""
         print(
             f"{split}: {s['files']} files{groups} → {s['segments']} utterances in "
             f"{s['shards']} shards, {s['valid_hours']:.3f} h of speech{share}"

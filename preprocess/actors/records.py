@@ -49,7 +49,7 @@ def file_record(
         "sha256": f.sha256,
         "bytes": f.bytes,
         "duplicate_of": f.duplicate_of,
-        "split": f.split if decision.kept else None,
+        "split": None,  # a kept file's is set at assembly, once the split is decided
         "sample_rate": h.sample_rate if h else hd.get("sample_rate"),
         "channels": h.channels if h else hd.get("channels"),
         "format": h.format if h else hd.get("format"),

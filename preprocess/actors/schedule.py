@@ -1,8 +1,10 @@
 """Run work units and shard-group writes on the actor pool, each group as soon as its units
 are done.
 
-A group whose units are all committed goes ahead of the remaining units, so its units'
-spools are freed early and one long unit does not hold back every group's write. (On the
+A run has two rounds (`preprocess.pipeline`): every unit, then, once the split is decided
+on the kept audio, the shard groups (with any unit a rerun must redo for them). A group
+whose units are all committed goes ahead of the remaining units, and a unit's spool is
+freed as soon as no group still to be written needs it. (On the
 benchmark corpus, units of ≈120 s kept the idle tail under 0.2 worker-seconds either way:
 docs/BENCHMARKS.md §4.) Tasks go out only to a free actor: `ActorPool` queues the rest
 first in, first out, which would put a ready group behind every unit. The order of the work
@@ -20,16 +22,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from preprocess.actors.unit import take_file_in_progress
+from preprocess.actors.unit import free_spool, take_file_in_progress
 from preprocess.measure.stage_times import add_times
-from preprocess.plan.planner import InputFile, WorkUnit
+from preprocess.plan.planner import InputFile, ShardGroup, WorkUnit
 
 # Worker deaths a run survives before it stops with an error: a worker that cannot even
 # start (its warm-up crashing) must not restart forever.
@@ -128,40 +130,50 @@ def _wait_until_alive(actor: Any) -> None:
 
 def run_on_pool(
     todo: list[WorkUnit],
-    groups: dict[int, list[WorkUnit]],
+    groups: dict[int, ShardGroup],
     keys: dict[int, str],
     by_path: dict[str, InputFile],
     pool: Any,
     work: Path,
     scan_only: bool,
     bar: tqdm,
+    crashed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Process `todo` and write `groups` (those not yet committed) on `pool` (an
     ActorTasks); returns run figures (peak worker RSS in MB, summed stage times, each
-    worker's busy spans). Appends one line per unit and group (node, process, CPU seconds,
-    start and end) to `work/run-log.jsonl`. Raises WorkerDeaths past MAX_WORKER_DEATHS."""
+    worker's busy spans). `crashed` names files an earlier round found killing a worker
+    (not read again). A unit's spool is deleted once every group in `groups` that takes
+    samples from it is written. Appends one line per unit and group (node, process, CPU
+    seconds, start and end) to `work/run-log.jsonl`. Raises WorkerDeaths past
+    MAX_WORKER_DEATHS."""
     figures: dict[str, Any] = {"peak_rss_mb": 0.0, "stage_times": {}, "spans": {}}
     units = deque(todo)
     todo_ids = {u.unit_id for u in todo}
-    waiting = {g: {u.unit_id for u in us} & todo_ids for g, us in groups.items()}
+    waiting = {g: set(group.unit_ids()) & todo_ids for g, group in groups.items()}
     ready = deque(g for g, left in waiting.items() if not left)
+    groups_of_unit: dict[int, list[int]] = {}
+    needed_by = Counter()  # unit → groups still to be written that read its spool
+    for g, group in groups.items():
+        for unit_id in group.unit_ids():
+            groups_of_unit.setdefault(unit_id, []).append(g)
+            needed_by[unit_id] += 1
     hours, t0 = 0.0, time.perf_counter()
 
     by_id = {u.unit_id: u for u in todo}
     for unit in todo:  # a marker left by a killed run names nothing this run read
         take_file_in_progress(work, unit.unit_id)
-    crashed: dict[str, str] = {}  # files that killed a worker twice → their detail
+    crashed = dict(crashed or {})  # files that killed a worker twice → their detail
     died_reading: dict[tuple[int, str], int] = {}  # (unit, file in progress) → deaths
     died = 0
 
     def next_task() -> tuple[Callable, tuple[str, int]] | None:
         if ready:
-            group = ready.popleft()
-            members = groups[group]
-            unit_keys = {u.unit_id: keys[u.unit_id] for u in members}
-            return lambda a, _: a.write_group.remote(
-                group, [u.to_dict() for u in members], unit_keys
-            ), ("group", group)
+            group = groups[ready.popleft()]
+            unit_keys = {u: keys[u] for u in group.unit_ids()}
+            return lambda a, _: a.write_group.remote(group.to_dict(), unit_keys), (
+                "group",
+                group.group_id,
+            )
         if units:
             unit = units.popleft()
             table = [vars(by_path[p]) for p in unit.paths]
@@ -218,17 +230,22 @@ def run_on_pool(
                 entry = {k: done[k] for k in ("unit_id", "files", "seconds")}
                 entry["cpu_s"] = round(sum(done["_stage_times"]["cpu"].values()), 4)
                 figures["peak_rss_mb"] = max(figures["peak_rss_mb"], done["_peak_rss_mb"])
-                group = done["shard_group"]
-                if group in waiting:
+                for group in groups_of_unit.get(done["unit_id"], ()):
                     waiting[group].discard(done["unit_id"])
                     if not waiting[group]:
                         ready.append(group)
-                hours += done["seconds"] / 3600.0
-                bar.update(done["files"])
-                rate = hours / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
+                if not groups:  # the scan round counts files; the shard round, groups
+                    hours += done["seconds"] / 3600.0
+                    bar.update(done["files"])
+                    rate = hours / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"{hours:.2f} h audio, {rate * 3600:.0f} audio-s/s")
             else:
                 entry = {"shard_group": done["shard_group"], "shards": len(done["shards"])}
+                for unit_id in done["units"]:
+                    needed_by[unit_id] -= 1
+                    if needed_by[unit_id] == 0:
+                        free_spool(work, unit_id)
+                bar.update(1)
             start, end = done["_span"]
             worker = f"{done['_node_id']}:{done['_pid']}"
             figures["spans"].setdefault(worker, []).append((start, end))

@@ -1,21 +1,25 @@
-"""Write one shard group: the encoded samples of its work units → interleaved shard part(s).
+"""Write one shard group: its files' encoded samples → interleaved shard part(s).
 
-Work units are smaller than shards so that every worker stays busy to the end of a run;
-a shard group is the set of units whose samples make one shard (`plan.make_units`), so
-shard boundaries and bytes depend only on the plan, never on the worker count. A group is
-written by an actor once all of its units are committed: samples are copied from the
-units' spools (no re-encoding, memory bounded by one sample) in a seeded interleave over
-all of the group's files. Output lives in `OUT/.work/groups/group-NNNNNN/` and commits
-like a unit (`.partial` dir → `shards.atomic.commit_dir`, `done.json` last). Beside each
-part `part-NNN.tar` goes `part-NNN.jsonl`: the part's manifest rows (key, split, samples,
-seconds, valid seconds, source, offset, in tar order), taken from the samples' json as
-they are copied, so assembly writes OUT/manifest.jsonl without opening a tar.
+Work units are smaller than shards so that every worker stays busy to the end of a run; a
+shard group is the set of kept files whose samples make one shard, all of one split
+(`plan.make_shard_groups`, packed once every unit is done and the split is decided on the
+kept audio), so shard boundaries and bytes depend only on the plan and the decisions,
+never on the worker count. A group is written by an actor from the committed units'
+spools (no re-encoding, memory bounded by one sample) in a seeded interleave over all of
+the group's files; each sample's json gets its split here.
 
-Reruns: a group's `group_key` is built from the `unit_key` of each of its units (with the
-group id, which seeds the interleave, and the config). A committed group is reused only if
-its key matches and every shard part it lists is on disk with its size; otherwise it is
-written again, and only from units whose committed `done.json` holds the key the current
-plan expects (`write_group` refuses stale units rather than copy their samples).
+Output lives in `OUT/.work/groups/group-NNNNNN/` and commits like a unit (`.partial` dir
+→ `shards.atomic.commit_dir`, `done.json` last). Beside each part `part-NNN.tar` goes
+`part-NNN.jsonl`: the part's manifest rows (key, split, samples, seconds, valid seconds,
+source, offset, in tar order), taken from the samples' json as they are copied, so
+assembly writes OUT/manifest.jsonl without opening a tar.
+
+Reruns: a group's `group_key` is built from its split, its members and the `unit_key` of
+each unit they come from (with the group id, which seeds the interleave, and the config).
+A committed group is reused only if its key matches and every shard part it lists is on
+disk with its size; otherwise it is written again, and only from units whose committed
+`done.json` holds the key the current plan expects (`write_group` refuses stale units
+rather than copy their samples).
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.actors.interleave import interleave
-from preprocess.actors.unit import SPOOL_INDEX_NAME, SPOOL_NAME, EncodedSpool, unit_dir
+from preprocess.actors.unit import SPOOL_NAME, EncodedSpool, unit_dir
 from preprocess.config import PreprocessConfig
 from preprocess.measure.stage_times import lap
-from preprocess.plan.planner import WorkUnit
+from preprocess.plan.planner import ShardGroup
 from shards import SAMPLE_RATE, ShardWriter
 from shards.atomic import atomic_write_json, commit_dir
 from shards.writer import TAR_MEMBER_HEADER_BYTES
@@ -41,13 +45,16 @@ def group_dir(work: Path, group: int) -> Path:
     return work / "groups" / f"group-{group:06d}"
 
 
-def group_key(group: int, units: list[WorkUnit], unit_keys: dict[int, str], digest: str) -> str:
+def group_key(group: ShardGroup, unit_keys: dict[int, str], digest: str) -> str:
     """Everything a group's shard bytes depend on: config, group id (it seeds the
-    interleave), and each of its units (id, split, `unit_key`) in plan order."""
+    interleave), split, its members (unit, file position) in plan order and the
+    `unit_key` of each unit they come from."""
     payload = {
         "config_digest": digest,
-        "shard_group": group,
-        "units": [[u.unit_id, u.split, unit_keys[u.unit_id]] for u in units],
+        "shard_group": group.group_id,
+        "split": group.split,
+        "members": [list(m) for m in group.members],
+        "units": [[u, unit_keys[u]] for u in group.unit_ids()],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -69,100 +76,83 @@ def group_is_done(work: Path, group: int, key: str) -> bool:
         return False
 
 
-def shard_groups(units: list[WorkUnit]) -> dict[int, list[WorkUnit]]:
-    """Units by shard group, groups and units in plan order."""
-    groups: dict[int, list[WorkUnit]] = {}
-    for unit in units:
-        groups.setdefault(unit.shard_group, []).append(unit)
-    return dict(sorted(groups.items()))
-
-
 class StaleUnitError(RuntimeError):
     """A unit of the group is not committed with the key the current plan expects."""
 
 
 def write_group(
-    group: int,
-    units: list[WorkUnit],
-    unit_keys: dict[int, str],
-    work: Path,
-    cfg: PreprocessConfig,
+    group: ShardGroup, unit_keys: dict[int, str], work: Path, cfg: PreprocessConfig
 ) -> dict[str, Any]:
-    """Write group `group`'s shard part(s) from its committed units; returns its done.json.
+    """Write `group`'s shard part(s) from its units' spools; returns its done.json.
 
     `unit_keys` are the keys the current plan gives the units: each unit's committed
     `done.json` must hold its key (and its parts be whole), or nothing is written. Only a
     group far over the shard target (one very long file) is split into several parts of
-    ~shard_mb each.
+    ~shard_mb each. The spools stay: the driver frees a unit's once no group needs it.
     """
-    for unit in units:
-        _check_unit(work, unit, unit_keys[unit.unit_id])
-    gdir = group_dir(work, group)
+    for unit_id in group.unit_ids():
+        _check_unit(work, unit_id, unit_keys[unit_id])
+    gdir = group_dir(work, group.group_id)
     if gdir.exists():
         shutil.rmtree(gdir)
     tmp = gdir.with_name(gdir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    spools: list[EncodedSpool] = []
-    per_file: list[tuple[int, list[list]]] = []  # (spool, [[sample, key], …]) per file
+    spools: dict[int, EncodedSpool] = {}
+    per_file: list[tuple[EncodedSpool, list[list]]] = []  # (spool, [[sample, key], …])
     try:
-        for unit in units:
-            spool, files = EncodedSpool.open_saved(unit_dir(work, unit.unit_id) / SPOOL_NAME)
-            spools.append(spool)
-            per_file += [(len(spools) - 1, samples) for samples in files]
-        parts = _write_parts(tmp, group, spools, per_file, cfg)
+        files_of: dict[int, list[list[list]]] = {}
+        for unit_id in group.unit_ids():
+            path = unit_dir(work, unit_id) / SPOOL_NAME
+            spools[unit_id], files_of[unit_id] = EncodedSpool.open_saved(path)
+        per_file = [(spools[u], files_of[u][pos]) for u, pos in group.members]
+        parts = _write_parts(tmp, group, per_file, cfg)
     finally:
-        for spool in spools:
+        for spool in spools.values():
             spool.close()
     done = {
-        "shard_group": group,
-        "split": units[0].split,
+        "shard_group": group.group_id,
+        "split": group.split,
         "config_digest": cfg.digest(),
-        "group_key": group_key(group, units, unit_keys, cfg.digest()),
-        "units": [u.unit_id for u in units],
+        "group_key": group_key(group, unit_keys, cfg.digest()),
+        "units": group.unit_ids(),
         "shards": parts,
     }
     atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
     commit_dir(tmp, gdir)
-    # The spools are now copied into the group's committed shards: free their disk space.
-    # (A rerun that must write this group again redoes these units: `unit_is_done` with
-    # `need_parts`.)
-    for unit in units:
-        for name in (SPOOL_NAME, SPOOL_INDEX_NAME):
-            (unit_dir(work, unit.unit_id) / name).unlink(missing_ok=True)
     lap("tar")
     return done
 
 
-def _check_unit(work: Path, unit: WorkUnit, key: str) -> None:
-    udir = unit_dir(work, unit.unit_id)
+def _check_unit(work: Path, unit_id: int, key: str) -> None:
+    udir = unit_dir(work, unit_id)
     try:
         d = json.loads((udir / "done.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise StaleUnitError(f"unit {unit.unit_id} is not committed: {exc}") from exc
+        raise StaleUnitError(f"unit {unit_id} is not committed: {exc}") from exc
     if d.get("unit_key") != key or d.get("scan_only", False):
         raise StaleUnitError(
-            f"unit {unit.unit_id} was committed for other inputs or config (unit_key "
+            f"unit {unit_id} was committed for other inputs or config (unit_key "
             f"{str(d.get('unit_key'))[:12]}, expected {key[:12]}); not writing its group"
         )
     for part in d.get("parts", []):
         path = udir / part["name"]
         if not path.exists() or path.stat().st_size != part["bytes"]:
-            raise StaleUnitError(f"unit {unit.unit_id}: part {path} is missing or truncated")
+            raise StaleUnitError(f"unit {unit_id}: part {path} is missing or truncated")
 
 
 def _write_parts(
     tmp: Path,
-    group: int,
-    spools: list[EncodedSpool],
-    per_file: list[tuple[int, list[list]]],
+    group: ShardGroup,
+    per_file: list[tuple[EncodedSpool, list[list]]],
     cfg: PreprocessConfig,
 ) -> list[dict[str, Any]]:
-    order = interleave([len(s) for _, s in per_file], seed=cfg.split_seed * 1_000_003 + group)
+    seed = cfg.split_seed * 1_000_003 + group.group_id
+    order = interleave([len(s) for _, s in per_file], seed=seed)
     est_total = sum(
-        _tar_estimate(spools[sp].index[i][1] + spools[sp].index[i][2])
-        for sp, samples in per_file
+        _tar_estimate(spool.index[i][1] + spool.index[i][2])
+        for spool, samples in per_file
         for i, _ in samples
     )
     target = cfg.shard_mb * 1e6 if est_total > 2 * cfg.shard_mb * 1e6 else float("inf")
@@ -176,9 +166,10 @@ def _write_parts(
                 path = tmp / f"part-{len(parts):03d}.tar"
                 writer = ShardWriter(path, encoding=cfg.audio_encoding)
                 rows, size = [], 0
-            spool_i, samples = per_file[file_i]
+            spool, samples = per_file[file_i]
             index, key = samples[seg_i]
-            sample = spools[spool_i].get(index, key)
+            sample = spool.get(index, key)
+            sample["json"] = with_split(sample["json"], group.split)
             writer.write_encoded(sample)
             rows.append(json.dumps(manifest_row(key, sample["json"]), separators=(",", ":")))
             size += _tar_estimate(sum(len(v) for k, v in sample.items() if k != "__key__"))
@@ -194,6 +185,14 @@ def _write_parts(
         if writer is not None:
             writer.abort()
     return parts
+
+
+def with_split(meta_json: bytes, split: str) -> bytes:
+    """A spooled sample's json with its split set, serialized as `shards.encode_sample`
+    does (sorted keys, no spaces), so the bytes repeat."""
+    meta = json.loads(meta_json)
+    meta["split"] = split
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def manifest_row(key: str, meta_json: bytes) -> dict[str, Any]:

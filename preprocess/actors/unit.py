@@ -1,13 +1,14 @@
 """Process one work unit: scan, decide, cut utterances and encode its files; commit atomically.
 
 A unit's outputs live in `OUT/.work/units/unit-NNNNNN/`: the encoded samples
-(`samples.bin` + `samples.json`, which `preprocess.actors.shard_group` later copies into the
-shard of the unit's shard group, then deletes), `files.jsonl`, `frame_rms.npy`, and last
+(`samples.bin` + `samples.json`, with no split yet: once every unit is done the split is
+decided on the kept audio, and `preprocess.actors.shard_group` copies each file's samples
+into the shard of its split's group), `files.jsonl`, `frame_rms.npy`, and last
 `done.json`. The directory is built as `unit-NNNNNN.partial` and committed by one rename
 (`shards.atomic.commit_dir`). A unit without `done.json` is wiped and redone on rerun; one whose
 `done.json` holds the same `unit_key` (config, unit, and the path, size and sha256 of every
-file it read) is skipped, provided its encoded samples are all there whenever its shard
-group still has to be written. That is what makes kill -9 and rerun byte-identical, and a
+file it read) is skipped, provided its encoded samples are all there whenever a shard
+group still to be written needs them. That is what makes kill -9 and rerun byte-identical, and a
 rerun on a changed input equal to a clean run.
 """
 
@@ -61,30 +62,42 @@ def take_file_in_progress(work: Path, unit_id: int) -> str | None:
 
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
     """Everything a unit's output depends on: the code that shapes output bytes
-    (`provenance.running_code_version`), config, unit id, and each file's path, size, sha256 and
-    split in unit order. Any change gives a new key. (The shard group's key is
-    built from its units' keys: `shard_group.group_key`.)"""
+    (`provenance.running_code_version`), config, unit id, and each file's path, size and
+    sha256 in unit order. Any change gives a new key. (The shard group's key is built
+    from its units' keys: `shard_group.group_key`.)"""
     payload = {
         "code_version": running_code_version(),
         "config_digest": cfg.digest(),
         "unit_id": unit.unit_id,
-        "split": unit.split,
-        "files": [[p, files[p].bytes, files[p].sha256, files[p].split] for p in unit.paths],
+        "files": [[p, files[p].bytes, files[p].sha256] for p in unit.paths],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-# The unit's parts: its encoded samples, which its shard group's writer copies into the
-# group's shard(s) and then deletes.
+# The unit's parts: its encoded samples, which the shard groups' writers copy into their
+# shard(s); the driver deletes them once no group still to be written needs them.
 SPOOL_NAME = "samples.bin"
 SPOOL_INDEX_NAME = "samples.json"
+
+
+def free_spool(work: Path, unit_id: int) -> None:
+    """Delete a unit's encoded samples (its shard groups are written): reruns that need
+    them again redo the unit (`unit_is_done` with `need_parts`)."""
+    for name in (SPOOL_NAME, SPOOL_INDEX_NAME):
+        (unit_dir(work, unit_id) / name).unlink(missing_ok=True)
+
+
+def read_unit_records(work: Path, unit_id: int) -> list[dict[str, Any]]:
+    """A committed unit's files.jsonl records, in unit order."""
+    lines = (unit_dir(work, unit_id) / "files.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in lines.splitlines()]
 
 
 def unit_is_done(
     work: Path, unit_id: int, key: str, scan_only: bool = False, need_parts: bool = True
 ) -> bool:
-    """Committed with this `unit_key` and, if `need_parts` (its shard group is still to be
-    written), every part it lists still on disk with its size."""
+    """Committed with this `unit_key` and, if `need_parts` (a shard group still to be
+    written takes samples from it), every part it lists still on disk with its size."""
     udir = unit_dir(work, unit_id)
     try:
         d = json.loads((udir / "done.json").read_text())
@@ -202,11 +215,9 @@ def process_unit(
     _write_unit_stats(tmp, records, frame_rms)
     done = {
         "unit_id": unit.unit_id,
-        "split": unit.split,
         "config_digest": cfg.digest(),
         "unit_key": unit_key(unit, files, cfg),
         "scan_only": scan_only,
-        "shard_group": unit.shard_group,
         # Sizes of the parts (none when scan_only), checked before the group is written.
         "parts": [] if scan_only else _parts(tmp),
         "files": len(records),
@@ -248,7 +259,7 @@ def _process_file(
                         "offset": utt.offset,
                         "gain_db": round(decision.gain_db, 4),
                         "sample_rate": cfg.sample_rate,
-                        "split": f.split,
+                        "split": None,  # decided on the kept audio: the group writer sets it
                     }
                     sample = encode_sample(key, utt.pcm, utt.valid, meta, cfg.audio_encoding)
                     samples.append((encoded.add(sample), key))

@@ -299,22 +299,23 @@ def section_decisions(f: Findings) -> str:
 
 
 def split_warning(f: Findings) -> str | None:
-    """Why val is smaller than asked (share of kept hours, or min_val_seconds); else None.
+    """Why val is smaller than asked (share of the kept audio, or min_val_seconds); else
+    None.
 
-    A tenth below the asked share is allowed: val is whole groups, and the planner measures
-    header hours before the policy rejects any file."""
+    Val is whole groups, so the split aims at 0.8–1.25 × the asked share of the audio the
+    decisions kept (its utterances: `valid_hours`); below 0.8 × is worth a line."""
     val = (f.splits or {}).get("val")
     if not val or "fraction" not in val:
         return None
     asked = val["asked_fraction"]
-    val_s = val["hours"] * 3600.0
+    val_s = val.get("valid_hours", val["hours"]) * 3600.0
     if asked and val["files"] == 0:
         return f"no validation split (asked {pct(asked)})"
-    short_share = asked is not None and val["fraction"] < 0.9 * asked
+    short_share = asked is not None and val["fraction"] < 0.8 * asked
     short_time = asked != 0 and val_s < f.cfg.min_val_seconds
     reasons = []
     if short_share:
-        reasons.append(f"{pct(val['fraction'])} of the kept hours for an asked {pct(asked)}")
+        reasons.append(f"{pct(val['fraction'])} of the kept audio for an asked {pct(asked)}")
     if short_time:
         reasons.append(
             f"{val_s:.0f} s in {val['groups']} groups, under min_val_seconds = "
@@ -324,7 +325,8 @@ def split_warning(f: Findings) -> str | None:
 
 
 def section_split(f: Findings) -> str:
-    """Files, groups and hours per split, the share achieved next to the share asked."""
+    """Files, groups and hours per split, the share of the kept audio (in utterances: what
+    the split weighs) achieved next to the share asked."""
     head = f"## Train/val split\n\nSplit by `{f.cfg.split_by}`; whole groups never straddle it."
     if not f.splits or "groups" not in f.splits.get("val", {}):
         return head + " (index.json predates per-group split totals.)"
@@ -335,12 +337,14 @@ def section_split(f: Findings) -> str:
             s["groups"],
             s["segments"],
             hours(s["hours"]),
+            hours(s.get("valid_hours", s["hours"])),
             pct(s["fraction"]),
             "given" if s["asked_fraction"] is None else pct(s["asked_fraction"]),
         ]
         for split, s in f.splits.items()
     ]
-    table = md_table(["split", "files", "groups", "utterances", "hours", "share", "asked"], rows)
+    header = ["split", "files", "groups", "utterances", "hours", "in utterances", "share", "asked"]
+    table = md_table(header, rows)
     warning = split_warning(f)
     return "\n\n".join([head, table] + ([f"**Warning:** {warning}."] if warning else []))
 
@@ -688,7 +692,7 @@ def render_terminal(f: Findings, report_path: Path | None = None) -> str:
         for split, s in f.splits.items():
             lines.append(
                 f"{split}: {s['files']} files in {s['groups']} groups, {s['hours']:.3f} h "
-                f"({pct(s['fraction'])} of kept hours)"
+                f"({pct(s['fraction'])} of the kept audio)"
             )
         warning = split_warning(f)
         if warning:

@@ -1,9 +1,10 @@
-"""Turn committed work units into the OUT contract: shards/, manifest.jsonl, files.jsonl,
-stats.zarr, index.json.
+"""Turn committed work units and shard groups into the OUT contract: shards/, manifest.jsonl,
+files.jsonl, stats.zarr, index.json.
 
 Shard parts of the shard groups (`preprocess.actors.shard_group`) are hard-linked (copied where
 links are not supported) to contiguous `train-NNNNNN.tar` / `val-NNNNNN.tar` in group
-order, so names depend only on the plan, never on which worker finished first. Parts stay
+order, so names depend only on the plan and the decisions, never on which worker
+finished first. Each kept file's record gets the split the run decided on the kept audio. Parts stay
 in their group until the run ends, so every step is idempotent: a rerun after a kill
 mid-assembly, even on a changed input, places the same way; shards of an earlier plan that
 the new index does not list are removed. manifest.jsonl (one row per utterance, in shard-name
@@ -20,19 +21,20 @@ import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from preprocess.actors.records import dumps_record
-from preprocess.actors.shard_group import group_dir, part_manifest_rows, shard_groups
+from preprocess.actors.shard_group import group_dir, part_manifest_rows
 from preprocess.actors.unit import unit_dir
 from preprocess.config import PreprocessConfig
 from preprocess.out.stats_store import write_stats
-from preprocess.plan.planner import WorkUnit
+from preprocess.plan.planner import ShardGroup, WorkUnit
 from preprocess.plan.provenance import running_code_version
-from preprocess.plan.split import groups_of
+from preprocess.plan.split import SplitPlan
 from shards import FORMAT_VERSION, SHARD_DIR, write_index
 from shards.atomic import atomic_write_text, commit_dir, fsync_dir
 from shards.manifest import MANIFEST_NAME, write_manifest
@@ -41,24 +43,24 @@ from shards.manifest import MANIFEST_NAME, write_manifest
 _SHARD_NAME = re.compile(r"(train|val)-\d{6}\.tar(\.link-tmp)?")
 
 
-def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str, Any]]:
+def place_shards(out: Path, work: Path, groups: list[ShardGroup]) -> list[dict[str, Any]]:
     """Link shard group parts to their final names; returns index entries in name order,
     each with `_rows`: (group, part) whose manifest rows it holds (dropped from the index)."""
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = defaultdict(int)
     entries = []
-    for group, group_units in shard_groups(units).items():
-        split = group_units[0].split
-        done = json.loads((group_dir(work, group) / "done.json").read_text())
+    for group in groups:
+        split, gdir = group.split, group_dir(work, group.group_id)
+        done = json.loads((gdir / "done.json").read_text())
         for part in done["shards"]:
             name = f"{split}-{counters[split]:06d}.tar"
             counters[split] += 1
-            src = group_dir(work, group) / part["name"]
+            src = gdir / part["name"]
             if not src.exists():
                 raise FileNotFoundError(
-                    f"shard group {group}: shard part {src} is missing (removed during the "
-                    f"run?); delete {work / 'groups'} and rerun to redo the groups"
+                    f"shard group {group.group_id}: shard part {src} is missing (removed "
+                    f"during the run?); delete {work / 'groups'} and rerun to redo the groups"
                 )
             _link(src, shard_dir / name)
             entries.append(
@@ -68,7 +70,7 @@ def place_shards(out: Path, work: Path, units: list[WorkUnit]) -> list[dict[str,
                     "samples": part["samples"],
                     "bytes": part["bytes"],
                     "sha256": part["sha256"],
-                    "_rows": (group, part),
+                    "_rows": (group.group_id, part),
                 }
             )
     fsync_dir(shard_dir)  # the renames above are durable before index.json lists them
@@ -100,37 +102,45 @@ def remove_stale_shards(out: Path, shards: list[dict[str, Any]]) -> None:
             path.unlink()
 
 
-def _unit_records(work: Path, units: list[WorkUnit]) -> list[tuple[dict, int, int]]:
-    """(record, unit_id, row in that unit) for every file a worker processed."""
-    rows = []
-    for unit in units:
-        lines = (unit_dir(work, unit.unit_id) / "files.jsonl").read_text(encoding="utf-8")
-        for i, line in enumerate(lines.splitlines()):
-            rows.append((json.loads(line), unit.unit_id, i))
-    return rows
+@dataclass
+class Outcome:
+    """What the scan decided: the units, each unit's files.jsonl records (unit → records in
+    unit order), the records of files decided at planning, and the split of the kept audio."""
+
+    units: list[WorkUnit]
+    records: dict[int, list[dict[str, Any]]]
+    plan_records: list[dict[str, Any]]
+    split: SplitPlan
 
 
 def assemble(
     out: Path,
     work: Path,
     cfg: PreprocessConfig,
-    units: list[WorkUnit],
-    plan_records: list[dict[str, Any]],
+    outcome: Outcome,
+    groups: list[ShardGroup],
     input_root: Path,
     input_digest: str,
     scan_only: bool = False,
 ) -> dict[str, Any]:
     """Write the final OUT files and return the index (no shards when `scan_only`)."""
-    placed = [] if scan_only else place_shards(out, work, units)
+    placed = [] if scan_only else place_shards(out, work, groups)
     shards = [{k: v for k, v in e.items() if k != "_rows"} for e in placed]
     remove_stale_shards(out, shards)
     write_manifest(out, _manifest_rows(work, placed))
-    rows = _unit_records(work, units) + [(r, -1, -1) for r in plan_records]
+    rows = [
+        (rec, unit.unit_id, i)
+        for unit in outcome.units
+        for i, rec in enumerate(outcome.records[unit.unit_id])
+    ]
+    rows += [(r, -1, -1) for r in outcome.plan_records]
     rows.sort(key=lambda row: row[0]["path"])
     records = [r for r, _, _ in rows]
+    for rec in records:
+        rec["split"] = outcome.split.split_of[rec["path"]] if rec["status"] == "kept" else None
     atomic_write_text(out / "files.jsonl", "".join(dumps_record(r) + "\n" for r in records))
-    _write_stats(out, work, cfg, units, rows)
-    index = build_index(cfg, shards, records, input_root)
+    _write_stats(out, work, cfg, outcome.units, rows)
+    index = build_index(cfg, shards, records, input_root, outcome.split)
     index["input_digest"] = input_digest
     index["scan_only"] = scan_only
     write_index(out, index)
@@ -183,48 +193,31 @@ def _write_stats(out: Path, work: Path, cfg, units, rows) -> None:
 
 
 def _split_totals(
-    cfg: PreprocessConfig, shards: list[dict[str, Any]], kept: list[dict[str, Any]]
-) -> tuple[dict[str, dict[str, Any]], str]:
+    shards: list[dict[str, Any]], kept: list[dict[str, Any]], split: SplitPlan
+) -> dict[str, dict[str, Any]]:
     """Per split: files, groups, segments (utterances written: the name stays for readers
-    of index.json), shards, hours (kept files), valid hours (the audio in utterances), and
-    the share of kept hours achieved next to the share asked (null when a manifest gives
-    the split); and the grouping the split was made by."""
-    paths = [r["path"] for r in kept]
-    group, given = groups_of(paths, cfg.split_by, cfg.split_manifest_sha256)
-    grouping = effective_grouping(cfg, group, kept)
-    if grouping == "file":
-        group = {path: path for path in paths}  # count what the plan grouped by
-    kept_seconds = sum(r["seconds"] or 0.0 for r in kept)
-    asked = {"val": cfg.val_fraction, "train": 1.0 - cfg.val_fraction}
+    of index.json), shards, hours (kept files), valid hours (the audio in utterances, what
+    the split weighs), and the share of valid hours achieved next to the share asked (null
+    when a manifest gives the split)."""
+    valid_seconds = sum(r["valid_seconds"] or 0.0 for r in kept)
+    asked = split.asked_fraction
     totals = {}
-    for split in ("train", "val"):
-        rs = [r for r in kept if r["split"] == split]
-        seconds = sum(r["seconds"] or 0.0 for r in rs)
-        totals[split] = {
+    for name in ("train", "val"):
+        rs = [r for r in kept if r["split"] == name]
+        valid = sum(r["valid_seconds"] or 0.0 for r in rs)
+        totals[name] = {
             "files": len(rs),
-            "groups": len({group[r["path"]] for r in rs}),
+            "groups": len({split.group_of[r["path"]] for r in rs}),
             "segments": sum(r["segments"] for r in rs),
-            "shards": sum(1 for s in shards if s["split"] == split),
-            "hours": round(seconds / 3600.0, 6),
-            "valid_hours": round(sum(r["valid_seconds"] or 0.0 for r in rs) / 3600.0, 6),
-            "fraction": round(seconds / kept_seconds, 6) if kept_seconds else 0.0,
-            "asked_fraction": None if given else round(asked[split], 6),
+            "shards": sum(1 for s in shards if s["split"] == name),
+            "hours": round(sum(r["seconds"] or 0.0 for r in rs) / 3600.0, 6),
+            "valid_hours": round(valid / 3600.0, 6),
+            "fraction": round(valid / valid_seconds, 6) if valid_seconds else 0.0,
+            "asked_fraction": None
+            if asked is None
+            else round(asked if name == "val" else 1.0 - asked, 6),
         }
-    return totals, grouping
-
-
-def effective_grouping(
-    cfg: PreprocessConfig, group: dict[str, str], kept: list[dict[str, Any]]
-) -> str:
-    """The grouping the split was made by: `split_by`, except that `dir` falls back to
-    `file` when folders cannot hold val (plan/split.py). A folder with kept files on both
-    sides shows the fallback: whole groups never straddle."""
-    if cfg.split_by != "dir":
-        return cfg.split_by
-    sides: dict[str, set[str]] = {}
-    for r in kept:
-        sides.setdefault(group[r["path"]], set()).add(r["split"])
-    return "file" if any(len(s) > 1 for s in sides.values()) else "dir"
+    return totals
 
 
 def build_index(
@@ -232,6 +225,7 @@ def build_index(
     shards: list[dict[str, Any]],
     records: list[dict[str, Any]],
     input_root: Path,
+    split: SplitPlan,
 ) -> dict[str, Any]:
     """index.json: config, code version, per-shard counts + sha256, totals per reason."""
     by_reason: dict[str, dict[str, float]] = {}
@@ -242,7 +236,7 @@ def build_index(
     for slot in by_reason.values():
         slot["hours"] = round(slot["hours"], 6)
     kept = [r for r in records if r["status"] == "kept"]
-    split_totals, grouping = _split_totals(cfg, shards, kept)
+    split_totals = _split_totals(shards, kept, split)
     return {
         "format_version": FORMAT_VERSION,
         "code_version": running_code_version(),
@@ -260,6 +254,6 @@ def build_index(
             "input_hours": round(sum(r["seconds"] or 0.0 for r in records) / 3600.0, 6),
             "by_reason": dict(sorted(by_reason.items())),
             "splits": split_totals,
-            "split_grouping": grouping,
+            "split_grouping": split.grouping,
         },
     }

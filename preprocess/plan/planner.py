@@ -1,4 +1,5 @@
-"""Deterministic planning: list, fingerprint, deduplicate, split and group into work units.
+"""Deterministic planning: list, fingerprint, deduplicate, pack work units; after the scan,
+split the kept audio and pack the shard groups.
 
 Everything here depends only on the input bytes and the config — never on worker count,
 timing or listing order — so that every run of the same input makes the same units.
@@ -30,7 +31,7 @@ from shards.index import SPLITS
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
-# Rough bytes per second of 16 kHz segments, to size work units near the shard target.
+# Rough bytes per second of 16 kHz utterances, to pack shard groups near the shard target.
 _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
 # Audio seconds per work unit (from headers). Units smaller than a shard keep every worker
 # busy to the end: with one unit per 32 MB shard a 0.5 h corpus was 3 units for 2 workers.
@@ -58,7 +59,6 @@ class InputFile:
     header: dict[str, Any] | None = None
     probe_error: str | None = None
     duplicate_of: str | None = None
-    split: str | None = None
     # A listing reason (bad_name, not_regular_file, broken_link, symlink_loop, unreadable)
     # decided before decoding; `probe_error` then holds the detail.
     plan_reason: str | None = None
@@ -92,15 +92,13 @@ class InputFile:
 class WorkUnit:
     """Files processed together by one actor; its output is committed atomically.
 
-    The units of one `shard_group` are written into that group's shard(s) once all of
-    them are done.
+    A unit knows nothing of the split: that is decided on the kept audio once every unit
+    is done (`assign_splits`), and the shard groups (`ShardGroup`) are packed from it.
     """
 
     unit_id: int
-    split: str
     paths: list[str] = field(default_factory=list)
     est_seconds: float = 0.0
-    shard_group: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,20 +315,26 @@ def _unit_hash(text: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big")
 
 
-def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
-    """Set each file's split by group (preprocess.plan.split): the groups whose seeded hash
-    falls under `val_fraction`, topped up in hash order to `min_val_seconds` (or 0.8 × the
-    share) of the header hours of files that will be decoded; or the manifest's split as
-    given. `dir` falls back to files where whole folders cannot hold val.
-
-    Prints the planned shares and, on stderr, the fallback and why val could not be what
-    was asked. Call after `mark_duplicates`: duplicates and undecodable files add no hours,
-    so a group of only such files never counts toward val.
-    """
-    items = [
-        SplitItem(f.path, f.est_seconds if needs_decoding(f) else 0.0, needs_decoding(f))
-        for f in files
+def kept_items(records: list[dict[str, Any]]) -> list[SplitItem]:
+    """What the split weighs, from files.jsonl records: the audio each kept file gives
+    its utterances (`valid_seconds`); rejected files give none, so a group whose files
+    are all rejected never counts toward val."""
+    return [
+        SplitItem(r["path"], r["valid_seconds"] or 0.0, True)
+        if r["status"] == "kept"
+        else SplitItem(r["path"], 0.0, False)
+        for r in records
     ]
+
+
+def assign_splits(items: list[SplitItem], cfg: PreprocessConfig) -> SplitPlan:
+    """The split (preprocess.plan.split) of the audio the decisions kept: the groups whose
+    seeded hash falls under `val_fraction`, topped up in hash order to `min_val_seconds`
+    (or 0.8 × the share) of the kept hours; or the manifest's split as given. `dir` falls
+    back to files where whole folders cannot hold val.
+
+    Logs the shares and, as warnings, the fallback and why val could not be what was asked.
+    """
     plan = plan_splits(
         items,
         cfg.split_by,
@@ -339,8 +343,6 @@ def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
         cfg.split_seed,
         cfg.split_manifest_sha256,
     )
-    for f in files:
-        f.split = plan.split_of[f.path]
     log.info(plan.summary())
     for warning in plan.warnings:
         log.warning(warning)
@@ -348,30 +350,74 @@ def assign_splits(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
 
 
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
-    """Group decodable, non-duplicate files into shard groups of about one shard each, per
-    split, and each group into work units of about `UNIT_SECONDS` of audio.
-
-    Files are ordered by a seeded hash of their path before packing, so each shard mixes
-    speakers instead of holding one directory.
-    """
-    target = cfg.shard_mb * 1e6 / _EST_BYTES_PER_SECOND.get(cfg.audio_encoding, 32_000)
+    """Pack the files to decode (decodable, not duplicates) into work units of about
+    `UNIT_SECONDS` of audio each, in the seeded hash order `make_shard_groups` packs
+    shards in: a shard's files then come from a run of neighbouring units, whose spools
+    are freed as soon as those shards are written."""
     units: list[WorkUnit] = []
-    group = -1
-    for split in SPLITS:
-        todo = [f for f in files if f.split == split and needs_decoding(f)]
-        todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
-        current: WorkUnit | None = None
-        group_seconds = float("inf")  # the first file opens a group
-        for f in todo:
-            if group_seconds >= target:
-                group, group_seconds, current = group + 1, 0.0, None
-            if current is None or current.est_seconds >= UNIT_SECONDS:
-                current = WorkUnit(unit_id=len(units), split=split, shard_group=group)
-                units.append(current)
-            current.paths.append(f.path)
-            current.est_seconds += f.est_seconds
-            group_seconds += f.est_seconds
+    todo = [f for f in files if needs_decoding(f)]
+    todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
+    for f in todo:
+        if not units or units[-1].est_seconds >= UNIT_SECONDS:
+            units.append(WorkUnit(unit_id=len(units)))
+        units[-1].paths.append(f.path)
+        units[-1].est_seconds += f.est_seconds
     return units
+
+
+@dataclass
+class ShardGroup:
+    """The utterances of one shard (rarely several: `shard_group.write_group`), as the
+    files they come from: `members` are (unit_id, position of the file in that unit)."""
+
+    group_id: int
+    split: str
+    members: list[tuple[int, int]] = field(default_factory=list)
+    est_bytes: float = 0.0
+
+    def unit_ids(self) -> list[int]:
+        return sorted({u for u, _ in self.members})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "split": self.split, "members": self.members}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardGroup:
+        return cls(d["group_id"], d["split"], [tuple(m) for m in d["members"]])
+
+
+def make_shard_groups(
+    units: list[WorkUnit],
+    records: dict[int, list[dict[str, Any]]],
+    split_of: dict[str, str],
+    cfg: PreprocessConfig,
+) -> list[ShardGroup]:
+    """Pack each split's kept files into shard groups of about `shard_mb` of encoded
+    audio, train's first. Files are ordered by a seeded hash of their path, so a shard
+    mixes speakers and folders instead of holding one directory; `records` are each
+    unit's files.jsonl lines, in unit order. Depends on the plan and the decisions only,
+    never on the worker count."""
+    per_second = _EST_BYTES_PER_SECOND.get(cfg.audio_encoding, 32_000)
+    target = cfg.shard_mb * 1e6
+    kept = [
+        (_unit_hash(rec["path"], cfg.split_seed), rec["path"], unit.unit_id, pos, rec)
+        for unit in units
+        for pos, rec in enumerate(records[unit.unit_id])
+        if rec["status"] == "kept" and rec["segments"] > 0
+    ]
+    kept.sort()
+    groups: list[ShardGroup] = []
+    for split in SPLITS:
+        current: ShardGroup | None = None
+        for _, path, unit_id, pos, rec in kept:
+            if split_of[path] != split:
+                continue
+            if current is None or current.est_bytes >= target:
+                current = ShardGroup(len(groups), split)
+                groups.append(current)
+            current.members.append((unit_id, pos))
+            current.est_bytes += (rec["valid_seconds"] or 0.0) * per_second
+    return groups
 
 
 def needs_decoding(f: InputFile) -> bool:

@@ -13,9 +13,9 @@ says what can still move). Where the folders of `"dir"` are too few or too large
 ones to hold val (one folder of files, the commonest layout), the split falls back to
 files, and one warning line says so.
 
-The measure is the header duration (`InputFile.est_seconds`) of the files that will be
-decoded (decodable, not duplicates): the split is planned before any file is scanned, so
-the hours that are finally *kept* can differ by what the policy rejects per group.
+The measure is the audio each file gives its utterances once the decisions are made (its
+`valid_seconds`): the split is planned after every file is scanned, so a group whose files
+are all rejected never counts, and val holds its share of what training will see.
 """
 
 from __future__ import annotations
@@ -307,8 +307,8 @@ class SplitItem:
     """What the split needs of one file: its path and the audio it will contribute."""
 
     path: str
-    seconds: float  # header duration if the file will be decoded, else 0
-    decodes: bool  # decodable and not a duplicate
+    seconds: float  # the audio it gives its utterances if kept, else 0
+    kept: bool  # kept by the decisions
 
 
 @dataclass
@@ -319,7 +319,7 @@ class SplitPlan:
     group_of: dict[str, str]
     asked_fraction: float | None  # None: the manifest's split is taken as given
     target_seconds: float
-    seconds: dict[str, float]  # per split, header seconds of the files that decode
+    seconds: dict[str, float]  # per split, the kept audio (utterance seconds)
     groups: dict[str, int]  # per split, groups holding such files
     warnings: list[str] = field(default_factory=list)
     # The split_by the groups come from: "file" where "dir" fell back to files.
@@ -338,13 +338,13 @@ class SplitPlan:
         by = f" by {self.grouping}" if self.grouping in ("file", "dir") else ""
         return (
             f"split: val {self.groups['val']} of {sum(self.groups.values())} groups{by}, "
-            f"{self.seconds['val']:.0f} s of {total:.0f} s decodable audio "
+            f"{self.seconds['val']:.0f} s of {total:.0f} s kept audio "
             f"({share:.1%}; {asked})"
         )
 
 
 def group_files(items: list[SplitItem], rule: SplitRule, manifest: Manifest | None) -> dict:
-    """path → group. A decodable file the regex misses is an error (never a wrong group);
+    """path → group. A kept file the regex misses is an error (never a wrong group);
     files that will not be decoded, or a manifest leaves out, are their own group."""
     groups: dict[str, str] = {}
     missed: list[str] = []
@@ -353,7 +353,7 @@ def group_files(items: list[SplitItem], rule: SplitRule, manifest: Manifest | No
             g = dir_group(it.path)
         elif rule.kind == "re":
             g = regex_group(rule.pattern, it.path)  # type: ignore[arg-type]
-            if g is None and it.decodes:
+            if g is None and it.kept:
                 missed.append(it.path)
         elif manifest is not None and manifest.column == "speaker":
             g = manifest.table.get(it.path)
@@ -366,18 +366,6 @@ def group_files(items: list[SplitItem], rule: SplitRule, manifest: Manifest | No
             f"e.g. {missed[:_EXAMPLES]}; widen the pattern, or use manifest:FILE"
         )
     return groups
-
-
-def groups_of(
-    paths: list[str], split_by: str, manifest_sha256: str = ""
-) -> tuple[dict[str, str], bool]:
-    """path → group for files that were decoded (index.json counts groups per split), and
-    whether a manifest gave the split itself (then no fraction was asked for). Pass the
-    plan's `grouping` as split_by: "dir" may have fallen back to "file"."""
-    rule = parse_split_by(split_by)
-    manifest = read_manifest(rule.manifest, manifest_sha256) if rule.manifest else None
-    given = manifest is not None and manifest.column == "split"
-    return group_files([SplitItem(p, 0.0, True) for p in paths], rule, manifest), given
 
 
 def plan_splits(
@@ -432,11 +420,11 @@ def plan_splits(
 
 
 def _group_seconds(items: list[SplitItem], group_of: dict[str, str]) -> dict[str, float]:
-    """Audio seconds per group, of the files that will be decoded: a group of duplicates
-    and undecodable files holds none, so it never counts toward val."""
+    """Audio seconds per group, of the kept files: a group of rejected, duplicate and
+    undecodable files holds none, so it never counts toward val."""
     seconds: dict[str, float] = {}
     for it in items:
-        if it.decodes:
+        if it.kept:
             seconds[group_of[it.path]] = seconds.get(group_of[it.path], 0.0) + it.seconds
     return seconds
 
@@ -448,7 +436,7 @@ def _audio_groups(seconds: dict[str, float]) -> int:
 def _tally(plan: SplitPlan, items: list[SplitItem]) -> None:
     groups: dict[str, set[str]] = {s: set() for s in SPLITS}
     for it in items:
-        if it.decodes and it.seconds > 0:
+        if it.kept and it.seconds > 0:
             split = plan.split_of[it.path]
             plan.seconds[split] += it.seconds
             groups[split].add(plan.group_of[it.path])
@@ -459,7 +447,7 @@ def _manifest_warnings(items: list[SplitItem], manifest: Manifest) -> list[str]:
     """Audio files the manifest leaves out, and manifest rows naming no file."""
     out = []
     paths = {it.path for it in items}
-    missing = [it.path for it in items if it.decodes and it.path not in manifest.table]
+    missing = [it.path for it in items if it.kept and it.path not in manifest.table]
     if missing:
         where = "train" if manifest.column == "split" else "a group of its own (by file)"
         out.append(

@@ -461,7 +461,7 @@ def test_report_states_the_split_and_warns_when_val_is_smaller_than_asked(diagno
     f.cfg = f.cfg.replace(min_val_seconds=0.0)
     assert split_warning(f) is None
     f.splits = {**f.splits, "val": {**val, "fraction": 0.01}}
-    assert "1.0 % of the kept hours for an asked 5.0 %" in split_warning(f)
+    assert "1.0 % of the kept audio for an asked 5.0 %" in split_warning(f)
 
 
 # ---------------------------------------------------------------------------------------

@@ -257,14 +257,15 @@ def test_index_states_each_split_and_val_lands_within_one_group(synth_out):
         assert s["hours"] == pytest.approx(sum(r["seconds"] for r in rs) / 3600, abs=1e-5)
     assert splits["val"]["asked_fraction"] == 0.05
     assert splits["val"]["fraction"] + splits["train"]["fraction"] == pytest.approx(1.0)
-    # Planned on header hours of decodable, non-duplicate files: the same per folder here.
+    # Planned on the audio the decisions kept (what the utterances hold), per group.
     planned = defaultdict(float)
-    for r in records:
-        if r["reason"] not in ("duplicate", "corrupt", "not_audio", "unsupported_format"):
-            planned[group_of(r["path"])] += r["seconds"] or 0.0
-    target = val_target_seconds(sum(planned.values()), 0.05, index["config"]["min_val_seconds"])
-    val_planned = sum(v for g, v in planned.items() if "val" in groups.get(g, ()))
+    for r in kept:
+        planned[group_of(r["path"])] += r["valid_seconds"]
+    total = sum(planned.values())
+    target = val_target_seconds(total, 0.05, index["config"]["min_val_seconds"])
+    val_planned = sum(v for g, v in planned.items() if "val" in groups[g])
     assert abs(val_planned - target) <= max(planned.values())
+    assert splits["val"]["fraction"] == pytest.approx(val_planned / total, abs=1e-5)
 
 
 def test_a_run_that_keeps_nothing_says_so():

@@ -6,6 +6,7 @@ one run's output; a folder the tool did not write is never written into.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,30 @@ def test_rerun_after_kill_in_assembly_on_changed_input_equals_a_clean_run(tmp_pa
     assert len(read_jsonl(out / "files.jsonl")) == len(CORPUS) + 1
     assert tree_digest(out) == tree_digest(clean)
     assert sorted(os.listdir(out / "shards")) == [s.name for s in Index.load(out).shards]
+
+
+def test_a_lost_shard_group_is_rewritten_by_redoing_the_units_whose_spools_were_freed(
+    tmp_path,
+):
+    """A group's spools are freed once it is written (the split is decided after every
+    unit); a rerun that must write it again redoes just those units, then the group."""
+    corpus = make_corpus(tmp_path / "in", CORPUS)
+    out = tmp_path / "out"
+    preprocess(corpus, out, *SMALL, "--keep-work")
+    first = tree_digest(out)
+    units = tmp_path / "out" / ".work" / "units"
+    assert not list(units.glob("*/samples.bin"))  # every spool freed by its groups
+    groups = out / ".work" / "groups"
+    before = {p.parent.name: p.stat().st_mtime_ns for p in groups.glob("*/done.json")}
+    assert len(before) > 1
+    shutil.rmtree(groups / "group-000000")
+    (out / "index.json").unlink()
+    preprocess(corpus, out, *SMALL, "--keep-work")
+    assert tree_digest(out) == first
+    after = {p.parent.name: p.stat().st_mtime_ns for p in groups.glob("*/done.json")}
+    rewritten = sorted(g for g in after if after[g] != before.get(g))
+    assert rewritten == ["group-000000"]  # the others were reused as they were
+    assert not list(units.glob("*/samples.bin"))  # the redone units' spools freed again
 
 
 def test_other_or_changed_input_is_refused_and_overwrite_leaves_no_stale_shard(tmp_path):
@@ -180,25 +205,22 @@ def test_a_unit_is_reused_only_with_the_same_inputs_and_all_its_parts(tmp_path):
     from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 
     root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2})
-    files = {
-        r["path"]: replace(InputFile(**r), split="train")
-        for r in fingerprint(root, ["a.wav", "b.wav"])
-    }
-    unit, cfg, work = WorkUnit(0, "train", ["a.wav", "b.wav"]), PreprocessConfig(), tmp_path / "w"
+    files = {r["path"]: InputFile(**r) for r in fingerprint(root, ["a.wav", "b.wav"])}
+    unit, cfg, work = WorkUnit(0, ["a.wav", "b.wav"]), PreprocessConfig(), tmp_path / "w"
     done = process_unit(unit, files, root, work, cfg)
     key = unit_key(unit, files, cfg)
     assert unit_is_done(work, 0, key)
     rewritten = {**files, "b.wav": replace(files["b.wav"], sha256="0" * 64)}
     assert unit_key(unit, rewritten, cfg) != key
-    assert unit_key(WorkUnit(0, "train", ["a.wav"]), files, cfg) != key
+    assert unit_key(WorkUnit(0, ["a.wav"]), files, cfg) != key
     # A .work committed by other code (e.g. tars with PAX headers) is redone, not mixed in.
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("preprocess.actors.unit.running_code_version", lambda: "0.0+src.older")
         assert unit_key(unit, files, cfg) != key
     (unit_dir(work, 0) / done["parts"][0]["name"]).unlink()
     assert not unit_is_done(work, 0, key)
-    # Once its shard group is written the unit's parts are gone by design: the unit is
-    # still reused for assembly, as long as its group need not be written again.
+    # Once its shard groups are written the unit's parts are gone by design: the unit is
+    # still reused for the split and assembly, as long as no group need be written again.
     assert unit_is_done(work, 0, key, need_parts=False)
     assert not unit_is_done(work, 0, unit_key(unit, rewritten, cfg), need_parts=False)
 
@@ -219,32 +241,34 @@ def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_
     )
     from preprocess.actors.unit import process_unit, unit_dir, unit_key
     from preprocess.config import PreprocessConfig
-    from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
+    from preprocess.plan.planner import InputFile, ShardGroup, WorkUnit, fingerprint
 
     root = make_corpus(tmp_path / "in", {"a.wav": 1, "b.wav": 2, "c.wav": 3})
-    files = {
-        r["path"]: replace(InputFile(**r), split="train")
-        for r in fingerprint(root, ["a.wav", "b.wav", "c.wav"])
-    }
+    files = {r["path"]: InputFile(**r) for r in fingerprint(root, ["a.wav", "b.wav", "c.wav"])}
     cfg, work = PreprocessConfig(), tmp_path / "w"
-    units = [WorkUnit(0, "train", ["a.wav", "b.wav"]), WorkUnit(1, "train", ["c.wav"])]
+    units = [WorkUnit(0, ["a.wav", "b.wav"]), WorkUnit(1, ["c.wav"])]
     for unit in units:
         process_unit(unit, files, root, work, cfg)
     keys = {u.unit_id: unit_key(u, files, cfg) for u in units}
-    gkey = group_key(0, units, keys, cfg.digest())
+    group = ShardGroup(0, "val", [(0, 1), (1, 0)])  # b.wav and c.wav; a.wav to another
+    gkey = group_key(group, keys, cfg.digest())
     assert not group_is_done(work, 0, gkey)
     # A unit committed for other bytes (the plan's key differs): nothing is written.
     rewritten = {**files, "c.wav": replace(files["c.wav"], sha256="0" * 64)}
     stale_keys = {**keys, 1: unit_key(units[1], rewritten, cfg)}
     with pytest.raises(StaleUnitError, match="unit 1"):
-        write_group(0, units, stale_keys, work, cfg)
+        write_group(group, stale_keys, work, cfg)
     assert not group_dir(work, 0).exists()
-    assert group_key(0, units, stale_keys, cfg.digest()) != gkey
-    done = write_group(0, units, keys, work, cfg)
+    assert group_key(group, stale_keys, cfg.digest()) != gkey
+    done = write_group(group, keys, work, cfg)
     assert done["group_key"] == gkey and group_is_done(work, 0, gkey)
-    assert not (unit_dir(work, 0) / "samples.bin").exists()  # copied into the shard
-    assert not group_is_done(work, 0, group_key(0, units, stale_keys, cfg.digest()))
-    assert not group_is_done(work, 0, group_key(1, units, keys, cfg.digest()))
+    rows = [json.loads(line) for line in (group_dir(work, 0) / "part-000.jsonl").open()]
+    assert sorted(r["source"] for r in rows) == ["b.wav", "c.wav"]
+    assert {r["split"] for r in rows} == {"val"}  # the spool's samples had no split yet
+    assert (unit_dir(work, 0) / "samples.bin").exists()  # the driver frees spools, later
+    assert not group_is_done(work, 0, group_key(group, stale_keys, cfg.digest()))
+    for other in (ShardGroup(0, "train", group.members), ShardGroup(0, "val", [(0, 1)])):
+        assert not group_is_done(work, 0, group_key(other, keys, cfg.digest()))
     (group_dir(work, 0) / done["shards"][0]["name"]).unlink()
     assert not group_is_done(work, 0, gkey)
 

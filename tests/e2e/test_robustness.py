@@ -55,7 +55,7 @@ def test_an_exception_on_one_file_becomes_its_reason_and_others_go_on(tmp_path, 
     monkeypatch.setattr(unit_mod, "analyze_file", flaky)
     cfg = PreprocessConfig()
     done = unit_mod.process_unit(
-        WorkUnit(0, "train", ["a.wav", "b.wav", "c.wav"]), files, root, tmp_path / "work", cfg
+        WorkUnit(0, ["a.wav", "b.wav", "c.wav"]), files, root, tmp_path / "work", cfg
     )
     recs = {
         json.loads(line)["path"]: json.loads(line)
@@ -76,7 +76,7 @@ from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 root, name, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 f = InputFile(**fingerprint(root, [name])[0]); f.split = "train"
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-done = u.process_unit(WorkUnit(0, "train", [name]), {name: f}, root, work, PreprocessConfig())
+done = u.process_unit(WorkUnit(0, [name]), {name: f}, root, work, PreprocessConfig())
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"segments": done["segments"], "rss_kb": after, "growth_kb": after - before}))
 """
@@ -143,9 +143,7 @@ def test_overflowing_float_samples_are_rejected_not_measured_or_normalized(tmp_p
     sf.write(root / "int16-scale.wav", speech * 32767, 16000, subtype="FLOAT")
     names = ["int16-scale.wav", "max.wav", "spike.wav"]
     files = _files(root, names)
-    unit_mod.process_unit(
-        WorkUnit(0, "train", names), files, root, tmp_path / "work", PreprocessConfig()
-    )
+    unit_mod.process_unit(WorkUnit(0, names), files, root, tmp_path / "work", PreprocessConfig())
     lines = (tmp_path / "work/units/unit-000000/files.jsonl").read_text().splitlines()
     recs = {r["path"]: r for r in map(json.loads, lines)}
     for name, count in (("spike.wav", 1), ("max.wav", None)):
@@ -167,7 +165,7 @@ def test_a_file_that_killed_its_worker_is_rejected_without_being_read(tmp_path, 
     real, read = unit_mod.analyze_file, []
     monkeypatch.setattr(unit_mod, "analyze_file", lambda p, *a: read.append(p) or real(p, *a))
     unit_mod.process_unit(
-        WorkUnit(0, "train", ["a.wav", "b.wav"]),
+        WorkUnit(0, ["a.wav", "b.wav"]),
         files,
         root,
         tmp_path / "work",
@@ -254,7 +252,7 @@ def test_a_file_under_a_path_libsndfile_refuses_is_read_not_called_corrupt(tmp_p
         sf.write(fh, _speechlike(3.0, 16000, seed=5), 16000, format="WAV")
     assert len(str(root / rel).encode()) >= 1024
     unit_mod.process_unit(
-        WorkUnit(0, "train", [rel]), _files(root, [rel]), root, tmp_path / "w", PreprocessConfig()
+        WorkUnit(0, [rel]), _files(root, [rel]), root, tmp_path / "w", PreprocessConfig()
     )
     line = (tmp_path / "w/units/unit-000000/files.jsonl").read_text().splitlines()[0]
     rec = json.loads(line)
@@ -268,7 +266,7 @@ def test_a_header_rate_under_1_khz_is_corrupt_not_upsampled(tmp_path):
     root.mkdir()
     sf.write(root / "one-hz.wav", _speechlike(0.375, 16000, seed=3), 1)
     unit_mod.process_unit(
-        WorkUnit(0, "train", ["one-hz.wav"]),
+        WorkUnit(0, ["one-hz.wav"]),
         _files(root, ["one-hz.wav"]),
         root,
         tmp_path / "w",
@@ -291,7 +289,7 @@ def test_headroom_is_only_a_float_files_and_a_clipped_mp3_stays_clipped(tmp_path
     sf.write(root / "clipped.mp3", clipped, 16000, format="MP3")
     names = ["clipped.mp3", "headroom.wav"]
     unit_mod.process_unit(
-        WorkUnit(0, "train", names), _files(root, names), root, tmp_path / "w", PreprocessConfig()
+        WorkUnit(0, names), _files(root, names), root, tmp_path / "w", PreprocessConfig()
     )
     lines = (tmp_path / "w/units/unit-000000/files.jsonl").read_text().splitlines()
     recs = {r["path"]: r for r in map(json.loads, lines)}

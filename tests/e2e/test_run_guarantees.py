@@ -267,7 +267,7 @@ def test_a_full_disk_while_processing_a_file_stops_the_unit_instead_of_calling_i
     monkeypatch.setattr(unit_mod.EncodedSpool, "add", full)
     with pytest.raises(OSError) as caught:
         unit_mod.process_unit(
-            WorkUnit(0, "train", ["a.wav"]),
+            WorkUnit(0, ["a.wav"]),
             _files(root, ["a.wav"]),
             root,
             tmp_path / "work",
@@ -407,7 +407,7 @@ def test_a_shard_part_write_that_fails_part_way_leaves_no_open_file(tmp_path, mo
         k: {"__key__": k, "json": json.dumps(meta).encode(), "audio.npy": b"\0" * 64}
         for k in ("a", "b")
     }
-    spool = SimpleNamespace(index=[(0, 64, 64)] * 2, get=lambda i, key: samples[key])
+    spool = SimpleNamespace(index=[(0, 64, 64)] * 2, get=lambda i, key: dict(samples[key]))
     writes, opened = [], []
     real_init, real_write = shards.ShardWriter.__init__, shards.ShardWriter.write_encoded
 
@@ -425,7 +425,8 @@ def test_a_shard_part_write_that_fails_part_way_leaves_no_open_file(tmp_path, mo
     monkeypatch.setattr(shard_group.ShardWriter, "write_encoded", write)
     cfg = PreprocessConfig()
     with pytest.raises(OSError, match="No space left"):
-        shard_group._write_parts(tmp_path, 0, [spool], [(0, [(0, "a"), (1, "b")])], cfg)
+        group = shard_group.ShardGroup(0, "train", [(0, 0)])
+        shard_group._write_parts(tmp_path, group, [(spool, [(0, "a"), (1, "b")])], cfg)
     [writer] = opened
     assert writer._raw.closed and list(tmp_path.iterdir()) == []
 

@@ -17,10 +17,10 @@ from preprocess.actors.schedule import (
     run_on_pool,
     utilization,
 )
-from preprocess.actors.unit import IN_PROGRESS, WARM_UP_DIR, start_worker, warm_up
+from preprocess.actors.unit import IN_PROGRESS, SPOOL_NAME, WARM_UP_DIR, start_worker, warm_up
 from preprocess.config import load_config
 from preprocess.measure import stage_times
-from preprocess.plan.planner import InputFile, WorkUnit
+from preprocess.plan.planner import InputFile, ShardGroup, WorkUnit
 
 _TIMES = {"cpu": {"segment": 0.01}, "wall": {"segment": 0.01}}
 
@@ -33,6 +33,7 @@ class _Pool:
     def __init__(self, actors: int, work=None, die: dict[int, list[str]] | None = None):
         self.free, self.pending, self.order = actors, [], []
         self.work, self.die, self.crashed_seen, self.deaths = work, die or {}, [], 0
+        self.spools_seen: list[list[int]] = []
         self.actor = SimpleNamespace(
             process=SimpleNamespace(remote=self._process),
             write_group=SimpleNamespace(remote=self._write_group),
@@ -51,16 +52,21 @@ class _Pool:
             return TaskFailed(("unit", unit["unit_id"]), RuntimeError("actor died"))
         return {
             "unit_id": unit["unit_id"],
-            "shard_group": unit["shard_group"],
             "files": len(unit["paths"]),
             "seconds": 10.0,
             "_stage_times": _TIMES,
             "_peak_rss_mb": 100.0,
         }
 
-    def _write_group(self, group: int, units: list, unit_keys: dict) -> dict:
-        self.order.append(f"g{group}")
-        return {"shard_group": group, "shards": [{}], "_stage_times": _TIMES}
+    def _write_group(self, group: dict, unit_keys: dict) -> dict:
+        self.order.append(f"g{group['group_id']}")
+        self.spools_seen.append(sorted(_spools(self.work)) if self.work else [])
+        return {
+            "shard_group": group["group_id"],
+            "units": sorted({u for u, _ in group["members"]}),
+            "shards": [{}],
+            "_stage_times": _TIMES,
+        }
 
     def has_free(self) -> bool:
         return self.free > 0
@@ -82,13 +88,18 @@ class _Pool:
         return result | {"_node_id": "node", "_pid": 1, "_span": [n, n + 1.0]}
 
 
-def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, list[WorkUnit]]]:
-    units, by_group = [], {}
-    for g, ids in enumerate(groups):
-        members = [WorkUnit(i, "train", [f"f{i}.wav"], 10.0, g) for i in ids]
-        units += members
-        by_group[g] = members
+def _units(groups: list[list[int]]) -> tuple[list[WorkUnit], dict[int, ShardGroup]]:
+    """Units 0…n with one file each, and shard groups taking that file of the units listed
+    (a unit may be listed by several groups: its files split between them)."""
+    ids = sorted({i for g in groups for i in g})
+    units = [WorkUnit(i, [f"f{i}.wav"], 10.0) for i in ids]
+    by_group = {g: ShardGroup(g, "train", [(i, 0) for i in us]) for g, us in enumerate(groups)}
     return units, by_group
+
+
+def _spools(work) -> list[int]:
+    """Units whose spool is on disk under `work`."""
+    return [int(p.parent.name[5:]) for p in work.glob(f"units/unit-*/{SPOOL_NAME}")]
 
 
 def _run(todo, groups, units, tmp_path, actors=1, pool=None) -> list[str]:
@@ -130,8 +141,7 @@ def test_a_dead_workers_unit_goes_out_again(tmp_path):
 
 def test_a_file_that_kills_its_worker_twice_is_rejected_and_the_run_goes_on(tmp_path):
     units, groups = _units([[0]])
-    units[0] = WorkUnit(0, "train", ["a.wav", "bad.wav"], 10.0, 0)
-    groups = {0: units}
+    units[0] = WorkUnit(0, ["a.wav", "bad.wav"], 10.0)
     pool = _Pool(1, tmp_path, die={0: ["bad.wav", "bad.wav"]})
     assert _run(units, groups, units, tmp_path, pool=pool) == ["u0", "u0", "u0", "g0"]
     assert pool.crashed_seen[:2] == [{}, {}]
@@ -150,10 +160,23 @@ def test_two_actors_run_every_task_once_and_log_each(tmp_path):
     units, groups = _units([[0], [1, 2], [3, 4, 5]])
     order = _run(units, groups, units, tmp_path, actors=2)
     assert sorted(order) == sorted([f"u{i}" for i in range(6)] + ["g0", "g1", "g2"])
-    for g, members in groups.items():  # a group after all of its units
-        assert all(order.index(f"u{u.unit_id}") < order.index(f"g{g}") for u in members)
+    for g, group in groups.items():  # a group after all of its units
+        assert all(order.index(f"u{u}") < order.index(f"g{g}") for u in group.unit_ids())
     log = [json.loads(line) for line in (tmp_path / "run-log.jsonl").read_text().splitlines()]
     assert len(log) == 9 and all(e["end"] > e["start"] for e in log)
+
+
+def test_a_units_spool_is_freed_once_no_group_still_needs_it(tmp_path):
+    """Unit 1's files went to both splits: its spool outlives the first group's write and
+    is gone after the second; units no group reads keep theirs (a later round may)."""
+    units, groups = _units([[0, 1], [1, 2]])
+    for u in [0, 1, 2, 3]:
+        (tmp_path / "units" / f"unit-{u:06d}").mkdir(parents=True)
+        (tmp_path / "units" / f"unit-{u:06d}" / SPOOL_NAME).write_bytes(b"x")
+    pool = _Pool(1, tmp_path)
+    assert _run([], groups, units, tmp_path, pool=pool) == ["g0", "g1"]
+    assert pool.spools_seen == [[0, 1, 2, 3], [1, 2, 3]]
+    assert sorted(_spools(tmp_path)) == [3]
 
 
 def test_utilization_counts_busy_time_and_the_idle_tail():

@@ -1,6 +1,7 @@
 """The train/val split: val is whole groups that stay put as the corpus grows, near the
-share asked, on every layout, and never shares a file or a group with train. Fast:
-synthetic InputFile lists, no audio, no Ray."""
+share asked of the kept audio, on every layout, and never shares a file or a group with
+train. Fast: synthetic InputFile lists (a file's header seconds stand for the audio its
+decisions keep), no audio, no Ray."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ import random
 import pytest
 
 from preprocess.config import ConfigError, PreprocessConfig
-from preprocess.plan.planner import InputFile, assign_splits, mark_duplicates
+from preprocess.plan.planner import (
+    InputFile,
+    WorkUnit,
+    assign_splits,
+    kept_items,
+    make_shard_groups,
+    mark_duplicates,
+    needs_decoding,
+)
 from preprocess.plan.split import (
     MIN_VAL_MAX_SHARE,
+    SplitItem,
+    SplitPlan,
     group_hash,
     hash_threshold,
     val_target_seconds,
@@ -35,6 +46,21 @@ def audio(path: str, seconds: float, sha: str | None = None) -> InputFile:
     )
 
 
+def split_files(files: list[InputFile], cfg: PreprocessConfig) -> SplitPlan:
+    """`assign_splits` as the pipeline calls it, every file to decode kept whole; sets each
+    file's `split` attribute for the assertions."""
+    items = [
+        SplitItem(f.path, f.est_seconds, True)
+        if needs_decoding(f)
+        else SplitItem(f.path, 0.0, False)
+        for f in files
+    ]
+    plan = assign_splits(items, cfg)
+    for f in files:
+        f.split = plan.split_of[f.path]
+    return plan
+
+
 def speakers(n: int, files: tuple[int, int], seconds: tuple[float, float], seed: int = 0):
     """`n` speaker folders of a random number of files of random length."""
     rng = random.Random(seed)
@@ -47,7 +73,7 @@ def speakers(n: int, files: tuple[int, int], seconds: tuple[float, float], seed:
 
 def shares(files: list[InputFile], cfg: PreprocessConfig):
     """(val seconds, total seconds, largest group seconds, target seconds) after splitting."""
-    plan = assign_splits(files, cfg)
+    plan = split_files(files, cfg)
     total = sum(plan.seconds.values())
     by_group: dict[str, float] = {}
     for f in files:
@@ -56,7 +82,7 @@ def shares(files: list[InputFile], cfg: PreprocessConfig):
 
 
 def assert_disjoint(files: list[InputFile], cfg: PreprocessConfig) -> None:
-    plan = assign_splits(files, cfg)
+    plan = split_files(files, cfg)
     split_of_group: dict[str, set[str]] = {}
     for f in files:
         split_of_group.setdefault(plan.group_of[f.path], set()).add(f.split)
@@ -118,7 +144,7 @@ def test_val_lands_within_tolerance_or_one_line_says_what_to_change(n, files, se
     for fraction in (0.05, 0.1, 0.2):
         cfg = PreprocessConfig(val_fraction=fraction, min_val_seconds=0)
         capsys.readouterr()
-        plan = assign_splits(corpus, cfg)
+        plan = split_files(corpus, cfg)
         val, total = plan.seconds["val"], sum(plan.seconds.values())
         warnings = warnings_of(capsys)
         assert 0 < val < total
@@ -132,7 +158,7 @@ def test_val_lands_within_tolerance_or_one_line_says_what_to_change(n, files, se
 def test_one_folder_of_files_is_split_by_file_and_says_so(capsys):
     """IN/raw/*.wav, the original project's layout: `split: val 0 of 1 groups` before."""
     corpus = [audio(f"raw/{i:05d}.wav", 2.0 + (i * 7919) % 600 / 100) for i in range(600)]
-    plan = assign_splits(corpus, PreprocessConfig())
+    plan = split_files(corpus, PreprocessConfig())
     out = capsys.readouterr()
     assert plan.grouping == "file" and plan.groups["val"] > 1
     assert plan.bounds.floor <= plan.seconds["val"] <= plan.bounds.ceiling
@@ -145,7 +171,7 @@ def test_one_folder_of_files_is_split_by_file_and_says_so(capsys):
 def test_folders_too_large_for_val_fall_back_to_files():
     """Ten speakers of 50 minutes: any one folder is 10 % against an asked 5 %."""
     corpus = speakers(10, (100, 100), (30.0, 30.0))
-    plan = assign_splits(corpus, PreprocessConfig())
+    plan = split_files(corpus, PreprocessConfig())
     assert plan.grouping == "file"
     assert plan.bounds.floor <= plan.seconds["val"] <= plan.bounds.ceiling
     assert plan.warnings[0].startswith("split_by dir: the 10 folders holding audio")
@@ -153,7 +179,7 @@ def test_folders_too_large_for_val_fall_back_to_files():
 
 def test_folders_that_can_hold_val_stay_whole(capsys):
     corpus = speakers(200, (5, 30), (1.0, 15.0), seed=9)
-    plan = assign_splits(corpus, PreprocessConfig())
+    plan = split_files(corpus, PreprocessConfig())
     assert plan.grouping == "dir" and "by dir" in capsys.readouterr().out
     assert_disjoint(corpus, PreprocessConfig())
     assert not any("split_by dir" in w for w in plan.warnings)
@@ -162,7 +188,7 @@ def test_folders_that_can_hold_val_stay_whole(capsys):
 def test_an_explicit_grouping_never_falls_back_and_says_what_to_change(capsys):
     corpus = speakers(10, (100, 100), (30.0, 30.0))
     cfg = PreprocessConfig(split_by=r"re:^(spk\d+)/")
-    plan = assign_splits(corpus, cfg)
+    plan = split_files(corpus, cfg)
     assert plan.grouping == cfg.split_by and plan.groups["val"] == 1
     (line,) = warnings_of(capsys)
     assert "too large" in line and "--split-by (file, or a speaker regex)" in line
@@ -176,7 +202,7 @@ def test_a_share_the_hash_threshold_overshoots_is_one_line_saying_why(capsys):
         s for s in range(1000) if len(threshold_groups(names, PreprocessConfig(split_seed=s))) == 3
     )
     corpus = [audio(f"{g}/{j}.wav", 6.0) for g in names for j in range(50)]
-    plan = assign_splits(corpus, PreprocessConfig(split_seed=seed, min_val_seconds=0))
+    plan = split_files(corpus, PreprocessConfig(split_seed=seed, min_val_seconds=0))
     assert plan.groups["val"] == 3
     (line,) = warnings_of(capsys)
     assert "15.0%" in line and "hash" in line and "--split-by" in line
@@ -207,21 +233,21 @@ def test_min_val_seconds_never_takes_more_than_its_cap():
 
 def test_train_keeps_a_group_and_one_file_gives_no_val(capsys):
     two = [audio("a/1.wav", 50.0), audio("b/1.wav", 50.0)]
-    assign_splits(two, PreprocessConfig(val_fraction=0.9, min_val_seconds=0))
+    split_files(two, PreprocessConfig(val_fraction=0.9, min_val_seconds=0))
     assert sorted(f.split for f in two) == ["train", "val"]
     one_folder = [audio("a/1.wav", 50.0), audio("a/2.wav", 50.0)]
-    assign_splits(one_folder, PreprocessConfig())  # by file: one file each side
+    split_files(one_folder, PreprocessConfig())  # by file: one file each side
     assert sorted(f.split for f in one_folder) == ["train", "val"]
     capsys.readouterr()
     one = [audio("a/1.wav", 50.0)]
-    assign_splits(one, PreprocessConfig())
+    split_files(one, PreprocessConfig())
     assert one[0].split == "train"
     assert "no val split" in capsys.readouterr().err
 
 
 def test_groups_too_large_for_the_target_give_the_smallest_one_and_say_so(capsys):
     corpus = [audio("a/1.wav", 400.0), audio("b/1.wav", 300.0), audio("c/1.wav", 500.0)]
-    assign_splits(corpus, PreprocessConfig(min_val_seconds=0))
+    split_files(corpus, PreprocessConfig(min_val_seconds=0))
     assert [f.path for f in corpus if f.split == "val"] == ["b/1.wav"]
     (line,) = warnings_of(capsys)
     assert "too large for whole ones" in line and "this is the smallest" in line
@@ -236,7 +262,7 @@ def test_val_is_the_threshold_groups_then_a_hash_prefix(seed):
     order, so val is every group below one hash cut."""
     cfg = PreprocessConfig(split_seed=seed)
     corpus = speakers(40, (1, 20), (2.0, 8.0), seed=seed)
-    plan = assign_splits(corpus, cfg)
+    plan = split_files(corpus, cfg)
     assert plan.grouping == "dir" and not plan.choice.smallest
     val = val_groups(corpus, plan)
     assert threshold_groups(plan.group_of.values(), cfg) <= val
@@ -264,21 +290,21 @@ def test_adding_files_never_moves_a_group_between_val_and_train(seed):
     threshold part holds the floor here, so no top-up is at work; see the next test.)"""
     cfg = PreprocessConfig(split_seed=seed)
     corpus = speakers(1500, (2, 6), (2.0, 6.0), seed=seed)
-    before = assign_splits(corpus, cfg)
+    before = split_files(corpus, cfg)
     assert before.choice.topped_up == 0
     old = sides(corpus, before)
     grown = grow(corpus, before, seed)
-    after = assign_splits(grown, cfg)
+    after = split_files(grown, cfg)
     assert after.choice.topped_up == 0
     assert {g: s for g, s in sides(grown, after).items() if g in old} == old
 
 
 def test_adding_files_to_one_folder_never_moves_a_file():
     corpus = [audio(f"raw/{i:05d}.wav", 2.0 + (i * 7919) % 600 / 100) for i in range(3000)]
-    assign_splits(corpus, PreprocessConfig())
+    split_files(corpus, PreprocessConfig())
     before = {f.path: f.split for f in corpus}
     grown = corpus + [audio(f"raw/new{i:05d}.wav", 4.0) for i in range(1000)]
-    plan = assign_splits(grown, PreprocessConfig())
+    plan = split_files(grown, PreprocessConfig())
     assert plan.grouping == "file"
     assert {f.path: f.split for f in grown if f.path in before} == before
 
@@ -289,12 +315,12 @@ def test_growth_under_a_min_val_top_up_never_moves_a_train_group_into_val():
     group leaves val only if the top-up (not the threshold) had put it there."""
     cfg = PreprocessConfig()
     corpus = speakers(60, (8, 12), (3.0, 5.0), seed=11)
-    before = assign_splits(corpus, cfg)
+    before = split_files(corpus, cfg)
     assert 1200 <= sum(before.seconds.values()) <= 3000 and before.choice.topped_up > 0
     old = sides(corpus, before)
     grown = corpus + [audio(f"{g}/more{j}.wav", 4.0) for g in sorted(old)[::3] for j in range(10)]
     grown += [audio(f"late{i:02d}/{j}.wav", 4.0) for i in range(20) for j in range(10)]
-    after = assign_splits(grown, cfg)
+    after = split_files(grown, cfg)
     assert sum(after.seconds.values()) <= 6000 and after.seconds["val"] >= 300
     now = sides(grown, after)
     joined = {g for g, s in old.items() if s == "train" and now[g] == "val"}
@@ -305,10 +331,10 @@ def test_growth_under_a_min_val_top_up_never_moves_a_train_group_into_val():
 
 def test_split_is_deterministic_and_seeded():
     corpus = speakers(50, (3, 9), (2.0, 6.0), seed=7)
-    a = {f.path: f.split for f in (assign_splits(corpus, PreprocessConfig()) and corpus)}
-    b = {f.path: f.split for f in (assign_splits(corpus[::-1], PreprocessConfig()) and corpus)}
+    a = {f.path: f.split for f in (split_files(corpus, PreprocessConfig()) and corpus)}
+    b = {f.path: f.split for f in (split_files(corpus[::-1], PreprocessConfig()) and corpus)}
     assert a == b
-    assign_splits(corpus, PreprocessConfig(split_seed=1))
+    split_files(corpus, PreprocessConfig(split_seed=1))
     assert {f.path: f.split for f in corpus} != a
 
 
@@ -319,7 +345,7 @@ def test_duplicates_and_undecodable_files_add_no_hours():
     broken = InputFile("b/x.wav", 10, "b", True, probe_error="truncated")
     files = corpus + copies + originals + [broken]
     mark_duplicates(files)
-    plan = assign_splits(files, PreprocessConfig(min_val_seconds=0))
+    plan = split_files(files, PreprocessConfig(min_val_seconds=0))
     assert sum(plan.seconds.values()) == pytest.approx(200.0 + 3000.0)
 
 
@@ -333,7 +359,7 @@ def test_a_group_of_only_duplicates_and_undecodable_files_never_counts_toward_va
     dead.append(InputFile(f"{name}/broken.wav", 10, "broken", True, probe_error="truncated"))
     files = corpus + dead
     mark_duplicates(files)
-    plan = assign_splits(files, cfg)
+    plan = split_files(files, cfg)
     assert {f.split for f in dead} == {"train"}
     assert plan.groups["val"] + plan.groups["train"] == 300
     assert sum(plan.seconds.values()) == pytest.approx(sum(f.est_seconds for f in corpus))
@@ -346,7 +372,7 @@ def test_regex_names_the_speaker_from_the_path():
     corpus = [
         audio(f"clips/{spk}_{j:03d}.wav", 5.0) for spk in ("ravi", "sita", "anu") for j in range(20)
     ]
-    plan = assign_splits(corpus, PreprocessConfig(split_by=r"re:/(?P<speaker>[^_/]+)_"))
+    plan = split_files(corpus, PreprocessConfig(split_by=r"re:/(?P<speaker>[^_/]+)_"))
     assert {plan.group_of[f.path] for f in corpus} == {"ravi", "sita", "anu"}
     assert_disjoint(corpus, PreprocessConfig(split_by=r"re:/(?P<speaker>[^_/]+)_"))
     assert {f.split for f in corpus} == {"train", "val"}
@@ -356,8 +382,8 @@ def test_an_audio_file_the_regex_misses_is_a_clear_error():
     corpus = [audio("clips/ravi_001.wav", 5.0), audio("clips/unnamed.wav", 5.0)]
     notes = InputFile("README.txt", 10, "r", False, probe_error="not audio")
     with pytest.raises(ValueError, match=r"1 audio files match no speaker.*clips/unnamed.wav"):
-        assign_splits(corpus + [notes], PreprocessConfig(split_by=r"re:/([^_/]+)_"))
-    assign_splits(corpus[:1] + [notes], PreprocessConfig(split_by=r"re:/([^_/]+)_"))
+        split_files(corpus + [notes], PreprocessConfig(split_by=r"re:/([^_/]+)_"))
+    split_files(corpus[:1] + [notes], PreprocessConfig(split_by=r"re:/([^_/]+)_"))
 
 
 @pytest.mark.parametrize("bad", ["re:(", "re:(a)(b)", "manifest:x.txt", "speaker"])
@@ -374,7 +400,7 @@ def test_a_manifest_split_is_taken_as_given_and_missing_files_go_to_train(tmp_pa
     manifest.write_text("path,split,text\na/1.wav,val,x\nb/1.wav,train,y\ngone.wav,val,z\n")
     corpus = [audio("a/1.wav", 5.0), audio("b/1.wav", 5.0), audio("c/1.wav", 5.0)]
     cfg = PreprocessConfig(split_by=f"manifest:{manifest}")
-    plan = assign_splits(corpus, cfg)
+    plan = split_files(corpus, cfg)
     assert [f.split for f in corpus] == ["val", "train", "train"]
     assert plan.asked_fraction is None
     err = capsys.readouterr().err
@@ -388,7 +414,7 @@ def test_a_manifest_of_speakers_groups_files_for_the_walk(tmp_path):
     rows = [{"path": f.path, "speaker": f"s{i % 30}"} for i, f in enumerate(corpus)]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = PreprocessConfig(split_by=f"manifest:{manifest}", min_val_seconds=0)
-    plan = assign_splits(corpus, cfg)
+    plan = split_files(corpus, cfg)
     assert len(set(plan.group_of.values())) == 30
     assert plan.groups["val"] >= 1 and abs(plan.seconds["val"] - 60.0) <= 40.0
     assert_disjoint(corpus, cfg)
@@ -403,7 +429,7 @@ def test_a_changed_manifest_is_another_config(tmp_path):
     assert first.digest() != second.digest()
     assert first.split_manifest_sha256 != second.split_manifest_sha256
     with pytest.raises(ValueError, match="changed since the config was made"):
-        assign_splits([audio("a/1.wav", 5.0)], first)
+        split_files([audio("a/1.wav", 5.0)], first)
 
 
 @pytest.mark.parametrize(
@@ -420,7 +446,7 @@ def test_a_bad_manifest_is_an_error_naming_file_and_line(tmp_path, name, text, m
     manifest = tmp_path / name
     manifest.write_text(text)
     with pytest.raises(ValueError, match=message):
-        assign_splits([audio("a.wav", 5.0)], PreprocessConfig(split_by=f"manifest:{manifest}"))
+        split_files([audio("a.wav", 5.0)], PreprocessConfig(split_by=f"manifest:{manifest}"))
 
 
 def test_a_damaged_header_duration_cannot_take_over_the_split():
@@ -432,3 +458,80 @@ def test_a_damaged_header_duration_cannot_take_over_the_split():
     assert bogus.est_seconds == pytest.approx(26_000 / 125)
     val, total, _, _ = shares([*files, bogus], PreprocessConfig(min_val_seconds=0))
     assert total < 600 and val / total < 0.25
+
+
+# ---------------------------------------------------------------------------------------
+# The split is made on what the decisions kept (issue 24): records, not headers
+# ---------------------------------------------------------------------------------------
+
+
+def record(path: str, valid_seconds: float, kept: bool = True) -> dict:
+    """A files.jsonl record as a unit writes it: the split weighs `valid_seconds`."""
+    return {
+        "path": path,
+        "status": "kept" if kept else "rejected",
+        "seconds": valid_seconds + 1.0,
+        "valid_seconds": valid_seconds if kept else 0.0,
+        "segments": 1 if kept else 0,
+    }
+
+
+def test_folders_whose_files_were_all_rejected_never_take_a_val_place():
+    """The issue's corpus: faulty files in their own folders. Planned on headers, three of
+    the four val folders were rejected whole and val held 1.7 % for an asked 5 %."""
+    cfg = PreprocessConfig(min_val_seconds=0)
+    cut = hash_threshold(cfg.val_fraction)
+    faulty = [f"faulty{i:04d}" for i in range(4000) if group_hash(f"faulty{i:04d}", 0) < cut][:3]
+    records = [record(f"spk{i:03d}/u{j}.wav", 6.0) for i in range(80) for j in range(10)]
+    records += [record(f"{d}/u{j}.wav", 0.0, kept=False) for d in faulty for j in range(30)]
+    plan = assign_splits(kept_items(records), cfg)
+    assert not set(faulty) & set(plan.choice.groups)
+    assert all(plan.split_of[r["path"]] == "train" for r in records if r["status"] != "kept")
+    kept = sum(r["valid_seconds"] for r in records)
+    assert sum(plan.seconds.values()) == pytest.approx(kept)
+    assert 0.8 * 0.05 * kept <= plan.seconds["val"] <= 1.25 * 0.05 * kept
+
+
+def test_val_is_measured_in_the_audio_kept_not_the_file_lengths():
+    """A folder whose files are mostly trimmed away weighs what its utterances hold."""
+    records = [record(f"spk{i:02d}/u.wav", 60.0) for i in range(40)]
+    records[0]["seconds"] = 3600.0  # an hour-long file of which one minute was speech
+    plan = assign_splits(kept_items(records), PreprocessConfig(min_val_seconds=0))
+    assert sum(plan.seconds.values()) == pytest.approx(40 * 60.0)
+
+
+def _units_and_records(n_units: int, per_unit: int, seed: int = 0):
+    rng = random.Random(seed)
+    units, records = [], {}
+    for u in range(n_units):
+        paths = [f"spk{rng.randrange(30):02d}/f{u:03d}_{j}.wav" for j in range(per_unit)]
+        units.append(WorkUnit(u, paths))
+        records[u] = [record(p, rng.uniform(1, 20), kept=rng.random() > 0.2) for p in paths]
+    return units, records
+
+
+def test_shard_groups_hold_each_kept_file_once_one_split_each_train_first():
+    units, records = _units_and_records(12, 25)
+    cfg = PreprocessConfig(shard_mb=0.5)
+    split_of = {
+        r["path"]: "val" if r["path"] < "spk05" else "train" for rs in records.values() for r in rs
+    }
+    groups = make_shard_groups(units, records, split_of, cfg)
+    members = [m for g in groups for m in g.members]
+    kept = [(u, i) for u, rs in records.items() for i, r in enumerate(rs) if r["status"] == "kept"]
+    assert sorted(members) == sorted(kept)
+    for g in groups:
+        assert {split_of[records[u][i]["path"]] for u, i in g.members} == {g.split}
+    assert [g.split for g in groups] == sorted((g.split for g in groups), key="train val".index)
+    assert [g.group_id for g in groups] == list(range(len(groups)))
+    limit = cfg.shard_mb * 1e6 + 20 * 20_000  # the target, passed by one file at most
+    assert all(g.est_bytes <= limit for g in groups) and len(groups) > 3
+
+
+def test_shard_groups_depend_on_the_plan_and_decisions_not_on_unit_order():
+    units, records = _units_and_records(8, 20, seed=3)
+    split_of = {r["path"]: "train" for rs in records.values() for r in rs}
+    cfg = PreprocessConfig(shard_mb=0.3)
+    a = make_shard_groups(units, records, split_of, cfg)
+    b = make_shard_groups(units[::-1], records, split_of, cfg)
+    assert [x.to_dict() for x in a] == [x.to_dict() for x in b]

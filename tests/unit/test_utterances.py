@@ -33,7 +33,7 @@ def _run_unit(root: Path, names: list[str], work: Path, cfg: PreprocessConfig):
         f = InputFile(**r)
         f.split = "train"
         files[f.path] = f
-    unit_mod.process_unit(WorkUnit(0, "train", names), files, root, work, cfg)
+    unit_mod.process_unit(WorkUnit(0, names), files, root, work, cfg)
     udir = unit_mod.unit_dir(work, 0)
     records = {
         json.loads(line)["path"]: json.loads(line)
