@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from preprocess.measure.policy import Decision
@@ -28,14 +29,14 @@ def file_record(
     f: InputFile,
     decision: Decision,
     analysis: FileAnalysis | None = None,
-    utterances: int = 0,
-    kept_samples: int = 0,
+    utterance_samples: Sequence[int] = (),
     trimmed_samples: int = 0,
 ) -> dict[str, Any]:
     """The files.jsonl line for one input file (fields in docs/PREPROCESS.md).
 
-    `utterances` (the shard samples written) goes to the field `segments`, which keeps its
-    name for readers of files.jsonl and stats.zarr; `kept_samples`, the audio in them, to
+    `utterance_samples`, the length of each utterance the file gives (written, or in a scan
+    planned), in file order, is kept as is; their count goes to the field `segments`, which
+    keeps its name for readers of files.jsonl and stats.zarr, and their audio to
     `valid_seconds`.
     """
     h = analysis.header if analysis and analysis.header else None
@@ -65,9 +66,10 @@ def file_record(
         "clipped_fraction": None,
         "nonfinite": None,
         "gain_db": _num(decision.gain_db) if decision.kept else None,
-        "segments": utterances,
+        "segments": len(utterance_samples),
+        "utterance_samples": [int(n) for n in utterance_samples],
         "trimmed_seconds": _num(trimmed_samples / SAMPLE_RATE),
-        "valid_seconds": _num(kept_samples / SAMPLE_RATE),
+        "valid_seconds": _num(sum(utterance_samples) / SAMPLE_RATE),
         "snr_db": None,
         "dnsmos_sig": None,
         "dnsmos_bak": None,

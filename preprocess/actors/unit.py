@@ -242,15 +242,13 @@ def _process_file(
     reason code. With `encoded` None (scan only) utterances are planned and counted, not cut.
     """
     samples: list[tuple[int, str]] = []
-    n_utterances = 0
+    lengths: list[int] = []  # of the file's utterances, written or (scan only) planned
     with SampleSpool(tmp) as spool:
         try:
             analysis = analyze_file(full, cfg, spool)
             decision = decide(analysis, cfg, f.is_audio_extension)
-            valid = 0
             if decision.kept and encoded is None:
-                plan = plan_utterances(analysis, cfg)
-                n_utterances, valid = len(plan), int(plan[:, 1].sum())
+                lengths = [int(n) for n in plan_utterances(analysis, cfg)[:, 1]]
             elif decision.kept:
                 for utt in cut_utterances(analysis, spool, cfg, decision.gain_db):
                     key = sample_key(f.file_id, utt.index)
@@ -263,14 +261,13 @@ def _process_file(
                     }
                     sample = encode_sample(key, utt.pcm, utt.valid, meta, cfg.audio_encoding)
                     samples.append((encoded.add(sample), key))
-                    valid += utt.samples
-                n_utterances = len(samples)
-            if decision.kept and n_utterances == 0:
+                    lengths.append(utt.samples)
+            if decision.kept and not lengths:
                 decision = reject(
                     "short", "no utterance reaches min_utterance_seconds after trimming"
                 )
             start, end = trim_range(analysis, cfg) if analysis.error is None else (0, 0)
-            rec = file_record(f, decision, analysis, n_utterances, valid, end - start)
+            rec = file_record(f, decision, analysis, lengths, end - start)
             rms = analysis.frame_rms.astype(np.float32)
         except Exception as exc:  # one bad file never stops the job
             if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):

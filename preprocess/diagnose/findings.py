@@ -214,11 +214,11 @@ class Utterances:
     """Every kept utterance's length, and where the lengths come from.
 
     An OUT with shards lists each utterance in manifest.jsonl: exact. A scan of a raw
-    corpus writes no samples and so no manifest; it records per file only how many
-    utterances the file gives and the audio in them (files.jsonl `segments`,
-    `valid_seconds`), so its lengths are that audio split evenly within each file: exact
-    where a file is one utterance (or one long region cut by the cap), an estimate where
-    pauses split a file unevenly.
+    corpus writes no samples and so no manifest, but each files.jsonl record lists the
+    lengths of the utterances its file would give (`utterance_samples`): exact too. Only
+    an OUT from before that field has per file just how many utterances and the audio in
+    them (`segments`, `valid_seconds`): that audio split evenly within each file, an
+    estimate where pauses split a file unevenly.
     """
 
     samples: np.ndarray  # int64[U], the lengths in samples
@@ -237,9 +237,17 @@ def manifest_utterances(index: Index) -> Utterances:
 
 
 def scan_utterances(records: Sequence[dict[str, Any]]) -> Utterances:
-    """Per kept file, `segments` equal utterances holding its `valid_seconds` (a scan
-    records no per-utterance lengths; see Utterances)."""
+    """The utterance lengths a scan's records list (`utterance_samples`); for records from
+    before that field, per kept file `segments` equal utterances holding its
+    `valid_seconds` (see Utterances)."""
     kept = [r for r in records if r["status"] == "kept" and (r.get("segments") or 0) > 0]
+    if all("utterance_samples" in r for r in kept):
+        lengths = [n for r in kept for n in r["utterance_samples"]]
+        return Utterances(
+            np.array(lengths, dtype=np.int64),
+            True,
+            "files.jsonl: each kept file's utterance lengths (a scan writes no manifest)",
+        )
     count = np.array([r["segments"] for r in kept], dtype=np.int64)
     audio = to_samples(r.get("valid_seconds") for r in kept)
     each = np.repeat(audio // np.maximum(count, 1), count)

@@ -434,14 +434,13 @@ def test_raw_corpus_is_scanned_into_the_working_directory(diagnosed, monkeypatch
     assert cfg == load_config(None)  # the training length never reaches the scan's config
     md = (work / "report" / "report.md").read_text(encoding="utf-8")
     assert md_row(md, "2 s (scored) (original)")
-    # A scan records per file how many utterances and how much audio: the table says the
-    # lengths are estimated from files.jsonl, and they hold exactly the utterance audio.
-    assert "Lengths from files.jsonl: a scan writes no manifest" in md
-    assert "among its utterances (an estimate)." in md
+    # A scan writes no manifest, but each record lists its file's utterance lengths: the
+    # padding table is computed from exactly the utterances a run with shards writes.
+    assert "Lengths from files.jsonl: each kept file's utterance lengths" in md
+    assert "(an estimate)" not in md
     f = diagnose_output(work)
-    kept = [r for r in diagnosed["records"] if r["status"] == "kept"]
-    assert f.utterances.samples.size == sum(r["segments"] for r in kept)
-    assert int(f.utterances.samples.sum()) == sum(round(r["valid_seconds"] * 16000) for r in kept)
+    written = [r["samples"] for r in read_jsonl(diagnosed["out"] / "manifest.jsonl")]
+    assert f.utterances.exact and sorted(f.utterances.samples.tolist()) == sorted(written)
     # A real OUT with shards is never overwritten by a scan.
     assert cli.main([str(corpus), "--out", str(diagnosed["out"])]) == 2
     assert json.loads((diagnosed["out"] / "index.json").read_text())["scan_only"] is False
@@ -557,7 +556,8 @@ def test_padding_warning_agrees_with_the_recommendation(small):
     assert "shorter segments" not in line and "preprocess" not in line
 
 
-def test_a_scan_without_a_manifest_splits_each_files_audio_among_its_utterances(small):
+def test_records_without_utterance_lengths_split_each_files_audio_among_its_utterances(small):
+    """files.jsonl from before `utterance_samples` (these synthetic records lack it)."""
     f = small["f"]
     kept = [r for r in small["records"] if r["status"] == "kept"]
     assert not f.utterances.exact
