@@ -265,9 +265,10 @@ def test_noise_alone_is_still_rejected(tmp_path, kind, seed):
     assert not d.kept and d.reason in {"no_speech", "short", "mostly_silent"}, (d, a.active_seconds)
 
 
-# Measured p90 |snr_db − truth| over 5–30 dB (issue 24's target is 4 dB; babble, speech
-# itself, is marked active by the detector and read ~2 dB high: not met yet, bound kept).
-SNR_P90_BOUND_DB = {"white": 1.5, "pink": 2.0, "babble": 5.5}
+# p90 |snr_db − truth| over 5–30 dB: issue 24's target is 4 dB for each. Measured 0.65,
+# 1.09 and 3.35 dB (babble was 5.13 dB before the quietest-half-second floor in
+# quality.speech_snr_db); the bounds leave a little room above the measurement.
+SNR_P90_BOUND_DB = {"white": 1.5, "pink": 2.0, "babble": 4.0}
 
 
 @pytest.mark.parametrize("kind", sorted(SNR_P90_BOUND_DB))
