@@ -27,14 +27,14 @@ The mission's size (issue 25), in one command for a quiet machine (~15–25 min 
    mono PCM16 WAV, lognormal lengths around 4 s, folders of 1,000 files, 5 % planted faults;
 2. runs the default command, `python -m preprocess.run --input IN --output OUT`, as a user
    would, and prints wall and CPU seconds per phase (start-up with listing, hash + probe,
-   dedupe/split/units, scan + shard, assembly: files.jsonl / stats.zarr / index.json,
+   dedupe/units, scan, split, shard, assembly: files.jsonl / stats.zarr / index.json,
    report, exit) for the driver, Ray's workers and Ray's daemons, seen from outside
-   (benchmarks/phase_watch.py), with peak RSS, the decisions against the planted truth and
-   a projection to one and four 16-core nodes;
+   (benchmarks/phase_watch.py), then the pipeline's own phase clock (`--timings`, a
+   print-only flag), with peak RSS, the decisions against the planted truth and a
+   projection to one and four 16-core nodes;
 3. runs the side-by-side above, (a)–(d), on the first --slice-hours (10) of that corpus,
    Lhotse included when it is installed.
-Small check: `--mission-hours 0.3 --slice-hours 0.1 --folder-files 25` (a corpus of one
-folder has no val split, and the default command then exits 1 by design).
+Small check: `--mission-hours 0.3 --slice-hours 0.1 --folder-files 25`.
 """
 
 from __future__ import annotations
@@ -470,6 +470,7 @@ def mission(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="tcbench-mission-out-", dir=args.cache) as tmp:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "preprocess.run", "--input", str(corpus), "--output", str(out)]
+        cmd.append("--timings")  # print-only: the run's own phase table
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
         print(f"\n$ {' '.join(cmd[1:])}  (python = {sys.executable})")
         w = watch(cmd, REPO, env, out)
@@ -477,6 +478,7 @@ def mission(args: argparse.Namespace) -> None:
             tail = "\n".join((w.stdout + w.stderr)[-40:])
             raise SystemExit(f"the default command failed ({w.returncode}):\n{tail}")
         print_phases(w, hours, listing)
+        print_own_phases(w)
         print_run_log(out / ".work" / "run-log.jsonl")
         print_decisions(out / "files.jsonl", truth)
         report_mb = sum(p.stat().st_size for p in (out / "report").rglob("*") if p.is_file())
@@ -535,6 +537,19 @@ def print_phases(w: Watched, hours: float, listing: tuple[float, float, int]) ->
     print("the command's own figures: " + "; ".join(said))
 
 
+def print_own_phases(w: Watched) -> None:
+    """The table `preprocess.run --timings` printed: the pipeline's own phase clock (driver
+    thread CPU, workers' process CPU), exact where the outside view interpolates."""
+    lines = [*w.stdout]
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("phase ")), None)
+    if start is None:
+        print("(the command printed no phase table)")
+        return
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("total"))
+    print("\nthe pipeline's own phase clock (--timings):")
+    print("\n".join(lines[start : end + 1]))
+
+
 def print_run_log(path: Path) -> None:
     """Units and shard groups from the pipeline's run log (OUT/.work/run-log.jsonl)."""
     if not path.is_file():
@@ -579,11 +594,11 @@ def print_decisions(files_jsonl: Path, truth: list[dict]) -> None:
 
 def project_mission(w: Watched, hours: float) -> None:
     """113 h on one and on four 16-core nodes from this run's phases: the workers' CPU
-    in hash + probe and scan + shard spread over the cores; every other phase (the
+    in hash + probe, scan and shard spread over the cores; every other phase (the
     driver's, serial) scaled by files; Ray's start-up fixed."""
     parallel, serial, fixed = 0.0, 0.0, 0.0
     for ph in phases(w):
-        if ph.name.startswith(("hash + probe", "scan + shard")):
+        if ph.name.startswith(("hash + probe", "scan", "shard")):
             parallel += ph.cpu["workers"]
         elif ph.name.startswith(("start-up", "exit")):
             fixed += ph.end - ph.start

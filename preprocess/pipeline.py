@@ -45,7 +45,7 @@ from preprocess.actors.unit import (
 from preprocess.config import PreprocessConfig
 from preprocess.measure import stage_times
 from preprocess.measure.policy import Decision, reject, undecodable
-from preprocess.measure.stage_times import add_times
+from preprocess.measure.stage_times import PhaseClock, add_times
 from preprocess.out.lock import OutputLocked, output_lock
 from preprocess.out.outdir import OutputConflict, check_input_unchanged, claim_output
 from preprocess.plan.planner import (
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 _FINGERPRINT_BATCH = 32
 FINGERPRINTS = "fingerprints.jsonl"  # in OUT/.work: hashes a killed run already took
+# How often hashing saves the cache (each save stats every file: ~1 s at 100 k files).
+FINGERPRINT_SAVE_S = 60.0
 
 __all__ = ["OutputConflict", "OutputLocked", "UsageError", "check_run_paths", "run_pipeline"]
 
@@ -102,6 +104,10 @@ class UnitWorker:
         """Once this actor is up: its start-up warning, for the driver to print (workers'
         own output stays in Ray's logs)."""
         return self.start_warning
+
+    def cpu_s(self) -> float:
+        """This worker process's CPU seconds so far (the driver's phase clock reads it)."""
+        return _process_cpu_s()
 
     def usage(self) -> dict[str, Any]:
         """This worker's CPU seconds so far, at start-up, and stage times not yet reported
@@ -155,28 +161,36 @@ def _process_cpu_s() -> float:
 
 
 def _plan(
-    input_root: Path, cfg: PreprocessConfig, work: Path, actors: list[Any]
+    input_root: Path, cfg: PreprocessConfig, work: Path, actors: list[Any], clock: PhaseClock
 ) -> list[InputFile]:
     """List, hash and probe every file (on the worker actors; a batch whose worker died is
     sent again), then dedupe. Entries that cannot be read (bad names, FIFOs, broken
     links…) join with their reason."""
-    listing = list_inputs(input_root)
-    paths = listing.files
-    cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
+    with clock.phase("listing"):
+        listing = list_inputs(input_root)
+        paths = listing.files
+        cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
     todo = [p for p in paths if p not in cached]
     batches = [todo[i : i + _FINGERPRINT_BATCH] for i in range(0, len(todo), _FINGERPRINT_BATCH)]
-    with tqdm(
-        total=len(paths),
-        initial=len(paths) - len(todo),
-        desc="plan: hash+probe",
-        unit="file",
-        dynamic_ncols=True,
-    ) as bar:
+    with (
+        clock.phase("hash + probe"),
+        tqdm(
+            total=len(paths),
+            initial=len(paths) - len(todo),
+            desc="plan: hash+probe",
+            unit="file",
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        saved = time.monotonic()
         for recs in fingerprint_on(ActorTasks(actors), batches):
             for rec in recs:
                 cached[rec["path"]] = rec
                 bar.update(1)
-    _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
+            if time.monotonic() - saved > FINGERPRINT_SAVE_S:  # a kill keeps what is hashed
+                _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
+                saved = time.monotonic()
+        _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
     files = [InputFile(**cached[p]) for p in paths] + listing.skipped
     files.sort(key=lambda f: f.path)
     mark_duplicates(files)
@@ -209,8 +223,11 @@ def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
 
 
 def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
+    """The hashes taken so far (`recs`), each with its file's stat key, atomically."""
     lines = []
     for p in paths:
+        if p not in recs:
+            continue  # not hashed yet (a save while hashing)
         try:
             stat = _stat_key(root, p)
         except OSError:
@@ -285,8 +302,13 @@ def run_pipeline(
         work.mkdir(exist_ok=True)
         log.info("preprocess: %s → %s", input_root, out)
         log.info(config_line(cfg))
+        clock = PhaseClock()
+        clock.begin("start-up: Ray")
         with ray_session(address, workers, dashboard, stop_ray_in_background) as session:
-            done = _run_on_ray(input_root, out, cfg, work, session.workers, scan_only, overwrite)
+            clock.end()
+            done = _run_on_ray(
+                input_root, out, cfg, work, session.workers, scan_only, overwrite, clock
+            )
         # Thread CPU: a local Ray may be stopping in another thread of this process meanwhile.
         t_assemble, cpu_assemble = time.perf_counter(), time.thread_time()
         index = assemble(
@@ -298,6 +320,7 @@ def run_pipeline(
             input_root,
             done.digest,
             scan_only,
+            clock,
         )
         assembly = {
             "cpu": {"assemble": time.thread_time() - cpu_assemble},
@@ -317,6 +340,7 @@ def run_pipeline(
     index["_worker_startup_cpu_s"] = done.worker_startup_cpu_s
     index["_utilization"] = done.utilization
     index["_driver_cpu_s"] = done.driver_cpu_s + assembly["cpu"]["assemble"]
+    index["_phases"] = clock.rows
     return index
 
 
@@ -338,6 +362,7 @@ def _run_units(
     work: Path,
     cfg: PreprocessConfig,
     actors: list[Any],
+    clock: PhaseClock,
     scan_only: bool = False,
 ) -> _Rounds:
     """Two rounds on the worker actors (`schedule.run_on_pool`; a dead worker's task goes
@@ -359,18 +384,23 @@ def _run_units(
     ]
     total_files = sum(len(u.paths) for u in units)
     pool = ActorTasks(actors)
-    with tqdm(
-        total=total_files,
-        initial=total_files - sum(len(u.paths) for u in todo),
-        desc="scan",
-        unit="file",
-        dynamic_ncols=True,
-    ) as bar:
+    with (
+        clock.phase("scan"),
+        tqdm(
+            total=total_files,
+            initial=total_files - sum(len(u.paths) for u in todo),
+            desc="scan",
+            unit="file",
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         figures = run_on_pool(todo, {}, keys, by_path, pool, work, scan_only, bar)
+    clock.begin("split + shard groups")
     records = {u.unit_id: read_unit_records(work, u.unit_id) for u in units}
     every = [r for rs in records.values() for r in rs] + plan_records
     split = assign_splits(kept_items(every), cfg)
     if scan_only:
+        clock.end()
         return _Rounds(records, split, [], figures)
     groups = make_shard_groups(units, records, split.split_of, cfg)
     pending = {
@@ -385,13 +415,17 @@ def _run_units(
         if u.unit_id in needed and not unit_is_done(work, u.unit_id, keys[u.unit_id])
     ]
     crashed = {p: CRASHED_DETAIL for u in redo for p in _crashed_files(work, u.unit_id)}
-    with tqdm(
-        total=len(groups),
-        initial=len(groups) - len(pending),
-        desc="shard",
-        unit="shard",
-        dynamic_ncols=True,
-    ) as bar:
+    clock.end()
+    with (
+        clock.phase("shard"),
+        tqdm(
+            total=len(groups),
+            initial=len(groups) - len(pending),
+            desc="shard",
+            unit="shard",
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         second = run_on_pool(redo, pending, keys, by_path, pool, work, False, bar, crashed)
     _merge_figures(figures, second)
     return _Rounds(records, split, groups, figures)
@@ -448,7 +482,8 @@ def _run_on_ray(
     work: Path,
     workers: int,
     scan_only: bool,
-    overwrite: bool = False,
+    overwrite: bool,
+    clock: PhaseClock,
 ) -> _RayWork:
     """Plan and process every unit and shard group on actors; Ray is up."""
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -463,18 +498,27 @@ def _run_on_ray(
     spread = UnitWorker.options(
         num_cpus=1, scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=0
     )
+    clock.begin("start-up: actors")
     actors = [spread.remote(str(input_root), str(work), cfg.to_dict()) for _ in range(workers)]
     try:
         for warning in sorted({w for w in ray.get([a.started.remote() for a in actors]) if w}):
             log.warning(warning.removeprefix("preprocess: warning: "))
-        files = _plan(input_root, cfg, work, actors)
-        digest = input_digest(files)
-        check_input_unchanged(out, files, digest, overwrite)
-        units = make_units(files, cfg)
-        plan_records = [file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)]
-        rounds = _run_units(units, files, plan_records, input_root, work, cfg, actors, scan_only)
+        clock.end()
+        clock.workers_cpu = lambda: sum(ray.get([a.cpu_s.remote() for a in actors]))
+        files = _plan(input_root, cfg, work, actors, clock)
+        with clock.phase("plan: dedupe, units"):
+            digest = input_digest(files)
+            check_input_unchanged(out, files, digest, overwrite)
+            units = make_units(files, cfg)
+            plan_records = [
+                file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)
+            ]
+        rounds = _run_units(
+            units, files, plan_records, input_root, work, cfg, actors, clock, scan_only
+        )
         usage = ray.get([a.usage.remote() for a in actors])
     finally:
+        clock.workers_cpu = None
         for actor in actors:
             ray.kill(actor)
     figures = rounds.figures

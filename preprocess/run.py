@@ -32,6 +32,7 @@ from preprocess.actors.schedule import WorkerDeaths  # noqa: E402
 from preprocess.config import RETIRED_WHY, ConfigError, load_config  # noqa: E402
 from preprocess.measure.quality import DnsmosUnavailable, require_dnsmos  # noqa: E402
 from preprocess.measure.silero_vad import require_silero  # noqa: E402
+from preprocess.measure.stage_times import PhaseClock  # noqa: E402
 from preprocess.out.lock import OutputLocked, output_lock  # noqa: E402
 from preprocess.out.outdir import OutputConflict  # noqa: E402
 from preprocess.pipeline import UsageError, check_run_paths, run_pipeline  # noqa: E402
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-work", action="store_true", help="keep OUT/.work/units for debugging")
     p.add_argument("--no-report", action="store_true", help="skip the diagnosis report")
     p.add_argument(
+        "--timings",
+        action="store_true",
+        help="print wall and CPU seconds per phase of the run (start-up … report)",
+    )
+    p.add_argument(
         "--allow-empty",
         action="store_true",
         help="exit 0 when nothing is kept or val is empty although val_fraction > 0 "
@@ -167,8 +173,13 @@ def _main(args: argparse.Namespace) -> int:
             stop_ray_in_background=True,  # assembly and the report overlap Ray's shutdown
         )
         print_summary(index)
+        clock = PhaseClock()
+        clock.rows = list(index.get("_phases", []))
         if not args.no_report:
-            _write_report(out)
+            with clock.phase("report"):
+                _write_report(out)
+        if args.timings:
+            print("\n" + "\n".join(clock.lines()))
     problem = unusable_result(index)
     if problem is None:
         return EXIT_OK

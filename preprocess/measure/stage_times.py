@@ -1,4 +1,5 @@
-"""Where a worker's time goes: CPU and wall seconds per pipeline stage, for the benchmark.
+"""Where a run's time goes: CPU and wall seconds per worker stage (`StageClock`) and per
+driver phase (`PhaseClock`), for the benchmark and `preprocess.run --timings`.
 
 A lap clock, not a profiler: `lap("decode")` charges the time since the previous lap to
 "decode". One line per stage boundary reaches inside generators (the decoder's blocks) and
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 # The stages the benchmark prints, in pipeline order; the lap names used in the code.
 STAGES = (
@@ -77,3 +80,60 @@ def add_times(total: dict[str, dict[str, float]], part: dict[str, dict[str, floa
         slot = total.setdefault(kind, {})
         for stage, seconds in stages.items():
             slot[stage] = slot.get(stage, 0.0) + seconds
+
+
+class PhaseClock:
+    """Wall and CPU seconds of each phase of a run as the driver goes through them (start-up,
+    listing, hash + probe, scan, split, shard, assembly's steps, report), exact, from
+    inside the run: no observer has to infer phases from progress bars.
+
+    Driver CPU is this thread's (`time.thread_time`): a local Ray stopping in another
+    thread of the process during assembly is not charged to it. Workers' CPU is read
+    through `workers_cpu` (the actors' process CPU summed) while they are up, else None.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float | str | None]] = []
+        self.workers_cpu: Callable[[], float] | None = None
+        self._open: tuple[str, float, float, float | None] | None = None
+
+    def begin(self, name: str) -> None:
+        """Start phase `name` (for a phase that does not fit a `with` block)."""
+        workers = self.workers_cpu() if self.workers_cpu else None
+        self._open = (name, time.perf_counter(), time.thread_time(), workers)
+
+    def end(self) -> None:
+        """End the phase `begin` started and record it."""
+        if self._open is None:
+            return
+        name, wall, cpu, workers = self._open
+        self._open = None
+        after = self.workers_cpu() if self.workers_cpu and workers is not None else None
+        self.rows.append(
+            {
+                "phase": name,
+                "wall_s": round(time.perf_counter() - wall, 3),
+                "driver_cpu_s": round(time.thread_time() - cpu, 3),
+                "workers_cpu_s": None if after is None else round(after - workers, 3),
+            }
+        )
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.begin(name)
+        try:
+            yield
+        finally:
+            self.end()
+
+    def lines(self) -> list[str]:
+        """A short table for people: one line per phase, then the total."""
+        out = [f"{'phase':<26}{'wall s':>8}{'driver CPU-s':>14}{'workers CPU-s':>15}"]
+        for r in self.rows:
+            workers = "" if r["workers_cpu_s"] is None else f"{r['workers_cpu_s']:.1f}"
+            out.append(
+                f"{r['phase']:<26}{r['wall_s']:>8.1f}{r['driver_cpu_s']:>14.1f}{workers:>15}"
+            )
+        wall = sum(float(r["wall_s"]) for r in self.rows)
+        out.append(f"{'total':<26}{wall:>8.1f}")
+        return out

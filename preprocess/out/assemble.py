@@ -31,6 +31,7 @@ from preprocess.actors.records import dumps_record
 from preprocess.actors.shard_group import group_dir, part_manifest_rows
 from preprocess.actors.unit import unit_dir
 from preprocess.config import PreprocessConfig
+from preprocess.measure.stage_times import PhaseClock
 from preprocess.out.stats_store import write_stats
 from preprocess.plan.planner import ShardGroup, WorkUnit
 from preprocess.plan.provenance import running_code_version
@@ -122,12 +123,17 @@ def assemble(
     input_root: Path,
     input_digest: str,
     scan_only: bool = False,
+    clock: PhaseClock | None = None,
 ) -> dict[str, Any]:
-    """Write the final OUT files and return the index (no shards when `scan_only`)."""
-    placed = [] if scan_only else place_shards(out, work, groups)
-    shards = [{k: v for k, v in e.items() if k != "_rows"} for e in placed]
-    remove_stale_shards(out, shards)
-    write_manifest(out, _manifest_rows(work, placed))
+    """Write the final OUT files and return the index (no shards when `scan_only`); each
+    step is a phase of `clock` when given."""
+    clock = clock or PhaseClock()
+    with clock.phase("assembly: shards, manifest"):
+        placed = [] if scan_only else place_shards(out, work, groups)
+        shards = [{k: v for k, v in e.items() if k != "_rows"} for e in placed]
+        remove_stale_shards(out, shards)
+        write_manifest(out, _manifest_rows(work, placed))
+    clock.begin("assembly: files.jsonl")
     rows = [
         (rec, unit.unit_id, i)
         for unit in outcome.units
@@ -139,11 +145,14 @@ def assemble(
     for rec in records:
         rec["split"] = outcome.split.split_of[rec["path"]] if rec["status"] == "kept" else None
     atomic_write_text(out / "files.jsonl", "".join(dumps_record(r) + "\n" for r in records))
-    _write_stats(out, work, cfg, outcome.units, rows)
-    index = build_index(cfg, shards, records, input_root, outcome.split)
-    index["input_digest"] = input_digest
-    index["scan_only"] = scan_only
-    write_index(out, index)
+    clock.end()
+    with clock.phase("assembly: stats.zarr"):
+        _write_stats(out, work, cfg, outcome.units, rows)
+    with clock.phase("assembly: index.json"):
+        index = build_index(cfg, shards, records, input_root, outcome.split)
+        index["input_digest"] = input_digest
+        index["scan_only"] = scan_only
+        write_index(out, index)
     return index
 
 

@@ -131,8 +131,30 @@ def test_one_and_two_workers_and_script_entry_give_identical_bytes(
     synth_corpus, synth_out, tmp_path
 ):
     out1 = tmp_path / "w1"
-    preprocess(synth_corpus[0], out1, "--workers", "1", "--shard-mb", SHARD_MB, script=True)
+    run = preprocess(
+        synth_corpus[0], out1, "--workers", "1", "--shard-mb", SHARD_MB, "--timings", script=True
+    )
     assert tree_digest(out1) == tree_digest(synth_out)
+    # --timings: the run's own phases, in order, each with its wall and CPU seconds.
+    table = run.stdout[run.stdout.index("phase ") :].splitlines()
+    names = [line[:26].strip() for line in table[1:-1]]
+    assert names == [
+        "start-up: Ray",
+        "start-up: actors",
+        "listing",
+        "hash + probe",
+        "plan: dedupe, units",
+        "scan",
+        "split + shard groups",
+        "shard",
+        "assembly: shards, manifest",
+        "assembly: files.jsonl",
+        "assembly: stats.zarr",
+        "assembly: index.json",
+    ]
+    scan = next(line for line in table if line.startswith("scan "))
+    assert float(scan.split()[-1]) > 0  # the workers' CPU seconds in the scan
+    assert table[-1].startswith("total")
 
 
 def test_kill_9_mid_run_then_rerun_gives_identical_bytes(synth_corpus, synth_out, tmp_path):

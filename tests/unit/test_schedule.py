@@ -240,3 +240,23 @@ def test_a_probe_batch_whose_worker_died_goes_out_again():
     pool = Probes()
     got = [r["path"] for recs in fingerprint_on(pool, [["a.wav"], ["b.wav"]]) for r in recs]
     assert got == ["a.wav", "b.wav"] and pool.sent == [["a.wav"], ["b.wav"], ["b.wav"]]
+
+
+def test_the_phase_clock_records_each_phase_in_order_with_the_workers_cpu():
+    from preprocess.measure.stage_times import PhaseClock
+
+    clock, spent = PhaseClock(), iter([10.0, 12.5, 12.5, 20.0])
+    with clock.phase("listing"):  # no workers yet: their CPU is unknown, not 0
+        pass
+    clock.workers_cpu = lambda: next(spent)
+    with clock.phase("scan"):
+        pass
+    clock.begin("shard")
+    clock.end()
+    clock.end()  # nothing open: nothing recorded
+    assert [r["phase"] for r in clock.rows] == ["listing", "scan", "shard"]
+    assert [r["workers_cpu_s"] for r in clock.rows] == [None, 2.5, 7.5]
+    assert all(r["wall_s"] >= 0 and r["driver_cpu_s"] >= 0 for r in clock.rows)
+    lines = clock.lines()
+    assert lines[0].startswith("phase") and lines[-1].startswith("total")
+    assert len(lines) == 5 and lines[2].split()[-1] == "2.5"
