@@ -38,6 +38,7 @@ from preprocess.out.outdir import OutputConflict  # noqa: E402
 from preprocess.pipeline import UsageError, check_run_paths, run_pipeline  # noqa: E402
 from preprocess.plan.split import SplitError  # noqa: E402
 from preprocess.summary import print_summary, unusable_result  # noqa: E402
+from shards.atomic import DISK_FULL_ERRNOS  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 # Not __name__: run as a script this module is __main__, outside the "preprocess" logger.
@@ -304,7 +305,7 @@ def disk_full(exc: BaseException) -> OSError | None:
             continue
         seen.add(id(e))
         cause = getattr(e, "cause", None)  # RayTaskError's own exception
-        if isinstance(e, OSError) and e.errno in _DISK_FULL and cause is None:
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS and cause is None:
             return e
         todo += [cause if isinstance(cause, BaseException) else None]
         todo += [e.__cause__, e.__context__]

@@ -13,11 +13,16 @@ so a power cut cannot leave a committed name over torn contents.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+# The errnos of a full disk: no space left, or the user's quota spent. Every writer
+# (preprocess's units, groups, OUT; training's checkpoints) reports them as one line.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

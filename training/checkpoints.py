@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from shards.atomic import atomic_write_bytes, atomic_write_json
+from shards.atomic import DISK_FULL_ERRNOS, atomic_write_bytes, atomic_write_json
 from training.args import experiment_dir, fail
 from training.checkpoint_files import rng_state, set_rng_state, verify_manifest, write_manifest
 from training.distributed import print0
@@ -84,7 +84,6 @@ class SaveFailed(SystemExit):
     """A checkpoint that could not be written: its one-line message, exit status 1."""
 
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # torch.save's C++ zip writer raises RuntimeError without an errno when a write fails:
 # "PytorchStreamWriter failed writing file data/0: file write failed", then "unexpected
 # pos N vs M" or "basic_ios::clear: iostream error" (seen writing to /dev/full).

@@ -14,7 +14,6 @@ rerun on a changed input equal to a clean run.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from preprocess.measure.utterances import cut_utterances, plan_utterances, trim_
 from preprocess.plan.planner import InputFile, WorkUnit
 from preprocess.plan.provenance import running_code_version
 from shards import encode_sample, sample_key
-from shards.atomic import atomic_write_json, commit_dir
+from shards.atomic import DISK_FULL_ERRNOS, atomic_write_json, commit_dir
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
@@ -270,7 +269,7 @@ def _process_file(
             rec = file_record(f, decision, analysis, lengths, end - start)
             rms = analysis.frame_rms.astype(np.float32)
         except Exception as exc:  # one bad file never stops the job
-            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
                 raise  # a full disk is the run's to report, not this file's fault
             samples = []
             decision = reject("corrupt", f"processing failed: {type(exc).__name__}: {exc}")

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from preprocess.out.outdir import DISK_FULL, LOCK_NAME, OutputConflict
+from preprocess.out.outdir import LOCK_NAME, OutputConflict
+from shards.atomic import DISK_FULL_ERRNOS
 
 _NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
 
@@ -60,7 +61,7 @@ def output_lock(out: Path) -> Iterator[None]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # read-only filesystem, no permission
-        if exc.errno in DISK_FULL:
+        if exc.errno in DISK_FULL_ERRNOS:
             raise
         raise OutputConflict(f"output {out} cannot be written: {exc.strerror or exc}") from exc
     fd = _acquire(out / LOCK_NAME)
@@ -81,7 +82,7 @@ def _acquire(path: Path) -> int | None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            if exc.errno in DISK_FULL:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise
             raise OutputConflict(
                 f"output {path.parent} cannot be written: {exc.strerror or exc}"

@@ -18,7 +18,6 @@ An OUT written before stamps existed is recognised by an index.json of our forma
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from pathlib import Path
@@ -27,12 +26,11 @@ from typing import Any
 from preprocess.config import PreprocessConfig
 from preprocess.plan.planner import InputFile
 from shards import Index
-from shards.atomic import atomic_write_json
+from shards.atomic import DISK_FULL_ERRNOS, atomic_write_json
 from shards.index import IndexFormatError
 
 STAMP = ".preprocess-out.json"
 LOCK_NAME = ".lock"  # preprocess/out/lock.py: held while a run reads or writes OUT
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TOOL = "telucodec preprocess.run"
 # What a run writes under OUT (besides the stamp); `--overwrite` removes exactly these.
 RUN_OUTPUTS = ("shards", "stats.zarr", "stats.zarr.tmp", "report", ".work", "files.jsonl")
@@ -70,7 +68,7 @@ def claim_output(out: Path, input_root: Path, cfg: PreprocessConfig, overwrite: 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / STAMP, stamp, indent=1, sort_keys=True, ensure_ascii=False)
     except OSError as exc:  # read-only filesystem, no permission, a file in the way
-        if exc.errno in DISK_FULL:
+        if exc.errno in DISK_FULL_ERRNOS:
             raise  # not a bad --output: the CLI says "no space left" (exit 1)
         raise OutputConflict(f"output {out} cannot be written: {exc.strerror or exc}") from exc
 
