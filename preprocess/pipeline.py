@@ -53,6 +53,7 @@ from preprocess.plan.planner import (
     ShardGroup,
     WorkUnit,
     assign_splits,
+    check_split,
     fingerprint,
     input_digest,
     kept_items,
@@ -69,8 +70,6 @@ log = logging.getLogger(__name__)
 
 _FINGERPRINT_BATCH = 32
 FINGERPRINTS = "fingerprints.jsonl"  # in OUT/.work: hashes a killed run already took
-# How often hashing saves the cache (each save stats every file: ~1 s at 100 k files).
-FINGERPRINT_SAVE_S = 60.0
 
 __all__ = ["OutputConflict", "OutputLocked", "UsageError", "check_run_paths", "run_pipeline"]
 
@@ -155,6 +154,15 @@ def _where_and_when(done: dict[str, Any], start: float) -> dict[str, Any]:
     return done
 
 
+def _workers_cpu(actors: list[Any]) -> float | None:
+    """The actors' process CPU seconds summed, for the phase clock; None when one cannot
+    answer within seconds (dead, restarting, busy past a signal): a figure, never a hang."""
+    try:
+        return sum(ray.get([a.cpu_s.remote() for a in actors], timeout=10))
+    except (ray.exceptions.RayError, TimeoutError):
+        return None
+
+
 def _process_cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -182,14 +190,15 @@ def _plan(
             dynamic_ncols=True,
         ) as bar,
     ):
-        saved = time.monotonic()
-        for recs in fingerprint_on(ActorTasks(actors), batches):
-            for rec in recs:
-                cached[rec["path"]] = rec
-                bar.update(1)
-            if time.monotonic() - saved > FINGERPRINT_SAVE_S:  # a kill keeps what is hashed
-                _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
-                saved = time.monotonic()
+        # Each batch's hashes are appended as they arrive, so a kill keeps what is hashed;
+        # the end rewrites the cache whole (a load takes the last line of a path).
+        with open(work / FINGERPRINTS, "a", encoding="utf-8") as journal:
+            for recs in fingerprint_on(ActorTasks(actors), batches):
+                for rec in recs:
+                    cached[rec["path"]] = rec
+                    bar.update(1)
+                journal.write("".join(_cache_line(input_root, rec) for rec in recs))
+                journal.flush()
         _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
     files = [InputFile(**cached[p]) for p in paths] + listing.skipped
     files.sort(key=lambda f: f.path)
@@ -222,18 +231,18 @@ def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
     return out
 
 
+def _cache_line(root: Path, rec: dict[str, Any]) -> str:
+    """One cache line: a file's stat key and its record ("" if it is gone already)."""
+    try:
+        stat = _stat_key(root, rec["path"])
+    except OSError:
+        return ""
+    return json.dumps({"stat": stat, "rec": rec}, ensure_ascii=False) + "\n"
+
+
 def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
-    """The hashes taken so far (`recs`), each with its file's stat key, atomically."""
-    lines = []
-    for p in paths:
-        if p not in recs:
-            continue  # not hashed yet (a save while hashing)
-        try:
-            stat = _stat_key(root, p)
-        except OSError:
-            continue
-        lines.append(json.dumps({"stat": stat, "rec": recs[p]}, ensure_ascii=False) + "\n")
-    atomic_write_text(path, "".join(lines))
+    """The hashes taken (`recs`), each with its file's stat key, in path order, atomically."""
+    atomic_write_text(path, "".join(_cache_line(root, recs[p]) for p in paths if p in recs))
 
 
 def plan_decision(f: InputFile) -> Decision:
@@ -403,9 +412,12 @@ def _run_units(
         clock.end()
         return _Rounds(records, split, [], figures)
     groups = make_shard_groups(units, records, split.split_of, cfg)
+    # The groups that read the most units first (val's, whose files are spread over most
+    # units): their spools are freed soonest, so scratch peaks near the encoded corpus.
+    # Write order never changes a byte.
     pending = {
         g.group_id: g
-        for g in groups
+        for g in sorted(groups, key=lambda g: (-len(g.unit_ids()), g.group_id))
         if not group_is_done(work, g.group_id, group_key(g, keys, cfg.digest()))
     }
     needed = {u for g in pending.values() for u in g.unit_ids()}
@@ -428,7 +440,30 @@ def _run_units(
     ):
         second = run_on_pool(redo, pending, keys, by_path, pool, work, False, bar, crashed)
     _merge_figures(figures, second)
+    _check_redone(work, redo, records)
     return _Rounds(records, split, groups, figures)
+
+
+class RedoDiffers(RuntimeError):
+    """A unit redone for its spool decided differently from the records the split was
+    planned on; the message is one line for the CLI."""
+
+
+def _check_redone(work: Path, redo: list[WorkUnit], records: dict[int, list[dict]]) -> None:
+    """A unit redone in the shard round (its spool was freed) must give the records the
+    split and the groups were planned from; otherwise shards and files.jsonl would
+    disagree. It can differ only when a worker died reading one of its files this time."""
+    for unit in redo:
+        again = read_unit_records(work, unit.unit_id)
+        if again != records[unit.unit_id]:
+            changed = [
+                a["path"] for a, b in zip(again, records[unit.unit_id], strict=False) if a != b
+            ]
+            raise RedoDiffers(
+                f"unit {unit.unit_id}, redone for its samples, decided otherwise than at first "
+                f"({', '.join(changed[:3]) or 'its files'}: a worker died reading it?); run "
+                "the same command again to plan from what is on disk now"
+            )
 
 
 def _crashed_files(work: Path, unit_id: int) -> list[str]:
@@ -504,11 +539,12 @@ def _run_on_ray(
         for warning in sorted({w for w in ray.get([a.started.remote() for a in actors]) if w}):
             log.warning(warning.removeprefix("preprocess: warning: "))
         clock.end()
-        clock.workers_cpu = lambda: sum(ray.get([a.cpu_s.remote() for a in actors]))
+        clock.workers_cpu = lambda: _workers_cpu(actors)
         files = _plan(input_root, cfg, work, actors, clock)
         with clock.phase("plan: dedupe, units"):
             digest = input_digest(files)
             check_input_unchanged(out, files, digest, overwrite)
+            check_split(files, cfg)  # its errors before the scan, the split after it
             units = make_units(files, cfg)
             plan_records = [
                 file_record(f, plan_decision(f)) for f in files if not needs_decoding(f)

@@ -35,7 +35,12 @@ from preprocess.measure.silero_vad import require_silero  # noqa: E402
 from preprocess.measure.stage_times import PhaseClock  # noqa: E402
 from preprocess.out.lock import OutputLocked, output_lock  # noqa: E402
 from preprocess.out.outdir import OutputConflict  # noqa: E402
-from preprocess.pipeline import UsageError, check_run_paths, run_pipeline  # noqa: E402
+from preprocess.pipeline import (  # noqa: E402
+    RedoDiffers,
+    UsageError,
+    check_run_paths,
+    run_pipeline,
+)
 from preprocess.plan.split import SplitError  # noqa: E402
 from preprocess.summary import print_summary, unusable_result  # noqa: E402
 from shards.atomic import DISK_FULL_ERRNOS  # noqa: E402
@@ -279,7 +284,7 @@ def ending(
     if full is not None:
         line = disk_full_line(full, out)
         return EXIT_FAILED, f"preprocess: error: {line}: free some space, then {rerun}"
-    if isinstance(exc, (OutputLocked, RayStartError, WorkerDeaths)):
+    if isinstance(exc, (OutputLocked, RayStartError, WorkerDeaths, RedoDiffers)):
         return EXIT_FAILED, f"preprocess: error: {exc}"
     if _from_a_worker(exc):
         return None  # a worker's bug: its traceback is the report

@@ -2,14 +2,12 @@
 are done.
 
 A run has two rounds (`preprocess.pipeline`): every unit, then, once the split is decided
-on the kept audio, the shard groups (with any unit a rerun must redo for them). A group
-whose units are all committed goes ahead of the remaining units, and a unit's spool is
-freed as soon as no group still to be written needs it. (On the
-benchmark corpus, units of ≈120 s kept the idle tail under 0.2 worker-seconds either way:
-docs/BENCHMARKS.md §4.) Tasks go out only to a free actor: `ActorPool` queues the rest
-first in, first out, which would put a ready group behind every unit. The order of the work
-never changes a byte of the output: units and groups commit independently, from the plan
-alone.
+on the kept audio, the shard groups (with any unit a rerun must redo for them, each group
+as soon as its units are). A unit's spool is freed as soon as no group still to be
+written needs it. Tasks go out only to a free actor: `ActorPool` queues the rest first in,
+first out, which would put a ready group behind every unit. The order of the work never
+changes a byte of the output: units and groups commit independently, from the plan and
+the decisions alone.
 
 A worker process that dies (out of memory, a crash in a native decoder) costs its task,
 not the run: Ray restarts the actor and the task goes out again. A file that was being

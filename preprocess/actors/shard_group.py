@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.actors.interleave import interleave
-from preprocess.actors.unit import SPOOL_NAME, EncodedSpool, unit_dir
+from preprocess.actors.unit import SPOOL_NAME, EncodedSpool, SavedSpool, unit_dir
 from preprocess.config import PreprocessConfig
 from preprocess.measure.stage_times import lap
 from preprocess.plan.planner import ShardGroup
@@ -99,18 +99,13 @@ def write_group(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    spools: dict[int, EncodedSpool] = {}
-    per_file: list[tuple[EncodedSpool, list[list]]] = []  # (spool, [[sample, key], …])
-    try:
-        files_of: dict[int, list[list[list]]] = {}
-        for unit_id in group.unit_ids():
-            path = unit_dir(work, unit_id) / SPOOL_NAME
-            spools[unit_id], files_of[unit_id] = EncodedSpool.open_saved(path)
-        per_file = [(spools[u], files_of[u][pos]) for u, pos in group.members]
-        parts = _write_parts(tmp, group, per_file, cfg)
-    finally:
-        for spool in spools.values():
-            spool.close()
+    spools: dict[int, SavedSpool] = {}
+    files_of: dict[int, list[list[list]]] = {}
+    for unit_id in group.unit_ids():  # indexes only: a spool's file is opened per read
+        path = unit_dir(work, unit_id) / SPOOL_NAME
+        spools[unit_id], files_of[unit_id] = EncodedSpool.open_saved(path)
+    per_file = [(spools[u], files_of[u][pos]) for u, pos in group.members]
+    parts = _write_parts(tmp, group, per_file, cfg)
     done = {
         "shard_group": group.group_id,
         "split": group.split,
@@ -145,7 +140,7 @@ def _check_unit(work: Path, unit_id: int, key: str) -> None:
 def _write_parts(
     tmp: Path,
     group: ShardGroup,
-    per_file: list[tuple[EncodedSpool, list[list]]],
+    per_file: list[tuple[SavedSpool, list[list]]],
     cfg: PreprocessConfig,
 ) -> list[dict[str, Any]]:
     seed = cfg.split_seed * 1_000_003 + group.group_id

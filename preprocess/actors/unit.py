@@ -112,7 +112,8 @@ def unit_is_done(
 class EncodedSpool:
     """Encoded samples on disk (audio bytes + json bytes) so a unit's memory stays bounded.
 
-    Kept with the committed unit (`save`) until its shard group is written.
+    Kept with the committed unit (`save`) until no shard group still to be written reads
+    it (the driver frees it: `free_spool`).
     """
 
     def __init__(self, path: Path, mode: str = "w+b"):
@@ -148,18 +149,37 @@ class EncodedSpool:
         self._saved = True
 
     @classmethod
-    def open_saved(cls, path: Path) -> tuple[EncodedSpool, list[list[list]]]:
-        """A saved spool, read-only, and its per-file [[sample, key], …] lists."""
-        spool = cls(path, "rb")
+    def open_saved(cls, path: Path) -> tuple[SavedSpool, list[list[list]]]:
+        """A saved spool, to read, and its per-file [[sample, key], …] lists."""
         saved = json.loads(path.with_name(SPOOL_INDEX_NAME).read_text())
-        spool.index = [tuple(entry) for entry in saved["index"]]
-        spool._saved = True
-        return spool, saved["per_file"]
+        return SavedSpool(path, [tuple(entry) for entry in saved["index"]]), saved["per_file"]
 
     def close(self) -> None:
         self._f.close()
         if not self._saved:
             self.path.unlink(missing_ok=True)
+
+
+class SavedSpool:
+    """A committed unit's encoded samples, read one at a time. No file stays open between
+    reads: a shard group (a val group above all) takes samples from hundreds of units,
+    and one open file per unit ran into the open-files limit (EMFILE at 300 units under
+    `ulimit -n 256`). An open, seek, read and close per sample costs ≈20 µs."""
+
+    def __init__(self, path: Path, index: list[tuple[int, int, int, str]]):
+        self.path = path
+        self.index = index  # offset, audio len, json len, ext
+
+    def get(self, i: int, key: str) -> dict[str, Any]:
+        offset, n_audio, n_meta, ext = self.index[i]
+        with open(self.path, "rb") as f:
+            f.seek(offset + 8)
+            audio = f.read(n_audio)
+            meta = f.read(n_meta)
+        return {"__key__": key, ext: audio, "json": meta}
+
+    def close(self) -> None:
+        """Nothing to release (kept so callers treat both spools alike)."""
 
 
 def process_unit(

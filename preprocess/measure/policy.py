@@ -122,6 +122,9 @@ class Measurements:
     dnsmos_ovrl: float | None = None  # None: DNSMOS not run (quality="snr")
     pcm_bits: int | None = None  # integer PCM bit depth of the source; None: float, lossy
     silero_speech_seconds: float | None = None  # None: Silero VAD not run (vad="ours")
+    # The decoded length (the header's `seconds` can claim more than decodes): what the
+    # speech fractions are of. None: not known (then `seconds`).
+    decoded_seconds: float | None = None
 
     @classmethod
     def from_analysis(cls, a: FileAnalysis) -> Measurements:
@@ -139,6 +142,9 @@ class Measurements:
             dnsmos_ovrl=a.dnsmos_ovrl,
             pcm_bits=pcm_bits(a.header.subtype if a.header else None),
             silero_speech_seconds=a.silero_speech_seconds,
+            decoded_seconds=a.frames_read / a.header.sample_rate
+            if a.header and a.header.sample_rate
+            else None,  # as files.jsonl's `seconds` of a decoded file
         )
 
     @classmethod
@@ -162,6 +168,7 @@ class Measurements:
             dnsmos_ovrl=rec.get("dnsmos_ovrl"),
             pcm_bits=pcm_bits(rec.get("subtype")),
             silero_speech_seconds=rec.get("silero_speech_seconds"),
+            decoded_seconds=rec.get("seconds"),  # a decoded file's length from its samples
         )
 
 
@@ -224,7 +231,8 @@ def speech_amount(a: Measurements, cfg: PreprocessConfig) -> tuple[float, float,
     missing only in a record from a run without it; ours then)."""
     if cfg.vad == "silero" and a.silero_speech_seconds is not None:
         seconds = a.silero_speech_seconds
-        fraction = min(1.0, seconds / a.seconds) if a.seconds > 0 else 0.0
+        length = a.seconds if a.decoded_seconds is None else a.decoded_seconds
+        fraction = min(1.0, seconds / length) if length > 0 else 0.0
         return seconds, fraction, " (Silero VAD)"
     return a.active_seconds, a.active_fraction, ""
 

@@ -47,15 +47,18 @@ _FALLBACK_PERCENTILE = 10.0
 # pink, brown noise and hum unchanged (their quietest half-second is their median).
 # Windows of 1.2 s or more hold speech in most files and read white noise 2–3 dB low; a
 # cap of 2 × gained 0.05 dB on babble and read a clean (45 dB) file 2.7 dB low, 1.5 × 1.5.
-QUIET_WINDOW_FRAMES = 25
+QUIET_WINDOW_SECONDS = 0.5
 FLUCTUATION_CAP = 1.5
 
 
-def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
+def speech_snr_db(
+    frame_db: np.ndarray, active: np.ndarray, frame_seconds: float = 0.02
+) -> float | None:
     """SNR of the speech against its noise floor, in the speech band, from frame energies.
 
     frame_db: float32[F] energy (dBFS) of 20 ms frames of the 80 Hz high-passed signal;
-    active: bool[F] the speech-activity mask (kernels.active_frames) → dB, 0.01 dB steps
+    active: bool[F] the speech-activity mask (kernels.active_frames); frame_seconds: the
+    frames' hop (`frame_ms`) → dB, 0.01 dB steps
     (rounded so a threshold decides the same on the files.jsonl value); None for F = 0.
 
     Noise power = the *median* of the inactive frames' power: pauses also hold breath,
@@ -63,8 +66,8 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
     where a mean would not (mean: −3 dB bias at 10 dB SNR; median: +2 dB). Noise that
     fluctuates (babble) is the other way round: the detector calls its peaks speech, the
     pauses it finds are the noise's troughs and their median reads it several dB low. So
-    the noise is raised to the mean power of the file's quietest QUIET_WINDOW_FRAMES run
-    of frames (a half-second without the talker holds the noise at its mean), at most
+    the noise is raised to the mean power of the file's quietest QUIET_WINDOW_SECONDS of
+    frames (a half-second without the talker holds the noise at its mean), at most
     FLUCTUATION_CAP × the median, so a file of continuous speech is never read as noise
     alone. Speech power =
     mean power of the active frames minus that noise (powers add). The SNR is that of
@@ -72,7 +75,7 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
     file's pause fraction does not move it. With under MIN_FRAMES pauses (continuous
     speech, or noise so loud the detector finds no pause) the noise is the 10th
     percentile of all frames, and with too few active frames the speech is all frames:
-    at 0 dB SNR that reads several dB low (measured in tests/e2e/test_quality.py).
+    at 0 dB SNR the estimate errs by a few dB (measured in tests/e2e/test_quality.py).
     """
     db = np.asarray(frame_db, dtype=np.float64)
     if db.size == 0:
@@ -85,7 +88,8 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
         if quiet.size >= MIN_FRAMES
         else float(np.percentile(power, _FALLBACK_PERCENTILE))
     )
-    noise = max(noise, min(_quietest_window_power(power), FLUCTUATION_CAP * noise))
+    window = max(1, round(QUIET_WINDOW_SECONDS / frame_seconds))
+    noise = max(noise, min(_quietest_window_power(power, window), FLUCTUATION_CAP * noise))
     noise = max(noise, _NOISE_FLOOR_POWER)
     loud = power[act] if act.sum() >= MIN_FRAMES else power
     speech = float(loud.mean()) - noise
@@ -95,16 +99,13 @@ def speech_snr_db(frame_db: np.ndarray, active: np.ndarray) -> float | None:
     return round(min(max(snr, SNR_MIN_DB), SNR_MAX_DB), 2)
 
 
-def _quietest_window_power(power: np.ndarray) -> float:
-    """Least mean power over QUIET_WINDOW_FRAMES consecutive frames (the whole file's
-    mean when it is shorter), by a running sum: O(frames)."""
-    if power.size <= QUIET_WINDOW_FRAMES:
+def _quietest_window_power(power: np.ndarray, window: int) -> float:
+    """Least mean power over `window` consecutive frames (the whole file's mean when it
+    is shorter), by a running sum: O(frames)."""
+    if power.size <= window:
         return float(power.mean())
     sums = np.cumsum(np.concatenate([[0.0], power]))
-    return (
-        float((sums[QUIET_WINDOW_FRAMES:] - sums[:-QUIET_WINDOW_FRAMES]).min())
-        / QUIET_WINDOW_FRAMES
-    )
+    return float((sums[window:] - sums[:-window]).min()) / window
 
 
 # ------------------------------------------------------------------------------ DNSMOS

@@ -190,7 +190,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
     lap("speech")
     a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
     lap("loudness")
-    a.snr_db = speech_snr_db(band_db[0], a.active)
+    a.snr_db = speech_snr_db(band_db[0], a.active, a.frame_seconds)
     if cfg.quality == "dnsmos" and a.active.any():
         a.dnsmos = dnsmos_file(spool, a.active, cfg.frame_samples, cfg.dnsmos_max_windows)
     lap("quality")

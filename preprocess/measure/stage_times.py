@@ -89,12 +89,13 @@ class PhaseClock:
 
     Driver CPU is this thread's (`time.thread_time`): a local Ray stopping in another
     thread of the process during assembly is not charged to it. Workers' CPU is read
-    through `workers_cpu` (the actors' process CPU summed) while they are up, else None.
+    through `workers_cpu` (the actors' process CPU summed; None when they cannot say)
+    while they are up, else None.
     """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float | str | None]] = []
-        self.workers_cpu: Callable[[], float] | None = None
+        self.workers_cpu: Callable[[], float | None] | None = None
         self._open: tuple[str, float, float, float | None] | None = None
 
     def begin(self, name: str) -> None:
@@ -102,13 +103,18 @@ class PhaseClock:
         workers = self.workers_cpu() if self.workers_cpu else None
         self._open = (name, time.perf_counter(), time.thread_time(), workers)
 
-    def end(self) -> None:
-        """End the phase `begin` started and record it."""
+    def end(self, failed: bool = False) -> None:
+        """End the phase `begin` started and record it. A phase ending in an exception
+        does not ask the workers (they may be dead, or restarting): its error must
+        reach the user as it is."""
         if self._open is None:
             return
         name, wall, cpu, workers = self._open
         self._open = None
-        after = self.workers_cpu() if self.workers_cpu and workers is not None else None
+        ask = self.workers_cpu and workers is not None and not failed
+        after = self.workers_cpu() if ask else None
+        if after is not None and after < workers:  # an actor restarted: its CPU began anew
+            after = None
         self.rows.append(
             {
                 "phase": name,
@@ -123,8 +129,10 @@ class PhaseClock:
         self.begin(name)
         try:
             yield
-        finally:
-            self.end()
+        except BaseException:
+            self.end(failed=True)
+            raise
+        self.end()
 
     def lines(self) -> list[str]:
         """A short table for people: one line per phase, then the total."""

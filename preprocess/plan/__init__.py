@@ -1,3 +1,4 @@
-"""Planning, on the driver before any audio is read: list and fingerprint the input files
-(`planner`), split them into train/val by group (`split`), and stamp which code shapes the
+"""Planning, on the driver: before any audio is read, list and fingerprint the input files
+and pack work units (`planner`); once every file is decided, split the kept audio into
+train/val by group (`split`) and pack the shard groups; and stamp which code shapes the
 output (`provenance`). Imports `config`, `measure.audio_io` and `shards` only."""

@@ -349,6 +349,21 @@ def assign_splits(items: list[SplitItem], cfg: PreprocessConfig) -> SplitPlan:
     return plan
 
 
+def check_split(files: list[InputFile], cfg: PreprocessConfig) -> None:
+    """Raise SplitError now for a split that cannot be made (a regex that misses an audio
+    file, a manifest that cannot be read or changed since the config was made): the split
+    waits for the decisions, its errors must not wait hours of scanning for them. Every
+    file to decode stands in for kept here, as the split would see them all kept."""
+    plan_splits(
+        [SplitItem(f.path, f.est_seconds, needs_decoding(f)) for f in files],
+        cfg.split_by,
+        cfg.val_fraction,
+        cfg.min_val_seconds,
+        cfg.split_seed,
+        cfg.split_manifest_sha256,
+    )
+
+
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
     """Pack the files to decode (decodable, not duplicates) into work units of about
     `UNIT_SECONDS` of audio each, in the seeded hash order `make_shard_groups` packs

@@ -289,16 +289,29 @@ def test_a_damaged_fingerprint_cache_is_a_cache_miss_not_an_error(tmp_path):
     assert _load_fingerprint_cache(cache, root) == {}
 
 
-def test_a_save_while_hashing_keeps_the_files_hashed_so_far(tmp_path):
-    """Hashing saves the cache every FINGERPRINT_SAVE_S, so a kill mid-hash of 100 k files
-    loses at most a minute of hashing; a save lists only files already hashed."""
-    from preprocess.pipeline import _load_fingerprint_cache, _save_fingerprint_cache
+def test_a_split_that_cannot_be_made_is_refused_before_any_file_is_scanned(tmp_path):
+    """The split waits for the decisions; its errors (a regex that misses an audio file)
+    must not wait for hours of scanning: exit 2, one line, no unit committed."""
+    corpus = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "other/2.wav": 2})
+    out = tmp_path / "out"
+    run = preprocess_rc(corpus, out, "--workers", "1", "--split-by", "re:^(spk_[a-z])/")
+    assert run.returncode == 2, run.stderr
+    err = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "match no speaker" in err[0] and "other/2.wav" in err[0]
+    assert not list((out / ".work").glob("units/unit-*"))
+
+
+def test_hashes_journaled_before_a_kill_are_reused_and_a_torn_line_is_skipped(tmp_path):
+    """Each batch's hashes are appended to the cache as they arrive (no pause for a full
+    save), so a kill mid-hash of 100 k files keeps what was hashed."""
+    from preprocess.pipeline import _cache_line, _load_fingerprint_cache
 
     root = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "spk_b/1.wav": 2})
     cache = tmp_path / "fingerprints.jsonl"
-    hashed = {"spk_b/1.wav": {"path": "spk_b/1.wav", "sha256": "b"}}
-    _save_fingerprint_cache(cache, root, ["spk_a/1.wav", "spk_b/1.wav"], hashed)
-    assert _load_fingerprint_cache(cache, root) == hashed
+    a, b = ({"path": p, "sha256": p[4]} for p in ("spk_a/1.wav", "spk_b/1.wav"))
+    torn = _cache_line(root, b)[:-9]  # kill -9 mid-write
+    cache.write_text(_cache_line(root, {**a, "sha256": "old"}) + _cache_line(root, a) + torn)
+    assert _load_fingerprint_cache(cache, root) == {"spk_a/1.wav": a}  # the last line wins
 
 
 def test_a_stamp_that_is_a_folder_is_one_line(tmp_path, monkeypatch, capsys):

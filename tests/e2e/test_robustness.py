@@ -74,7 +74,7 @@ from preprocess.actors import unit as u
 from preprocess.config import PreprocessConfig
 from preprocess.plan.planner import InputFile, WorkUnit, fingerprint
 root, name, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-f = InputFile(**fingerprint(root, [name])[0]); f.split = "train"
+f = InputFile(**fingerprint(root, [name])[0])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 done = u.process_unit(WorkUnit(0, [name]), {name: f}, root, work, PreprocessConfig())
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

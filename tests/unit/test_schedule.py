@@ -260,3 +260,36 @@ def test_the_phase_clock_records_each_phase_in_order_with_the_workers_cpu():
     lines = clock.lines()
     assert lines[0].startswith("phase") and lines[-1].startswith("total")
     assert len(lines) == 5 and lines[2].split()[-1] == "2.5"
+
+
+def test_a_phase_that_fails_keeps_its_error_and_never_asks_the_workers():
+    """A phase ending in WorkerDeaths must end the run with that one line: asking dead
+    or restarting actors for their CPU raised RayActorError over it (or hung)."""
+    from preprocess.measure.stage_times import PhaseClock
+
+    clock = PhaseClock()
+    asked = []
+    clock.workers_cpu = lambda: asked.append(1) or 5.0
+    with pytest.raises(WorkerDeaths, match="died"), clock.phase("scan"):
+        raise WorkerDeaths("worker processes died 21 times")
+    assert asked == [1]  # once at the start, not at the failed end
+    assert clock.rows[0]["phase"] == "scan" and clock.rows[0]["workers_cpu_s"] is None
+    clock.workers_cpu = lambda: None  # an actor that cannot answer: no figure, no error
+    with clock.phase("shard"):
+        pass
+    assert clock.rows[1]["workers_cpu_s"] is None
+
+
+def test_a_unit_redone_for_its_spool_must_decide_as_it_did_at_first(tmp_path):
+    from preprocess.pipeline import RedoDiffers, _check_redone
+
+    first = [{"path": "a.wav", "status": "kept"}, {"path": "b.wav", "status": "kept"}]
+    udir = tmp_path / "units" / "unit-000003"
+    udir.mkdir(parents=True)
+    (udir / "files.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    unit = WorkUnit(3, ["a.wav", "b.wav"])
+    _check_redone(tmp_path, [unit], {3: first})  # the same: fine
+    again = [first[0], {"path": "b.wav", "status": "rejected"}]
+    (udir / "files.jsonl").write_text("".join(json.dumps(r) + "\n" for r in again))
+    with pytest.raises(RedoDiffers, match=r"unit 3, redone .* \(b\.wav: a worker died"):
+        _check_redone(tmp_path, [unit], {3: first})

@@ -7,6 +7,7 @@ the package index cannot be reached.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -327,6 +328,17 @@ def test_with_vad_silero_the_speech_rules_read_silero_seconds(silero_seconds, re
 def test_with_vad_silero_a_file_our_detector_misses_is_kept():
     decision = decide_measured(measured(0.0, 6.0), PreprocessConfig(vad="silero"))
     assert (decision.kept, decision.reason) == (True, "ok")
+
+
+def test_silero_fraction_is_of_the_decoded_length_in_a_scan_and_in_a_record_alike():
+    """A header that claims more than decodes (an MP3 Xing estimate, a cut stream): the
+    scan's decision and a what-if replaying files.jsonl (whose `seconds` is the decoded
+    length) must agree, so the fraction is of what decoded, not of the header's claim."""
+    cfg = PreprocessConfig(vad="silero")
+    from_scan = dataclasses.replace(measured(4.0, 4.0, seconds=40.0), decoded_seconds=10.0)
+    from_record = measured(4.0, 4.0, seconds=10.0)  # a record's seconds: what decoded
+    assert decide_measured(from_scan, cfg).reason == decide_measured(from_record, cfg).reason
+    assert decide_measured(from_scan, cfg).reason == "ok"  # 40 %, not 10 % of the claim
 
 
 def test_a_file_too_short_in_length_stays_short_whatever_silero_says():
