@@ -67,15 +67,35 @@ def runs_from_mask(mask: np.ndarray) -> list[list[int]]:
     return [[int(s), int(e)] for s, e in zip(starts, ends, strict=True)]
 
 
-def mask_from_runs(runs: Iterable[Sequence[int]], length: int) -> np.ndarray:
-    """`[start, end)` runs → boolean mask of `length`; runs must lie inside it."""
-    mask = np.zeros(length, dtype=bool)
+def checked_runs(runs: Iterable[Sequence[int]], length: int) -> list[tuple[int, int]]:
+    """`[start, end)` runs as integer pairs; ValueError naming the first run that is not
+    inside a segment of `length` samples."""
+    checked = []
     for run in runs:
         start, end = int(run[0]), int(run[1])
         if not 0 <= start <= end <= length:
             raise ValueError(f"valid run [{start}, {end}) outside segment of {length} samples")
+        checked.append((start, end))
+    return checked
+
+
+def mask_from_runs(runs: Iterable[Sequence[int]], length: int) -> np.ndarray:
+    """`[start, end)` runs → boolean mask of `length`; runs must lie inside it."""
+    mask = np.zeros(length, dtype=bool)
+    for start, end in checked_runs(runs, length):
         mask[start:end] = True
     return mask
+
+
+def pcm_to_float(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 PCM (any shape) → the format's float32 samples, `pcm / 32767`: IEEE float32
+    division, bit for bit what every reader of the format gives; into `out` (float32, the
+    shape of `pcm`) when given."""
+    if out is None:
+        out = np.empty(pcm.shape, dtype=np.float32)
+    np.copyto(out, pcm, casting="safe")
+    out /= np.float32(INT16_SCALE)
+    return out
 
 
 def _encode_audio(pcm: np.ndarray, encoding: str) -> bytes:
@@ -115,7 +135,7 @@ def encode_sample(
     }
 
 
-def _decode_audio(name: str, data: bytes) -> np.ndarray:
+def _decode_pcm(name: str, data: bytes) -> np.ndarray:
     if name == "audio.flac":
         pcm, sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
         if sr != SAMPLE_RATE:
@@ -128,18 +148,16 @@ def _decode_audio(name: str, data: bytes) -> np.ndarray:
         raise ValueError(f"unknown audio member {name!r}")
     if pcm.ndim != 1:
         raise ValueError(f"audio shape {pcm.shape}, expected mono")
-    return pcm.astype(np.float32) / np.float32(INT16_SCALE)
+    return pcm
 
 
-def decode_sample(
+def decode_pcm(
     members: dict[str, bytes], shard: str = "?", split: str | None = None
-) -> dict[str, Any]:
-    """Tar members of one key → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`.
-
-    Raises ShardFormatError naming the shard and key on any missing or undecodable member;
-    SplitMismatchError when `split` is given and the meta's `split` is another (checked
-    before the audio is decoded).
-    """
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Tar members of one key → (int16[n] PCM as stored, meta), checked as `decode_sample`
+    checks them (its errors, the same messages); meta `valid` is known to lie inside the n
+    samples. The training loader reads this: it converts only the windows it batches to
+    float, one pass per batch, and its window buffer holds int16 (docs/BENCHMARKS.md §2)."""
     key = members.get("__key__", "?")
     audio_names = [n for n in members if n.startswith("audio.")]
     if len(audio_names) != 1 or "json" not in members:
@@ -158,18 +176,33 @@ def decode_sample(
             f"under {split!r}"
         )
     try:
-        audio = _decode_audio(audio_names[0], bytes(members[audio_names[0]]))
+        pcm = _decode_pcm(audio_names[0], bytes(members[audio_names[0]]))
     except Exception as exc:  # soundfile raises several types; all mean a bad member
         raise ShardFormatError(
             f"{shard}: sample {key!r}: cannot decode {audio_names[0]}: {exc}"
         ) from exc
     try:
-        mask = mask_from_runs(meta["valid"], audio.shape[0])
+        checked_runs(meta["valid"], pcm.shape[0])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ShardFormatError(f"{shard}: sample {key!r}: bad 'valid' runs: {exc}") from exc
-    if "samples" in meta and meta["samples"] != audio.shape[0]:
+    if "samples" in meta and meta["samples"] != pcm.shape[0]:
         raise ShardFormatError(
             f"{shard}: sample {key!r}: meta says {meta['samples']!r} samples, its audio has "
-            f"{audio.shape[0]}"
+            f"{pcm.shape[0]}"
         )
-    return {"key": key, "audio": audio, "mask": mask, "meta": meta}
+    return pcm, meta
+
+
+def decode_sample(
+    members: dict[str, bytes], shard: str = "?", split: str | None = None
+) -> dict[str, Any]:
+    """Tar members of one key → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`.
+
+    Raises ShardFormatError naming the shard and key on any missing or undecodable member;
+    SplitMismatchError when `split` is given and the meta's `split` is another (checked
+    before the audio is decoded).
+    """
+    pcm, meta = decode_pcm(members, shard, split)
+    audio = pcm_to_float(pcm)
+    mask = mask_from_runs(meta["valid"], audio.shape[0])
+    return {"key": members.get("__key__", "?"), "audio": audio, "mask": mask, "meta": meta}

@@ -48,6 +48,7 @@ per-shard counts ride along with each batch so the trainer reports them per epoc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -63,7 +64,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.format import SAMPLE_RATE, ShardFormatError, SplitMismatchError, decode_sample
+from shards.format import (
+    SAMPLE_RATE,
+    ShardFormatError,
+    SplitMismatchError,
+    checked_runs,
+    decode_pcm,
+    pcm_to_float,
+)
 from shards.index import ShardRef
 from shards.reader import (
     ShardMismatchError,
@@ -238,13 +246,14 @@ def read_shards(
 
 
 def decode_samples(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator[dict[str, Any]]:
-    """Raw members → `{"key", "audio": float32[T], "mask": bool[T], "meta"}`; bad samples,
-    and samples whose `split` is not their shard's (`__split__`), are counted and dropped."""
+    """Raw members → `{"key", "pcm": int16[T], "runs", "meta"}` (`decode_pcm`: the audio as
+    stored; `runs` its meta `valid` as checked integer pairs); bad samples, and samples
+    whose `split` is not their shard's (`__split__`), are counted and dropped."""
     failures = 0
     for members in src:
         shard = members.get("__shard__", "?")
         try:
-            sample = decode_sample(members, shard=shard, split=members.get("__split__"))
+            pcm, meta = decode_pcm(members, shard=shard, split=members.get("__split__"))
         except ShardFormatError as exc:
             tally.record("sample", exc, shard)
             failures += 1
@@ -254,7 +263,7 @@ def decode_samples(src: Iterable[dict[str, Any]], tally: ErrorTally) -> Iterator
                 ) from exc
             continue
         failures = 0
-        yield sample
+        yield utterance(members["__key__"], pcm, meta)
 
 
 # ------------------------------------------------------------------------------ windows
@@ -329,21 +338,27 @@ def count_windows(rows: Iterable[Mapping[str, Any]], window: int, grid: bool) ->
     return int(sum(expected_windows(int(r["samples"]), window) for r in rows))
 
 
-def cut_window(sample: dict[str, Any], start: int, window: int) -> dict[str, Any]:
-    """One window of a decoded utterance, copied (a buffered window must not keep its whole
-    utterance alive) and zero-padded past the end with mask False; key `<key>@<start>`."""
-    audio = np.zeros(window, dtype=np.float32)
-    mask = np.zeros(window, dtype=bool)
-    part = sample["audio"][start : start + window]
-    audio[: part.shape[0]] = part
-    mask[: part.shape[0]] = sample["mask"][start : start + window]
-    return {
-        "key": f"{sample['key']}@{start}",
-        "audio": audio,
-        "mask": mask,
-        "meta": sample["meta"],
-        "start": start,
-    }
+def utterance(key: str, pcm: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """A decoded utterance as the window stages take it: `{"key", "pcm", "runs", "meta"}`,
+    `runs` the `valid` runs (already checked against the audio by `decode_pcm`) as integer
+    pairs."""
+    return {"key": key, "pcm": pcm, "runs": checked_runs(meta["valid"], pcm.shape[0]), "meta": meta}
+
+
+def cut_window(sample: Mapping[str, Any], start: int, window: int) -> dict[str, Any]:
+    """One window of a decoded utterance (`utterance`): `{"key": "<key>@<start>",
+    "pcm": int16[<= window], "runs"}`, its PCM copied (a buffered window must not keep its
+    whole utterance alive) and `runs` the `valid` runs inside it, from its start. Padding
+    past the utterance's end, the float conversion and the mask wait for `collate`, which
+    does them for a whole batch at once (measured: docs/BENCHMARKS.md §2)."""
+    stop = start + window
+    runs = [
+        (max(s, start) - start, min(e, stop) - start)
+        for s, e in sample["runs"]
+        if s < stop and e > start
+    ]
+    pcm = sample["pcm"][start:stop].copy()
+    return {"key": f"{sample['key']}@{start}", "pcm": pcm, "runs": runs}
 
 
 def cut_windows(
@@ -356,10 +371,9 @@ def cut_windows(
     otherwise never yield a batch."""
     barren = 0
     for sample in src:
-        n = sample["audio"].shape[0]
-        valid = sample["meta"]["valid"]  # checked against the audio by decode_sample
+        n = sample["pcm"].shape[0]
         phase = window_phase(seed, epoch, sample["key"], n, window)
-        starts = window_starts(n, valid, window, phase)
+        starts = window_starts(n, sample["runs"], window, phase)
         barren = 0 if starts else barren + 1
         if barren >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(
@@ -376,23 +390,52 @@ def window_buffer(window: int, batch_size: int) -> int:
     return max(2 * batch_size, -(-int(WINDOW_BUFFER_SECONDS * SAMPLE_RATE) // window))
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Samples → `{"audio": Tensor[B x T] float32, "mask": Tensor[B x T] bool, "key": [B]}`
-    (and `"item": [B]`, the ordinals val_batches numbers items by, when samples carry them).
-    Shorter items are zero-padded at the end with mask False."""
-    length = max(s["audio"].shape[0] for s in samples)
-    audio = np.zeros((len(samples), length), dtype=np.float32)
-    mask = np.zeros((len(samples), length), dtype=bool)
-    for i, s in enumerate(samples):
-        audio[i, : s["audio"].shape[0]] = s["audio"]
-        mask[i, : s["mask"].shape[0]] = s["mask"]
-    batch = {
-        "audio": torch.from_numpy(audio),
-        "mask": torch.from_numpy(mask),
-        "key": [s["key"] for s in samples],
-    }
-    if all("item" in s for s in samples):
-        batch["item"] = [s["item"] for s in samples]
+def batch_tensors(rows: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised audio Tensor[rows x window] float32 and mask BoolTensor[rows x window]
+    that share one storage, the mask after the audio; in a DataLoader worker, a storage made
+    in shared memory. Both for measured speed (docs/BENCHMARKS.md §2): a worker hands the
+    main process each storage of a batch through a file descriptor and a socket round trip
+    of its own, ~0.5 ms of the main process's CPU a storage, so one storage a batch instead
+    of two halves that; and a storage made in shared memory (as torch's default_collate
+    makes a worker's batch) is not copied there when the batch is sent, ~1 ms of the
+    worker's CPU a batch less."""
+    size = rows * window
+    if torch.utils.data.get_worker_info() is None:
+        flat = torch.empty(5 * size, dtype=torch.uint8)
+    else:
+        shared = torch.UntypedStorage._new_shared(5 * size)
+        flat = torch.empty(0, dtype=torch.uint8).set_(shared)
+    audio = flat[: 4 * size].view(torch.float32).view(rows, window)
+    mask = flat[4 * size :].view(torch.bool).view(rows, window)
+    return audio, mask
+
+
+def collate(windows: list[dict[str, Any]], window: int) -> dict[str, Any]:
+    """Windows (`cut_window`) → `{"audio": Tensor[B x S] float32, "mask": Tensor[B x S]
+    bool, "key": [B]}` (and `"item": [B]`, the ordinals val_batches numbers windows by,
+    when they carry them). A window shorter than S is zero-padded at the end, mask False.
+
+    Hand-built for measured speed: the windows' PCM goes into one int16 [B x S] array,
+    converted to float in one pass (`pcm_to_float`: the values `decode_sample` gives), the
+    mask is set from their runs, and audio and mask share one storage (`batch_tensors`)."""
+    audio, mask = batch_tensors(len(windows), window)
+    pcm = np.zeros((len(windows), window), dtype=np.int16)
+    mask_rows = mask.numpy()
+    mask_rows.fill(False)
+    for i, w in enumerate(windows):
+        pcm[i, : w["pcm"].shape[0]] = w["pcm"]
+        for start, end in w["runs"]:
+            mask_rows[i, start:end] = True
+    pcm_to_float(pcm, out=audio.numpy())
+    batch = {"audio": audio, "mask": mask, "key": [w["key"] for w in windows]}
+    if all("item" in w for w in windows):
+        batch["item"] = [w["item"] for w in windows]
+    return batch
+
+
+def as_is(batch: Any) -> Any:
+    """The DataLoader's collate_fn for ready batches (batch_size=None): its default,
+    `default_convert`, walks every batch dict and key list to convert nothing."""
     return batch
 
 
@@ -471,6 +514,7 @@ class TrainStream(IterableDataset):
         rank = wds.utils.pytorch_worker_info()[0]
         slot_seed = wds.utils.make_seed(self.seed, epoch, rank, slot)
         windows = window_buffer(self.window_samples, self.batch_size)
+        to_batch = functools.partial(collate, window=self.window_samples)
         return wds.DataPipeline(
             # One shard-draw stream shared by all ranks and slots (worker_seed is constant)…
             wds.ResampledShards(
@@ -487,7 +531,7 @@ class TrainStream(IterableDataset):
             lambda src: decode_samples(src, tally),
             lambda src: cut_windows(src, self.window_samples, self.seed, epoch),
             wds.shuffle(windows, initial=windows, seed=wds.utils.make_seed(slot_seed, 1)),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            wds.batched(self.batch_size, collation_fn=to_batch, partial=False),
         ).with_epoch(nbatches=n_batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -561,6 +605,7 @@ def train_loader(stream: TrainStream, num_workers: int = 2, pin_memory: bool = F
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=as_is,
         generator=torch.Generator().manual_seed(stream.seed),
     )
 
@@ -664,18 +709,19 @@ def val_batches(
                     if problem is not None:
                         raise problem
                     # Also checks that the audio is the `samples` long the windows assumed.
-                    sample = decode_sample(members, shard=shard, split=members.get("__split__"))
+                    pcm, meta = decode_pcm(members, shard=shard, split=members.get("__split__"))
                 except ShardFormatError as exc:
                     if owner(first) == rank:
                         tally.record("sample", exc, shard)
                     continue
+                sample = utterance(members["__key__"], pcm, meta)
                 for item, start in mine:
                     if item // batch_size != current and items:
-                        yield collate(items)
+                        yield collate(items, window)
                         items = []
                     current = item // batch_size
                     items.append({**cut_window(sample, start, window), "item": item})
         if max_items and index >= max_items:
             break
     if items:
-        yield collate(items)
+        yield collate(items, window)

@@ -23,6 +23,14 @@ pass). A difference raises `ShardMismatchError` after the shard's last sample: s
 already yielded were already used, as are those before the break of a truncated tar; the
 caller counts and reports the read (shards.loader). A read stopped early by its consumer
 (`--max-val-items`, the end of a training epoch) is not a whole read and is not checked.
+
+The tar is parsed here (`_tar_members`), for measured speed: tarfile's stream mode (header
+parsing, buffer joins, data copies) cost ~55 µs a sample more, a third of a checked read
+whose rest is the file read and the sha256 (docs/BENCHMARKS.md §2). It reads what tarfile
+reads (ustar, GNU base-256 sizes and long names, pax `path`/`size`) and ends where tarfile
+ends: at the end-of-archive block, at a damaged or truncated header after the first (the
+count and sha256 then catch it), and with an error at a bad first header or data that
+stops short (tests/unit/test_shards.py holds it to tarfile).
 """
 
 from __future__ import annotations
@@ -46,6 +54,19 @@ ALLOW_PIPE_ENV = "TELUCODEC_ALLOW_PIPE"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _TAR_NAME = re.compile(r"[^/\s'\"]+\.tar\w*")
 _DRAIN_CHUNK = 1 << 20
+TAR_BLOCK = 512
+# Member types (the header's type byte) as tarfile treats them: regular files, whose data
+# is a sample member; types with no data blocks (links, devices, directories, fifos); pax
+# extended headers (per member, global, Solaris) and GNU long names, which describe the
+# next header; GNU sparse files, never written by ShardWriter and refused. Any other type's
+# data is skipped, as tarfile skips it.
+_REGULAR_TYPES = frozenset({b"0", b"\0", b"7"})
+_NO_DATA_TYPES = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
+_PAX_TYPES = frozenset({b"x", b"g", b"X"})
+_GNU_LONG_TYPES = frozenset({b"L", b"K"})
+_GNU_TYPES = _GNU_LONG_TYPES | {b"S"}
+# Read size of the local shard file: one system call per ~4 members, not per header.
+_READ_BUFFER = 1 << 16
 # The largest tar member read into memory. A 20-s utterance is ~0.4 MB in FLAC and 0.64 MB
 # in npy, its json a few kB; a header claiming more is a damaged or foreign tar, refused
 # before a read that could take the whole memory of a loader worker.
@@ -121,32 +142,169 @@ def _open(source: ShardSource) -> BinaryIO:
     imported only then (it imports torch: ~3 CPU-s and ~160 MB in every preprocessing
     worker that merely writes shards)."""
     if url_scheme(source) is None:
-        return open(local_path(source), "rb")  # noqa: SIM115
+        return open(local_path(source), "rb", buffering=_READ_BUFFER)  # noqa: SIM115
     check_source(source)
     import webdataset as wds
 
     return wds.gopen(os.fspath(source), "rb")
 
 
-class _HashingReader:
-    """Read-only stream wrapper that hashes and counts every byte tarfile reads, so a shard
-    is checked against index.json in the same pass that reads it."""
+class _TarStream:
+    """The bytes of one shard as the tar parser asks for them: exactly `n` at a time (a
+    pipe's short reads are read again), hashed and counted when `hashing`, so a listed
+    shard is checked against index.json in the same pass that reads it."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, hashing: bool):
         self._stream = stream
-        self.sha = hashlib.sha256()
+        self.sha = hashlib.sha256() if hashing else None
         self.size = 0
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int) -> bytes:
         data = self._stream.read(n)
-        self.sha.update(data)
+        while 0 < len(data) < n:  # a pipe or socket: read on to n or the end
+            more = self._stream.read(n - len(data))
+            if not more:
+                break
+            data += more
+        if self.sha is not None:
+            self.sha.update(data)
         self.size += len(data)
         return data
 
+    def skip(self, n: int) -> None:
+        """Read (and hash) `n` bytes without keeping them."""
+        while n > 0:
+            got = len(self.read(min(n, _DRAIN_CHUNK)))
+            if not got:
+                raise tarfile.ReadError("unexpected end of data")
+            n -= got
+
     def drain(self) -> None:
-        """Read to the end: tarfile stops at the end-of-archive blocks, the file goes on."""
+        """Read to the end: the parser stops at the end-of-archive blocks, the file goes on."""
         while self.read(_DRAIN_CHUNK):
             pass
+
+
+class _HeaderError(Exception):
+    """A block that is not a valid tar header."""
+
+
+def _tar_number(field: bytes) -> int:
+    """A numeric header field: NUL/space-terminated octal, or GNU base-256 (first byte
+    0x80, or 0xFF for a negative number), as tarfile.nti reads it."""
+    if field[0] in (0x80, 0xFF):
+        n = int.from_bytes(field[1:], "big")
+        return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
+    try:
+        return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise _HeaderError("invalid header") from None
+
+
+def _tar_header(block: bytes) -> tuple[str, int, bytes]:
+    """(name, size, type) of one 512-byte header block; _HeaderError when it is short or
+    its checksum (the byte sum with the checksum field as spaces, unsigned or signed) does
+    not match."""
+    if len(block) != TAR_BLOCK:
+        raise _HeaderError("truncated header")
+    stored = _tar_number(block[148:156])
+    unsigned = sum(block) - sum(block[148:156]) + 256  # the field counts as 8 spaces
+    if stored != unsigned:
+        high = sum(1 for b in block[:148] if b > 127) + sum(1 for b in block[156:] if b > 127)
+        if stored != unsigned - 256 * high:
+            raise _HeaderError("bad checksum")
+    kind = block[156:157]
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    prefix = block[345:500].split(b"\0", 1)[0]
+    if prefix and kind not in _GNU_TYPES:  # a ustar name longer than 100 bytes
+        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+    if kind == b"\0" and name.endswith("/"):  # an old-style directory
+        kind = b"5"
+    return name, _tar_number(block[124:136]), kind
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The `<length> <key>=<value>\\n` records of a pax extended header."""
+    records, pos = {}, 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        key, eq, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if length <= space - pos or not eq:
+            raise _HeaderError("invalid pax header")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def _member_data(stream: _TarStream, shard: str, name: str, size: int) -> bytes:
+    """A member's `size` bytes and the padding to its block boundary; tarfile's error
+    when the stream ends before them."""
+    if size < 0:  # a base-256 or pax size can say so; read(-n) would read to the end
+        raise tarfile.ReadError(f"member {name!r}: negative size {size}")
+    if size > MAX_MEMBER_BYTES:
+        raise ShardFormatError(
+            f"{shard}: member {name!r} declares {size} bytes, more than the "
+            f"{MAX_MEMBER_BYTES} a sample member may have"
+        )
+    data = stream.read(size)  # the data and its padding apart: no slice copies the data
+    if len(data) != size or len(stream.read(-size % TAR_BLOCK)) != -size % TAR_BLOCK:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
+
+
+def _tar_members(stream: _TarStream, shard: str) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular member, in file order: a hand-written tar reader, for
+    measured speed (module docstring), that ends where tarfile's stream mode ends. Raises
+    tarfile.ReadError where tarfile raises it: a bad or missing first header, a bad header
+    after an extended one, data cut short; ShardFormatError for an oversized member."""
+    first = True
+    global_pax: dict[str, str] = {}
+    while True:
+        block = stream.read(TAR_BLOCK)
+        if len(block) < TAR_BLOCK or block.count(0) == TAR_BLOCK:
+            if first and len(block) < TAR_BLOCK:
+                raise tarfile.ReadError("empty file" if not block else "truncated header")
+            return
+        try:
+            name, size, kind = _tar_header(block)
+        except _HeaderError as exc:
+            if first:
+                raise tarfile.ReadError(str(exc)) from None
+            return  # a damaged header ends the archive, as in tarfile
+        first = False
+        pax = dict(global_pax)
+        long_name = None
+        while kind in _PAX_TYPES or kind in _GNU_LONG_TYPES:  # they describe the next header
+            data = _member_data(stream, shard, name, size)
+            try:
+                if kind in _PAX_TYPES:
+                    records = _pax_records(data)
+                    pax.update(records)
+                    if kind == b"g":
+                        global_pax.update(records)
+                elif kind == b"L":
+                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                name, size, kind = _tar_header(stream.read(TAR_BLOCK))
+            except _HeaderError as exc:
+                raise tarfile.ReadError(f"after an extended header: {exc}") from None
+        if long_name is not None:
+            name = long_name
+        if "path" in pax:
+            name = pax["path"]
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise tarfile.ReadError(f"member {name!r}: pax size {pax['size']!r}") from None
+        if kind in _REGULAR_TYPES:
+            yield name, _member_data(stream, shard, name, size)
+        elif kind == b"S":
+            raise tarfile.ReadError(f"member {name!r} is a GNU sparse file")
+        elif kind not in _NO_DATA_TYPES:
+            if size < 0:
+                raise tarfile.ReadError(f"member {name!r}: negative size {size}")
+            stream.skip(-(-size // TAR_BLOCK) * TAR_BLOCK)
 
 
 def mismatch(ref: ShardRef, samples: int, size: int, sha256: str) -> ShardMismatchError | None:
@@ -178,32 +336,18 @@ def iter_raw_samples(source: ShardSource) -> Iterator[dict[str, bytes]]:
     try:
         with _open(source) as raw:
             # Only a listed shard has a sha256 to compare with; a URL is streamed as is.
-            stream = _HashingReader(raw) if ref is not None else raw
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    key, ext = split_member_name(info.name)
-                    if info.size > MAX_MEMBER_BYTES:
-                        raise ShardFormatError(
-                            f"{shard}: member {info.name!r} declares {info.size} bytes, more "
-                            f"than the {MAX_MEMBER_BYTES} a sample member may have"
-                        )
-                    data = tar.extractfile(info).read()
-                    if len(data) != info.size:
-                        raise ShardFormatError(
-                            f"{shard}: member {info.name!r} truncated "
-                            f"({len(data)} of {info.size} bytes)"
-                        )
-                    if current is not None and current["__key__"] != key:
-                        samples += 1
-                        yield current
-                        current = None
-                    if current is None:
-                        current = {"__key__": key}
-                    if ext in current:
-                        raise ShardFormatError(f"{shard}: sample {key!r} repeats member {ext!r}")
-                    current[ext] = data
+            stream = _TarStream(raw, hashing=ref is not None)
+            for name, data in _tar_members(stream, shard):
+                key, ext = split_member_name(name)
+                if current is not None and current["__key__"] != key:
+                    samples += 1
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key}
+                if ext in current:
+                    raise ShardFormatError(f"{shard}: sample {key!r} repeats member {ext!r}")
+                current[ext] = data
             if ref is not None:
                 stream.drain()
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:

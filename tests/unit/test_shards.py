@@ -217,6 +217,121 @@ def test_a_shard_member_has_one_header_block(tmp_path):
     assert all(m.pax_headers == {} for m in members)
 
 
+def _tarfile_samples(path) -> tuple[list[dict], str | None]:
+    """What the reader gave while it read with tarfile's stream mode: the samples (members
+    grouped by key) before the end or the break, and the break's exception class, if any."""
+    got, current = [], None
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = shards.reader.split_member_name(info.name)
+                data = tar.extractfile(info).read()
+                if current is not None and current["__key__"] != key:
+                    got.append(current)
+                    current = None
+                current = current or {"__key__": key}
+                current[ext] = data
+    except tarfile.TarError:
+        return got, "broke"
+    return got + ([current] if current else []), None
+
+
+def _our_samples(path) -> tuple[list[dict], str | None]:
+    got = []
+    try:
+        for sample in shards.reader.iter_raw_samples(path):
+            got.append(sample)
+    except ShardFormatError:
+        return got, "broke"
+    return got, None
+
+
+def _odd_tar(path, tar_format: int) -> None:
+    """Members tarfile writes in each format: a path over 100 bytes (a ustar prefix, a GNU
+    long name, a pax path), a non-ASCII name, a directory, a symlink, an empty member, a
+    float mtime (a pax header of its own in pax format)."""
+    long_key = "p" * 60 + "/" + "d" * 60
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        directory = tarfile.TarInfo("p" * 60)
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+        for name, data in [
+            (f"{long_key}.audio.flac", b"x" * 700),
+            (f"{long_key}.json", b"{}"),
+            ("ü-00001.audio.npy", b""),
+            ("ü-00001.json", b"y" * 512),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("k.link")
+        link.type, link.linkname = tarfile.SYMTYPE, "ü-00001.json"
+        tar.addfile(link)
+
+
+@pytest.mark.parametrize(
+    "tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, "ours"]
+)
+def test_our_tar_reader_reads_what_tarfile_reads(tmp_path, tar_format):
+    """shards.reader parses tars itself, for speed; it must give the members tarfile gives."""
+    path = tmp_path / "s.tar"
+    if tar_format == "ours":
+        _write(path)
+    else:
+        _odd_tar(path, tar_format)
+    expected, broke = _tarfile_samples(path)
+    assert broke is None and len(expected) >= 2
+    assert _our_samples(path) == (expected, None)
+
+
+def test_our_tar_reader_breaks_and_ends_where_tarfile_does(tmp_path):
+    """Cut anywhere or with a damaged header: the same samples before the cut, and an error
+    where tarfile raised one (data cut short), none where it ended quietly (a header cut or
+    damaged after the first: index.json's count and sha256 catch those)."""
+    whole = tmp_path / "whole.tar"
+    _write(whole, n=3)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tar"
+    offsets = sorted({*range(0, len(data), 512), *range(100, len(data), 4099), len(data) - 1})
+    for end in offsets:
+        cut.write_bytes(data[:end])
+        assert _our_samples(cut) == _tarfile_samples(cut), f"cut at {end}"
+    with tarfile.open(whole) as tar:
+        headers = [m.offset for m in tar.getmembers()]
+    for offset in headers:
+        damaged = bytearray(data)
+        damaged[offset + 148 : offset + 156] = b" " * 8
+        cut.write_bytes(bytes(damaged))
+        assert _our_samples(cut) == _tarfile_samples(cut), f"header at {offset}"
+
+
+def test_a_member_claiming_a_negative_size_is_an_error_not_a_read_to_the_end(tmp_path):
+    """A GNU base-256 size field can be negative; read(-n) would read the rest of the file."""
+    block = bytearray(512)
+    block[:6] = b"a.json"
+    block[100:108] = b"0000644\0"
+    block[124:136] = b"\xff" * 12  # base-256: -1
+    block[156:157] = b"0"
+    block[257:263] = b"ustar\0"
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    path = tmp_path / "neg.tar"
+    path.write_bytes(bytes(block) + b"{}" * 5000 + bytes(1024))
+    with pytest.raises(ShardFormatError, match="negative size -1"):
+        list(shards.reader.iter_raw_samples(path))
+
+
+def test_format_float_values_are_int16_over_32767_bit_for_bit():
+    pcm = np.arange(-32768, 32768, dtype=np.int16)
+    expected = pcm.astype(np.float32) / np.float32(32767)
+    got = shards.format.pcm_to_float(pcm.reshape(256, 256))
+    assert got.dtype == np.float32 and np.array_equal(
+        got.ravel().view(np.int32), expected.view(np.int32)
+    )
+
+
 # ------------------------------------------------------------ format 2: index and manifest
 
 

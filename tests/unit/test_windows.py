@@ -166,12 +166,7 @@ def _windows(sample: dict, seed: int, epoch: int, window: int = 4000) -> list[st
 
 def test_training_phase_differs_per_epoch_and_repeats_exactly():
     n = 50_000
-    sample = {
-        "key": "f-00000",
-        "audio": np.ones(n, np.float32),
-        "mask": np.ones(n, bool),
-        "meta": {"valid": [[0, n]]},
-    }
+    sample = loader.utterance("f-00000", np.ones(n, np.int16), {"valid": [[0, n]]})
     by_epoch = [_windows(sample, seed=5, epoch=e) for e in range(4)]
     assert len({tuple(w) for w in by_epoch}) > 1  # another phase in another epoch
     assert by_epoch == [_windows(sample, seed=5, epoch=e) for e in range(4)]  # replayable
@@ -180,6 +175,69 @@ def test_training_phase_differs_per_epoch_and_repeats_exactly():
         assert 0 <= phase < 4000
         assert names[0] == f"f-00000@{phase}"
         assert all(int(k.split("@")[1]) % 4000 == phase for k in names)
+
+
+def _gapped_out(root: Path) -> Path:
+    """An OUT whose utterances have gaps (several `valid` runs, zeros between) and lengths
+    that are no multiple of the window, so windows are padded and masked inside too."""
+    rng = np.random.default_rng(4)
+    listed, rows = [], []
+    for split, count in (("train", 5), ("val", 3)):
+        name = f"{split}-000000.tar"
+        with ShardWriter(root / "shards" / name) as writer:
+            for i in range(count):
+                n = 30_000 + 7_777 * i
+                runs = [[0, 9_000], [12_000 + 100 * i, n - 500 * i]]
+                audio = np.zeros(n, np.float32)
+                for start, end in runs:
+                    audio[start:end] = voiced(rng, end - start)
+                key = shards.sample_key(f"{split}g{i}", 0)
+                meta = utterance_meta(split, f"{split}/{i}.wav", n)
+                writer.write(key, audio, runs, meta)
+                rows.append(manifest_row(key, name, split, n, n, f"{split}/{i}.wav"))
+        listed.append({**writer.info.to_dict(), "split": split})
+    return finish_out(root, listed, rows)
+
+
+def _expected_window(decoded: dict, key: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window `<key>@<start>` as read_samples decodes it: float32 int16/32767 and the
+    mask of the `valid` runs, zero-padded and masked past the utterance's end."""
+    utterance, start = key.rsplit("@", 1)
+    sample, start = decoded[utterance], int(start)
+    audio, mask = np.zeros(window, np.float32), np.zeros(window, bool)
+    part = sample["audio"][start : start + window]
+    audio[: part.size], mask[: part.size] = part, sample["mask"][start : start + window]
+    return audio, mask
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_hold_exactly_the_decoded_audio_and_mask_of_their_windows(tmp_path, workers):
+    """The loader keeps int16 and builds batches itself (for speed): every window is still
+    bit for bit what `read_samples` decodes, masked by the `valid` runs, in training (any
+    phase, with workers) and in validation."""
+    out = _gapped_out(tmp_path)
+    index = Index.load(out)
+    window = 8_000
+    for split in ("train", "val"):
+        decoded = {s["key"]: s for s in shards.read_samples(index.entries(split))}
+        if split == "train":
+            stream = loader.TrainStream(
+                index.entries(split), batch_size=3, batches_per_epoch=4, window_samples=window
+            )
+            batches = take(stream, 8, workers=workers)
+        else:
+            batches = list(loader.val_batches(index.entries(split), 3, window))
+        assert batches
+        for batch in batches:
+            assert batch["audio"].dtype == torch.float32 and batch["mask"].dtype == torch.bool
+            for row, key in enumerate(batch["key"]):
+                audio, mask = _expected_window(decoded, key, window)
+                assert np.array_equal(
+                    batch["audio"][row].numpy().view(np.int32), audio.view(np.int32)
+                )
+                assert np.array_equal(batch["mask"][row].numpy(), mask), key
+        masks = torch.cat([b["mask"] for b in batches])
+        assert not masks.all() and masks.any(axis=1).all()  # gaps and padding masked out
 
 
 def test_windows_of_one_utterance_are_spread_over_batches(tmp_path):
@@ -223,14 +281,14 @@ def test_validation_windows_are_the_same_for_one_and_two_ranks(tmp_path, monkeyp
     one = [b["key"] for b in loader.val_batches(entries, 3, SR)]
     decoded: dict[int, list[str]] = {0: [], 1: []}
     two = {}
-    real = loader.decode_sample
+    real = loader.decode_pcm
     for rank in (0, 1):
 
         def spy(members, rank=rank, **kwargs):
             decoded[rank].append(members["__key__"])
             return real(members, **kwargs)
 
-        monkeypatch.setattr(loader, "decode_sample", spy)
+        monkeypatch.setattr(loader, "decode_pcm", spy)
         two[rank] = [b["key"] for b in loader.val_batches(entries, 3, SR, rank, 2)]
     assert two[0] == one[0::2] and two[1] == one[1::2]
     flat = sum(one, [])
