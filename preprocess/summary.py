@@ -32,9 +32,9 @@ def print_summary(index: dict[str, Any]) -> None:
 
 
 def unusable_result(index: dict[str, Any]) -> str | None:
-    """Why OUT holds nothing to train on, or no val although one was asked, in one line
-    that says what to change; None when it is usable. A split given by a manifest is
-    taken as given, an empty val included."""
+    """Why OUT holds nothing to train on (nothing kept, or nothing in train), or no val
+    although one was asked, in one line that says what to change; None when it is
+    usable. A split given by a manifest is taken as given, an empty val included."""
     t, cfg = index["totals"], index.get("config", {})
     splits = t["splits"]
     if not any(s["segments"] for s in splits.values()):
@@ -43,6 +43,11 @@ def unusable_result(index: dict[str, Any]) -> str | None:
         return (
             f"nothing kept: all {t['files']} files were rejected (reasons above; per file in "
             "files.jsonl); loosen the thresholds that rejected them"
+        )
+    if not splits.get("train", {}).get("segments"):  # only a manifest's split can do this
+        return (
+            "train is empty: every kept utterance is in val, as the split manifest says; "
+            "list some files as train in it"
         )
     asked = cfg.get("val_fraction", 0.0)
     by_manifest = str(cfg.get("split_by", "")).startswith("manifest:")

@@ -301,3 +301,7 @@ def test_a_run_that_keeps_nothing_says_so():
     assert line.startswith("nothing kept: all 3 files were rejected")
     kept = {"train": {**empty, "segments": 5}}
     assert unusable_result({"totals": {**totals, "splits": kept}}) is None
+    # A split manifest that lists every kept file as val leaves nothing to train on.
+    all_val = {"train": empty, "val": {**empty, "segments": 5}}
+    line = unusable_result({"totals": {**totals, "splits": all_val}})
+    assert line.startswith("train is empty: every kept utterance is in val")
