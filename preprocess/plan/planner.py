@@ -38,6 +38,11 @@ _EST_BYTES_PER_SECOND = {"flac": 20_000, "npy": 32_000}
 # Several units make one shard, so shard boundaries never depend on the worker count. A
 # unit costs one actor call and one fsynced commit, a few ms against ~2 CPU-s of work.
 UNIT_SECONDS = 120.0
+# A small corpus still makes MIN_UNITS units (of at least MIN_UNIT_SECONDS): a 1.5-minute
+# corpus was one unit, which one worker ran while the others (another node's) sat idle.
+# From the corpus alone, never the worker count: a rerun with other --workers reuses them.
+MIN_UNITS = 16
+MIN_UNIT_SECONDS = 10.0
 
 
 # 1 kbit/s: under any codec libsndfile decodes (GSM 6.10 13, MP3 8, Opus 6 kbit/s) and
@@ -366,14 +371,17 @@ def check_split(files: list[InputFile], cfg: PreprocessConfig) -> None:
 
 def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
     """Pack the files to decode (decodable, not duplicates) into work units of about
-    `UNIT_SECONDS` of audio each, in the seeded hash order `make_shard_groups` packs
+    `UNIT_SECONDS` of audio each (smaller in a small corpus, down to MIN_UNIT_SECONDS, so
+    that there are MIN_UNITS of them), in the seeded hash order `make_shard_groups` packs
     shards in: a shard's files then come from a run of neighbouring units, whose spools
     are freed as soon as those shards are written."""
     units: list[WorkUnit] = []
     todo = [f for f in files if needs_decoding(f)]
     todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))
+    total = sum(f.est_seconds for f in todo)
+    unit_seconds = min(UNIT_SECONDS, max(MIN_UNIT_SECONDS, total / MIN_UNITS))
     for f in todo:
-        if not units or units[-1].est_seconds >= UNIT_SECONDS:
+        if not units or units[-1].est_seconds >= unit_seconds:
             units.append(WorkUnit(unit_id=len(units)))
         units[-1].paths.append(f.path)
         units[-1].est_seconds += f.est_seconds

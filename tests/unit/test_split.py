@@ -535,3 +535,17 @@ def test_shard_groups_depend_on_the_plan_and_decisions_not_on_unit_order():
     a = make_shard_groups(units, records, split_of, cfg)
     b = make_shard_groups(units[::-1], records, split_of, cfg)
     assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+
+
+def test_a_small_corpus_still_makes_units_for_every_worker_and_node():
+    """Two minutes of audio was one 120-s unit: one worker ran it while the other node's
+    sat idle. Units come from the corpus alone (never the worker count)."""
+    from preprocess.plan.planner import MIN_UNIT_SECONDS, UNIT_SECONDS, make_units
+
+    small = [audio(f"spk{i % 3}/u{i:02d}.wav", 6.0) for i in range(20)]  # 120 s
+    units = make_units(small, PreprocessConfig())
+    assert len(units) >= 8
+    assert sorted(p for u in units for p in u.paths) == sorted(f.path for f in small)
+    assert all(u.est_seconds >= MIN_UNIT_SECONDS for u in units[:-1])
+    large = [audio(f"spk{i % 9}/u{i:03d}.wav", 60.0) for i in range(200)]  # 200 min
+    assert all(u.est_seconds <= UNIT_SECONDS + 60.0 for u in make_units(large, PreprocessConfig()))
