@@ -72,11 +72,18 @@ def checked_runs(runs: Iterable[Sequence[int]], length: int) -> list[tuple[int, 
     inside a segment of `length` samples."""
     checked = []
     for run in runs:
+        if len(run) != 2 or not all(_is_int(x) for x in run):
+            raise ValueError(f"valid run {run!r} is not a pair of integers")
         start, end = int(run[0]), int(run[1])
         if not 0 <= start <= end <= length:
             raise ValueError(f"valid run [{start}, {end}) outside segment of {length} samples")
         checked.append((start, end))
     return checked
+
+
+def _is_int(x: Any) -> bool:
+    """An integer of JSON or numpy, never a bool, float or string ("05", 1e9, Infinity)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def mask_from_runs(runs: Iterable[Sequence[int]], length: int) -> np.ndarray:
@@ -135,11 +142,19 @@ def encode_sample(
     }
 
 
+# The most samples one stored utterance may decode to: 2,097 s at 16 kHz, as many as an
+# npy member of the reader's 64 MiB limit holds (a 20-s utterance has 320,000).
+MAX_DECODED_SAMPLES = 32 << 20
+
+
 def _decode_pcm(name: str, data: bytes) -> np.ndarray:
     if name == "audio.flac":
-        pcm, sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"sample rate {sr}, expected {SAMPLE_RATE}")
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.samplerate != SAMPLE_RATE:
+                raise ValueError(f"sample rate {f.samplerate}, expected {SAMPLE_RATE}")
+            if not 0 <= f.frames <= MAX_DECODED_SAMPLES:  # a few KB of FLAC can claim hours
+                raise ValueError(f"{f.frames} samples, more than {MAX_DECODED_SAMPLES}")
+            pcm = f.read(dtype="int16", always_2d=False)
     elif name == "audio.npy":
         pcm = np.load(io.BytesIO(data), allow_pickle=False)
         if pcm.dtype != np.int16:
@@ -167,8 +182,8 @@ def decode_pcm(
         )
     try:
         meta = json.loads(bytes(members["json"]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc!r}") from exc
     if split is not None and (not isinstance(meta, dict) or meta.get("split") != split):
         found = meta.get("split") if isinstance(meta, dict) else None
         raise SplitMismatchError(
@@ -183,7 +198,7 @@ def decode_pcm(
         ) from exc
     try:
         checked_runs(meta["valid"], pcm.shape[0])
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise ShardFormatError(f"{shard}: sample {key!r}: bad 'valid' runs: {exc}") from exc
     if "samples" in meta and meta["samples"] != pcm.shape[0]:
         raise ShardFormatError(

@@ -631,10 +631,8 @@ def sample_meta(members: Mapping[str, Any], shard: str, split: str | None) -> di
         n = meta["samples"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"'samples' is {n!r}, expected an integer >= 1")
-        for s, e in meta["valid"]:
-            if not 0 <= int(s) <= int(e) <= n:
-                raise ValueError(f"valid run [{s}, {e}) outside its {n} samples")
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        checked_runs(meta["valid"], n)
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ShardFormatError(f"{shard}: sample {key!r}: bad json member: {exc!r}") from exc
     if split is not None and meta.get("split") != split:
         raise SplitMismatchError(

@@ -26,11 +26,16 @@ caller counts and reports the read (shards.loader). A read stopped early by its 
 
 The tar is parsed here (`_tar_members`), for measured speed: tarfile's stream mode (header
 parsing, buffer joins, data copies) cost ~55 µs a sample more, a third of a checked read
-whose rest is the file read and the sha256 (docs/BENCHMARKS.md §2). It reads what tarfile
-reads (ustar, GNU base-256 sizes and long names, pax `path`/`size`) and ends where tarfile
-ends: at the end-of-archive block, at a damaged or truncated header after the first (the
-count and sha256 then catch it), and with an error at a bad first header or data that
-stops short (tests/unit/test_shards.py holds it to tarfile).
+whose rest is the file read and the sha256 (docs/BENCHMARKS.md §2). It reads ustar, GNU
+base-256 sizes and long names and pax `path`/`size`, and ends where tarfile ends on our
+shards and on tarfile's own output: at the end-of-archive block, at a damaged or truncated
+header after the first (the count and sha256 then catch it), and with an error at a bad
+first header or data that stops short (tests/unit/test_shards.py holds it to tarfile). It
+is stricter where a shard is hostile: extended headers past MAX_EXTENDED_HEADERS or
+MAX_EXTENDED_BYTES, malformed pax records, names over MAX_NAME_CHARS or not UTF-8,
+members the format does not have, a json over MAX_JSON_BYTES, and negative sizes are
+errors; and it checks a header's checksum, name, size and type only (tarfile also stops at
+a bad mtime or uid), so a listed shard relies on its count and sha256 for the rest.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import hashlib
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,6 +76,15 @@ _READ_BUFFER = 1 << 16
 # in npy, its json a few kB; a header claiming more is a damaged or foreign tar, refused
 # before a read that could take the whole memory of a loader worker.
 MAX_MEMBER_BYTES = 64 << 20
+# A json member: a few hundred bytes (its `valid` runs and provenance); 1 MiB is far more.
+MAX_JSON_BYTES = 1 << 20
+# ShardWriter writes no extended header; other tools' (a pax mtime, a long path) take a
+# block or two. Past these a tar is hostile or broken, not a shard.
+MAX_EXTENDED_HEADERS = 4
+MAX_EXTENDED_BYTES = 64 << 10
+MAX_NAME_CHARS = 1024
+# The members a sample of the format has (docs/SHARDS.md): anything else is refused.
+SAMPLE_MEMBERS = frozenset({"audio.flac", "audio.npy", "json"})
 
 ShardSource = str | os.PathLike | ShardRef
 
@@ -127,9 +141,26 @@ def shard_name(url: ShardSource) -> str:
     return names[-1] if names else Path(text).name or text
 
 
+def _member_limit(shard: str, name: str) -> int:
+    """The most bytes member `name` may have: a json's MAX_JSON_BYTES, an audio member's
+    MAX_MEMBER_BYTES; ShardFormatError for a member the format does not have."""
+    _, ext = split_member_name(name)
+    if ext not in SAMPLE_MEMBERS:
+        raise ShardFormatError(
+            f"{shard}: member {name!r} is not part of a sample (expected "
+            f"{', '.join(sorted(SAMPLE_MEMBERS))}; docs/SHARDS.md)"
+        )
+    return MAX_JSON_BYTES if ext == "json" else MAX_MEMBER_BYTES
+
+
 def split_member_name(name: str) -> tuple[str, str]:
     """`dir/key.audio.flac` → (`dir/key`, `audio.flac`): the key ends at the first dot of the
-    basename, as in webdataset."""
+    basename, as in webdataset. A name that is not UTF-8 is refused (ValueError): keys are
+    hashed and printed as text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"member name {name!r} is not UTF-8") from None
     head, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
     if not dot:
@@ -224,28 +255,42 @@ def _tar_header(block: bytes) -> tuple[str, int, bytes]:
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
-    """The `<length> <key>=<value>\\n` records of a pax extended header."""
+    """The `path` and `size` of a pax extended header's `<length> <key>=<value>\\n` records
+    (the only keys that change what a sample reader yields; others are dropped, so a
+    header of a million keys keeps none). Each record is checked as CPython ≥ 3.12.6
+    checks it: ASCII digits, a space, at least 5 bytes, inside the data, ending in a
+    newline; anything else is _HeaderError (never a loop that does not advance)."""
     records, pos = {}, 0
     while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
-        key, eq, value = data[space + 1 : pos + length - 1].partition(b"=")
-        if length <= space - pos or not eq:
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit() or not digits.isascii():
             raise _HeaderError("invalid pax header")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        length = int(digits)
+        end = pos + length
+        if length < 5 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise _HeaderError("invalid pax header")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        if not eq:
+            raise _HeaderError("invalid pax header")
+        if key in (b"path", b"size"):
+            records[key.decode("ascii")] = value.decode("utf-8", "surrogateescape")
+        pos = end
     return records
 
 
-def _member_data(stream: _TarStream, shard: str, name: str, size: int) -> bytes:
+def _member_data(
+    stream: _TarStream, shard: str, name: str, size: int, limit: int = MAX_MEMBER_BYTES
+) -> bytes:
     """A member's `size` bytes and the padding to its block boundary; tarfile's error
-    when the stream ends before them."""
+    when the stream ends before them, ShardFormatError past `limit` bytes (refused
+    before it is read)."""
     if size < 0:  # a base-256 or pax size can say so; read(-n) would read to the end
         raise tarfile.ReadError(f"member {name!r}: negative size {size}")
-    if size > MAX_MEMBER_BYTES:
+    if size > limit:
         raise ShardFormatError(
             f"{shard}: member {name!r} declares {size} bytes, more than the "
-            f"{MAX_MEMBER_BYTES} a sample member may have"
+            f"{limit} a sample member of its kind may have"
         )
     data = stream.read(size)  # the data and its padding apart: no slice copies the data
     if len(data) != size or len(stream.read(-size % TAR_BLOCK)) != -size % TAR_BLOCK:
@@ -253,11 +298,14 @@ def _member_data(stream: _TarStream, shard: str, name: str, size: int) -> bytes:
     return data
 
 
-def _tar_members(stream: _TarStream, shard: str) -> Iterator[tuple[str, bytes]]:
+def _tar_members(
+    stream: _TarStream, shard: str, limit: Callable[[str], int] = lambda name: MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular member, in file order: a hand-written tar reader, for
     measured speed (module docstring), that ends where tarfile's stream mode ends. Raises
     tarfile.ReadError where tarfile raises it: a bad or missing first header, a bad header
-    after an extended one, data cut short; ShardFormatError for an oversized member."""
+    after an extended one, data cut short, extended headers past their bounds;
+    ShardFormatError for a member over `limit(name)` bytes (`limit` may raise it too)."""
     first = True
     global_pax: dict[str, str] = {}
     while True:
@@ -275,7 +323,14 @@ def _tar_members(stream: _TarStream, shard: str) -> Iterator[tuple[str, bytes]]:
         first = False
         pax = dict(global_pax)
         long_name = None
+        extended = 0
         while kind in _PAX_TYPES or kind in _GNU_LONG_TYPES:  # they describe the next header
+            extended += 1
+            if extended > MAX_EXTENDED_HEADERS or not 0 <= size <= MAX_EXTENDED_BYTES:
+                raise tarfile.ReadError(
+                    f"member {name!r}: extended headers past {MAX_EXTENDED_HEADERS} of "
+                    f"{MAX_EXTENDED_BYTES} bytes (a shard's tar needs none)"
+                )
             data = _member_data(stream, shard, name, size)
             try:
                 if kind in _PAX_TYPES:
@@ -292,13 +347,15 @@ def _tar_members(stream: _TarStream, shard: str) -> Iterator[tuple[str, bytes]]:
             name = long_name
         if "path" in pax:
             name = pax["path"]
+        if len(name) > MAX_NAME_CHARS:
+            raise tarfile.ReadError(f"member name of {len(name)} characters: {name[:60]!r}…")
         if "size" in pax:
             try:
                 size = int(pax["size"])
             except ValueError:
                 raise tarfile.ReadError(f"member {name!r}: pax size {pax['size']!r}") from None
         if kind in _REGULAR_TYPES:
-            yield name, _member_data(stream, shard, name, size)
+            yield name, _member_data(stream, shard, name, size, limit(name))
         elif kind == b"S":
             raise tarfile.ReadError(f"member {name!r} is a GNU sparse file")
         elif kind not in _NO_DATA_TYPES:
@@ -337,7 +394,7 @@ def iter_raw_samples(source: ShardSource) -> Iterator[dict[str, bytes]]:
         with _open(source) as raw:
             # Only a listed shard has a sha256 to compare with; a URL is streamed as is.
             stream = _TarStream(raw, hashing=ref is not None)
-            for name, data in _tar_members(stream, shard):
+            for name, data in _tar_members(stream, shard, lambda n: _member_limit(shard, n)):
                 key, ext = split_member_name(name)
                 if current is not None and current["__key__"] != key:
                     samples += 1

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import tarfile
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import shards
+import shards.loader
 from shards import ShardFormatError, ShardWriter, read_samples
 from shards.format import to_int16
 
@@ -307,20 +310,91 @@ def test_our_tar_reader_breaks_and_ends_where_tarfile_does(tmp_path):
         assert _our_samples(cut) == _tarfile_samples(cut), f"header at {offset}"
 
 
-def test_a_member_claiming_a_negative_size_is_an_error_not_a_read_to_the_end(tmp_path):
-    """A GNU base-256 size field can be negative; read(-n) would read the rest of the file."""
+def _header(name: bytes, size: int | bytes, kind: bytes = b"0") -> bytes:
+    """One ustar header block with a valid checksum; `size` as bytes is the raw field."""
     block = bytearray(512)
-    block[:6] = b"a.json"
+    block[: len(name)] = name
     block[100:108] = b"0000644\0"
-    block[124:136] = b"\xff" * 12  # base-256: -1
-    block[156:157] = b"0"
+    block[124:136] = size if isinstance(size, bytes) else f"{size:011o}\0".encode()
+    block[156:157] = kind
     block[257:263] = b"ustar\0"
     block[148:156] = b" " * 8
     block[148:156] = f"{sum(block):06o}\0 ".encode()
-    path = tmp_path / "neg.tar"
-    path.write_bytes(bytes(block) + b"{}" * 5000 + bytes(1024))
-    with pytest.raises(ShardFormatError, match="negative size -1"):
-        list(shards.reader.iter_raw_samples(path))
+    return bytes(block)
+
+
+def _member(name: bytes, data: bytes, kind: bytes = b"0") -> bytes:
+    return _header(name, len(data), kind) + data + bytes(-len(data) % 512)
+
+
+def _npy(pcm: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, pcm, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _refused(tmp_path, tar: bytes, match: str) -> None:
+    """`tar` is refused with ShardFormatError matching `match`, within seconds (an alarm
+    turns a parser that loops into a failure, not a hung suite)."""
+    path = tmp_path / "hostile.tar"
+    path.write_bytes(tar + bytes(1024))
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the tar reader did not return"))
+    signal.alarm(5)
+    try:
+        with pytest.raises(ShardFormatError, match=match):
+            list(shards.reader.iter_raw_samples(path))
+    finally:
+        signal.alarm(0)
+
+
+def test_a_member_claiming_a_negative_size_is_an_error_not_a_read_to_the_end(tmp_path):
+    """A GNU base-256 size field can be negative; read(-n) would read the rest of the file."""
+    _refused(tmp_path, _header(b"a.json", b"\xff" * 12) + b"{}" * 5000, "negative size -1")
+
+
+def test_a_pax_record_without_its_length_is_an_error_not_an_endless_loop(tmp_path):
+    tar = _member(b"././@PaxHeader", b"a=b\n", b"x") + _member(b"k.json", b"{}")
+    _refused(tmp_path, tar, "invalid pax header")
+
+
+def test_extended_headers_past_their_bounds_are_refused(tmp_path):
+    chain = b"".join(_member(b"././@PaxHeader", b"11 a=bcdef\n", b"x") for _ in range(5))
+    _refused(tmp_path, chain + _member(b"k.json", b"{}"), "extended headers past 4")
+    big = _member(b"././@PaxHeader", b"x" * (65 << 10), b"x") + _member(b"k.json", b"{}")
+    _refused(tmp_path, big, "extended headers past")
+    long_name = b"k" * 2000 + b".json"
+    _refused(
+        tmp_path,
+        _member(b"././@LongLink", long_name, b"L") + _member(b"k.json", b"{}"),
+        "member name of 2005 characters",
+    )
+
+
+def test_members_the_format_does_not_have_are_refused_naming_them(tmp_path):
+    tar = _member(b"k.json", b"{}") + _member(b"k.x1", b"payload")
+    _refused(tmp_path, tar, r"member 'k\.x1' is not part of a sample")
+
+
+def test_a_json_member_over_a_mebibyte_is_refused_before_it_is_read(tmp_path):
+    _refused(tmp_path, _header(b"k.json", 2 << 20), "more than the 1048576")
+
+
+def test_a_member_name_that_is_not_utf8_is_refused(tmp_path):
+    _refused(tmp_path, _member(b"\xff-00000.json", b"{}"), "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [b'{"valid": [[0, Infinity]], "samples": 10}', b"[" * 100_000, b'{"valid": [["0", "5"]]}'],
+)
+def test_json_that_python_cannot_hold_is_a_format_error_on_every_read_path(meta):
+    """Infinity (OverflowError in int()), deep nesting (RecursionError), string runs: each
+    a ShardFormatError naming the sample, never an exception that ends a loader worker."""
+    members = {"__key__": "k", "json": meta, "audio.npy": _npy(np.zeros(10, np.int16))}
+    with pytest.raises(ShardFormatError, match="sample 'k'"):
+        shards.format.decode_pcm(members, shard="s.tar")
+    with pytest.raises(ShardFormatError, match="sample 'k'"):
+        shards.loader.sample_meta(members, "s.tar", None)
 
 
 def test_format_float_values_are_int16_over_32767_bit_for_bit():
@@ -443,3 +517,15 @@ def test_manifest_field_of_the_wrong_type_is_named(tmp_path):
 def test_missing_manifest_says_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest; expected a format-2"):
         shards.read_manifest(tmp_path)
+
+
+def test_a_flac_claiming_more_samples_than_an_utterance_holds_is_refused_before_decoding():
+    """A few KB of FLAC whose STREAMINFO claims 2^36 − 1 samples would allocate them all."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(1600, np.int16), 16000, format="FLAC", subtype="PCM_16")
+    flac = bytearray(buf.getvalue())
+    bits = int.from_bytes(flac[18:26], "big") | (1 << 36) - 1  # STREAMINFO total samples
+    flac[18:26] = bits.to_bytes(8, "big")
+    members = {"__key__": "k", "json": b'{"valid": [[0, 1600]]}', "audio.flac": bytes(flac)}
+    with pytest.raises(ShardFormatError, match="more than 33554432"):
+        shards.format.decode_pcm(members, shard="s.tar")
