@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo: corpus with real-world faults → preprocess (+ diagnosis report) → train the
-# `small` codec on CPU → evaluate per bitrate. Re-running reuses what is already built.
+# `small` codec on CPU → evaluate per bitrate. Re-running reuses what is already built
+# (the demo's OUT is replaced when a newer version's config differs: --overwrite).
 demo: venv
 	@test -d $(DEMO)/corpus || $(BIN)/python -m preprocess.synth $(DEMO)/corpus \
 		--minutes $(DEMO_MINUTES) --seed 0 --no-progress
-	$(BIN)/python -m preprocess.run --input $(DEMO)/corpus --output $(DEMO)/out --shard-mb 2
+	$(BIN)/python -m preprocess.run --input $(DEMO)/corpus --output $(DEMO)/out --shard-mb 2 \
+		--overwrite
 	$(BIN)/python train_ds.py --deepspeed-config ds_config.json --data-dir $(DEMO)/out \
 		--checkpoint-dir $(DEMO)/runs --experiment-name demo --model-config small \
 		--max-steps 2000 --max-seconds $(DEMO_TRAIN_SECONDS) --val-every 300
