@@ -16,6 +16,8 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,16 +182,9 @@ def _plan(
         cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
     todo = [p for p in paths if p not in cached]
     batches = [todo[i : i + _FINGERPRINT_BATCH] for i in range(0, len(todo), _FINGERPRINT_BATCH)]
-    with (
-        clock.phase("hash + probe"),
-        tqdm(
-            total=len(paths),
-            initial=len(paths) - len(todo),
-            desc="plan: hash+probe",
-            unit="file",
-            dynamic_ncols=True,
-        ) as bar,
-    ):
+    with _phase_bar(
+        clock, "hash + probe", "plan: hash+probe", len(paths), len(todo), "file"
+    ) as bar:
         # Each batch's hashes are appended as they arrive, so a kill keeps what is hashed;
         # the end rewrites the cache whole (a load takes the last line of a path).
         with open(work / FINGERPRINTS, "a", encoding="utf-8") as journal:
@@ -393,16 +388,8 @@ def _run_units(
     ]
     total_files = sum(len(u.paths) for u in units)
     pool = ActorTasks(actors)
-    with (
-        clock.phase("scan"),
-        tqdm(
-            total=total_files,
-            initial=total_files - sum(len(u.paths) for u in todo),
-            desc="scan",
-            unit="file",
-            dynamic_ncols=True,
-        ) as bar,
-    ):
+    todo_files = sum(len(u.paths) for u in todo)
+    with _phase_bar(clock, "scan", "scan", total_files, todo_files, "file") as bar:
         figures = run_on_pool(todo, {}, keys, by_path, pool, work, scan_only, bar)
     clock.begin("split + shard groups")
     records = {u.unit_id: read_unit_records(work, u.unit_id) for u in units}
@@ -428,16 +415,7 @@ def _run_units(
     ]
     crashed = {p: CRASHED_DETAIL for u in redo for p in _crashed_files(work, u.unit_id)}
     clock.end()
-    with (
-        clock.phase("shard"),
-        tqdm(
-            total=len(groups),
-            initial=len(groups) - len(pending),
-            desc="shard",
-            unit="shard",
-            dynamic_ncols=True,
-        ) as bar,
-    ):
+    with _phase_bar(clock, "shard", "shard", len(groups), len(pending), "shard") as bar:
         second = run_on_pool(redo, pending, keys, by_path, pool, work, False, bar, crashed)
     _merge_figures(figures, second)
     _check_redone(work, redo, records)
@@ -464,6 +442,18 @@ def _check_redone(work: Path, redo: list[WorkUnit], records: dict[int, list[dict
                 f"({', '.join(changed[:3]) or 'its files'}: a worker died reading it?); run "
                 "the same command again to plan from what is on disk now"
             )
+
+
+@contextmanager
+def _phase_bar(
+    clock: PhaseClock, phase: str, desc: str, total: int, todo: int, unit: str
+) -> Iterator[tqdm]:
+    """A phase of `clock` with its progress bar: `total` items, `todo` of them still to do."""
+    with (
+        clock.phase(phase),
+        tqdm(total=total, initial=total - todo, desc=desc, unit=unit, dynamic_ncols=True) as bar,
+    ):
+        yield bar
 
 
 def _crashed_files(work: Path, unit_id: int) -> list[str]:

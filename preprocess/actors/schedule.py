@@ -149,12 +149,12 @@ def run_on_pool(
     todo_ids = {u.unit_id for u in todo}
     waiting = {g: set(group.unit_ids()) & todo_ids for g, group in groups.items()}
     ready = deque(g for g, left in waiting.items() if not left)
-    groups_of_unit: dict[int, list[int]] = {}
-    needed_by = Counter()  # unit → groups still to be written that read its spool
+    groups_of_unit: dict[int, list[int]] = {}  # unit → the groups that read its spool
     for g, group in groups.items():
         for unit_id in group.unit_ids():
             groups_of_unit.setdefault(unit_id, []).append(g)
-            needed_by[unit_id] += 1
+    # unit → groups still to be written that read its spool
+    needed_by = Counter({u: len(gs) for u, gs in groups_of_unit.items()})
     hours, t0 = 0.0, time.perf_counter()
 
     by_id = {u.unit_id: u for u in todo}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocess.actors.interleave import interleave
-from preprocess.actors.unit import SPOOL_NAME, EncodedSpool, SavedSpool, unit_dir
+from preprocess.actors.unit import SPOOL_NAME, SavedSpool, unit_dir
 from preprocess.config import PreprocessConfig
 from preprocess.measure.stage_times import lap
 from preprocess.plan.planner import ShardGroup
@@ -103,7 +103,7 @@ def write_group(
     files_of: dict[int, list[list[list]]] = {}
     for unit_id in group.unit_ids():  # indexes only: a spool's file is opened per read
         path = unit_dir(work, unit_id) / SPOOL_NAME
-        spools[unit_id], files_of[unit_id] = EncodedSpool.open_saved(path)
+        spools[unit_id], files_of[unit_id] = SavedSpool.open(path)
     per_file = [(spools[u], files_of[u][pos]) for u, pos in group.members]
     parts = _write_parts(tmp, group, per_file, cfg)
     done = {

@@ -116,9 +116,9 @@ class EncodedSpool:
     it (the driver frees it: `free_spool`).
     """
 
-    def __init__(self, path: Path, mode: str = "w+b"):
+    def __init__(self, path: Path):
         self.path = path
-        self._f = open(path, mode)  # noqa: SIM115 - closed in close()
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.index: list[tuple[int, int, int, str]] = []  # offset, audio len, json len, ext
         self._saved = False
 
@@ -132,13 +132,6 @@ class EncodedSpool:
         self.index.append((offset, len(audio), len(meta), ext))
         return len(self.index) - 1
 
-    def get(self, i: int, key: str) -> dict[str, Any]:
-        offset, n_audio, n_meta, ext = self.index[i]
-        self._f.seek(offset + 8)
-        audio = self._f.read(n_audio)
-        meta = self._f.read(n_meta)
-        return {"__key__": key, ext: audio, "json": meta}
-
     def save(self, per_file: list[list[tuple[int, str]]]) -> None:
         """Keep the spool: fsync it and write its index and per-file (sample, key) lists."""
         self._f.flush()
@@ -147,12 +140,6 @@ class EncodedSpool:
             self.path.with_name(SPOOL_INDEX_NAME), {"index": self.index, "per_file": per_file}
         )
         self._saved = True
-
-    @classmethod
-    def open_saved(cls, path: Path) -> tuple[SavedSpool, list[list[list]]]:
-        """A saved spool, to read, and its per-file [[sample, key], …] lists."""
-        saved = json.loads(path.with_name(SPOOL_INDEX_NAME).read_text())
-        return SavedSpool(path, [tuple(entry) for entry in saved["index"]]), saved["per_file"]
 
     def close(self) -> None:
         self._f.close()
@@ -170,6 +157,13 @@ class SavedSpool:
         self.path = path
         self.index = index  # offset, audio len, json len, ext
 
+    @classmethod
+    def open(cls, path: Path) -> tuple[SavedSpool, list[list[list]]]:
+        """The spool `EncodedSpool.save` kept at `path`, and its per-file [[sample, key], …]
+        lists."""
+        saved = json.loads(path.with_name(SPOOL_INDEX_NAME).read_text())
+        return cls(path, [tuple(entry) for entry in saved["index"]]), saved["per_file"]
+
     def get(self, i: int, key: str) -> dict[str, Any]:
         offset, n_audio, n_meta, ext = self.index[i]
         with open(self.path, "rb") as f:
@@ -177,9 +171,6 @@ class SavedSpool:
             audio = f.read(n_audio)
             meta = f.read(n_meta)
         return {"__key__": key, ext: audio, "json": meta}
-
-    def close(self) -> None:
-        """Nothing to release (kept so callers treat both spools alike)."""
 
 
 def process_unit(

@@ -340,14 +340,7 @@ def assign_splits(items: list[SplitItem], cfg: PreprocessConfig) -> SplitPlan:
 
     Logs the shares and, as warnings, the fallback and why val could not be what was asked.
     """
-    plan = plan_splits(
-        items,
-        cfg.split_by,
-        cfg.val_fraction,
-        cfg.min_val_seconds,
-        cfg.split_seed,
-        cfg.split_manifest_sha256,
-    )
+    plan = split_plan(items, cfg)
     log.info(plan.summary())
     for warning in plan.warnings:
         log.warning(warning)
@@ -359,8 +352,13 @@ def check_split(files: list[InputFile], cfg: PreprocessConfig) -> None:
     file, a manifest that cannot be read or changed since the config was made): the split
     waits for the decisions, its errors must not wait hours of scanning for them. Every
     file to decode stands in for kept here, as the split would see them all kept."""
-    plan_splits(
-        [SplitItem(f.path, f.est_seconds, needs_decoding(f)) for f in files],
+    split_plan([SplitItem(f.path, f.est_seconds, needs_decoding(f)) for f in files], cfg)
+
+
+def split_plan(items: list[SplitItem], cfg: PreprocessConfig) -> SplitPlan:
+    """`plan_splits` with the config's split settings, logging nothing."""
+    return plan_splits(
+        items,
         cfg.split_by,
         cfg.val_fraction,
         cfg.min_val_seconds,
@@ -373,8 +371,9 @@ def make_units(files: list[InputFile], cfg: PreprocessConfig) -> list[WorkUnit]:
     """Pack the files to decode (decodable, not duplicates) into work units of about
     `UNIT_SECONDS` of audio each (smaller in a small corpus, down to MIN_UNIT_SECONDS, so
     that there are MIN_UNITS of them), in the seeded hash order `make_shard_groups` packs
-    shards in: a shard's files then come from a run of neighbouring units, whose spools
-    are freed as soon as those shards are written."""
+    shards in: a train shard's files then come from a run of neighbouring units, whose
+    spools are freed as soon as those shards are written (val's few files per unit spread
+    each val shard over many units; the pipeline writes those first)."""
     units: list[WorkUnit] = []
     todo = [f for f in files if needs_decoding(f)]
     todo.sort(key=lambda f: (_unit_hash(f.path, cfg.split_seed), f.path))

@@ -6,7 +6,9 @@ from preprocess.config import PreprocessConfig
 from preprocess.measure.policy import Measurements, decide_measured
 
 
-def measured(seconds: float, active_seconds: float) -> Measurements:
+def measured(seconds: float, active_seconds: float, **more: float | None) -> Measurements:
+    """An intact file's measurements, `seconds` long with `active_seconds` of speech;
+    `more` sets other fields (Silero's figure, the decoded length)."""
     return Measurements(
         seconds=seconds,
         peak=0.5,
@@ -17,6 +19,7 @@ def measured(seconds: float, active_seconds: float) -> Measurements:
         clipped_fraction=0.0,
         loudness_lufs=-25.0,
         snr_db=20.0,
+        **more,
     )
 
 

@@ -26,8 +26,7 @@ from preprocess.measure import kernels
 from preprocess.measure.policy import Measurements, decide_measured
 from preprocess.out.assemble import build_index
 from preprocess.out.stats_store import write_stats
-from preprocess.plan.planner import kept_items
-from preprocess.plan.split import plan_splits
+from preprocess.plan.planner import kept_items, split_plan
 from shards import write_index, write_manifest
 
 # Share of each planted fault (the mission corpus had ~9 % faults).
@@ -190,10 +189,7 @@ def write_out(
     pool = rng.uniform(1e-4, 0.3, int(frames.max(initial=0)) + 1).astype(np.float32)
     write_stats(out / "stats.zarr", records, (pool[:k] for k in frames), frames, 0.02)
     write_manifest(out, [] if scan_only else manifest_rows(records, cfg))
-    split = plan_splits(
-        kept_items(records), cfg.split_by, cfg.val_fraction, cfg.min_val_seconds, cfg.split_seed
-    )
-    index = build_index(cfg, [], records, Path("/corpus"), split)
+    index = build_index(cfg, [], records, Path("/corpus"), split_plan(kept_items(records), cfg))
     index.update(input_digest="0" * 64, scan_only=scan_only)
     write_index(out, index)
 

@@ -21,12 +21,13 @@ import soundfile as sf
 from preprocess import run
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.measure import silero_vad
-from preprocess.measure.policy import Measurements, decide, decide_measured
+from preprocess.measure.policy import decide, decide_measured
 from preprocess.measure.scan import analyze_file
 from preprocess.measure.silero_vad import FRAME, SileroUnavailable, silero_speech, speech_regions
 from preprocess.measure.spool import SampleSpool
 from tests.conftest import REPO
 from tests.e2e.test_noisy_speech import CACHE, SOURCES, _member
+from tests.unit.test_policy import measured as policy_measured
 
 SR = 16000
 if (
@@ -298,18 +299,7 @@ def test_the_default_scan_never_loads_onnxruntime(tmp_path):
 
 
 def measured(active_seconds: float, silero_seconds: float | None, seconds: float = 10.0):
-    return Measurements(
-        seconds=seconds,
-        peak=0.5,
-        peak_without_dc=0.5,
-        rms=0.1,
-        active_seconds=active_seconds,
-        active_fraction=active_seconds / seconds,
-        clipped_fraction=0.0,
-        loudness_lufs=-25.0,
-        snr_db=20.0,
-        silero_speech_seconds=silero_seconds,
-    )
+    return policy_measured(seconds, active_seconds, silero_speech_seconds=silero_seconds)
 
 
 @pytest.mark.parametrize(

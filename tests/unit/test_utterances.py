@@ -39,11 +39,8 @@ def _run_unit(root: Path, names: list[str], work: Path, cfg: PreprocessConfig):
         json.loads(line)["path"]: json.loads(line)
         for line in (udir / "files.jsonl").read_text().splitlines()
     }
-    spool, per_file = unit_mod.EncodedSpool.open_saved(udir / unit_mod.SPOOL_NAME)
-    try:
-        samples = [decode_sample(spool.get(i, key)) for rows in per_file for i, key in rows]
-    finally:
-        spool.close()
+    spool, per_file = unit_mod.SavedSpool.open(udir / unit_mod.SPOOL_NAME)
+    samples = [decode_sample(spool.get(i, key)) for rows in per_file for i, key in rows]
     return records, samples
 
 
