@@ -52,11 +52,37 @@ def take_file_in_progress(work: Path, unit_id: int) -> str | None:
     udir = unit_dir(work, unit_id)
     marker = udir.with_name(udir.name + ".partial") / IN_PROGRESS
     try:
-        path = marker.read_text("utf-8")
+        path = marker.read_bytes().split(b"\0", 1)[0].decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     marker.unlink(missing_ok=True)
     return path
+
+
+class InProgressMarker:
+    """Names the file a unit's worker is reading, in `IN_PROGRESS`. One descriptor per
+    unit and one `pwrite` per file (the path, then a NUL: a shorter path need not truncate
+    what a longer one left): creating the file anew for every file cost ≈0.2 ms, 0.15
+    CPU-s per audio-hour. A write is visible to the driver as soon as it returns, even if
+    the worker is then killed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def reading(self, rel: str) -> None:
+        os.pwrite(self._fd, rel.encode("utf-8") + b"\0", 0)
+
+    def clear(self) -> None:
+        """No file is being read any more: a death from here on is no file's."""
+        os.close(self._fd)
+        self._fd = -1
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def unit_key(unit: WorkUnit, files: dict[str, InputFile], cfg: PreprocessConfig) -> str:
@@ -198,6 +224,7 @@ def process_unit(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     encoded = EncodedSpool(tmp / SPOOL_NAME)
+    marker = InProgressMarker(tmp / IN_PROGRESS)
     records: list[dict[str, Any]] = []
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
@@ -209,7 +236,7 @@ def process_unit(
                 rec = file_record(f, reject("corrupt", crashed[rel]))
                 rms, samples = np.zeros(0, np.float32), []
             else:
-                (tmp / IN_PROGRESS).write_text(rel, encoding="utf-8")
+                marker.reading(rel)
                 rec, rms, samples = _process_file(
                     f, input_root / rel, tmp, cfg, None if scan_only else encoded
                 )
@@ -217,10 +244,11 @@ def process_unit(
             frame_rms.append(rms)
             per_file_samples.append(samples)
             seconds_in += rec["seconds"] or 0.0
-        (tmp / IN_PROGRESS).unlink(missing_ok=True)  # a death from here on is no file's
+        marker.clear()
         if not scan_only:
             encoded.save(per_file_samples)
     finally:
+        marker.close()
         encoded.close()
     _write_unit_stats(tmp, records, frame_rms)
     done = {

@@ -17,7 +17,15 @@ from preprocess.actors.schedule import (
     run_on_pool,
     utilization,
 )
-from preprocess.actors.unit import IN_PROGRESS, SPOOL_NAME, WARM_UP_DIR, start_worker, warm_up
+from preprocess.actors.unit import (
+    IN_PROGRESS,
+    SPOOL_NAME,
+    WARM_UP_DIR,
+    InProgressMarker,
+    start_worker,
+    take_file_in_progress,
+    warm_up,
+)
 from preprocess.config import load_config
 from preprocess.measure import stage_times
 from preprocess.plan.planner import InputFile, ShardGroup, WorkUnit
@@ -147,6 +155,19 @@ def test_a_file_that_kills_its_worker_twice_is_rejected_and_the_run_goes_on(tmp_
     assert pool.crashed_seen[:2] == [{}, {}]
     assert list(pool.crashed_seen[2]) == ["bad.wav"]
     assert "died twice while reading this file" in pool.crashed_seen[2]["bad.wav"]
+
+
+def test_the_in_progress_marker_names_the_last_file_even_after_a_longer_one(tmp_path):
+    """The worker rewrites the marker in place for every file; a dead worker's marker must
+    name the file it was reading, not the tail of a longer path read before it."""
+    partial = tmp_path / "units" / "unit-000003.partial"
+    partial.mkdir(parents=True)
+    marker = InProgressMarker(partial / IN_PROGRESS)
+    marker.reading("folder/a-long-file-name-read-first.wav")
+    marker.reading("తెలుగు/b.wav")
+    marker.close()  # the worker died here: the file stays
+    assert take_file_in_progress(tmp_path, 3) == "తెలుగు/b.wav"
+    assert take_file_in_progress(tmp_path, 3) is None  # taken once
 
 
 def test_workers_that_keep_dying_stop_the_run_with_one_line(tmp_path):
