@@ -447,7 +447,12 @@ class SpeechBands:
 
     def db(self) -> np.ndarray:
         """float32[2, F] the same in dBFS (10·log10, power floored at 1e-24: −240 dB)."""
-        return (10.0 * np.log10(np.maximum(self.powers(), 1e-24))).astype(np.float32)
+        return self.power_db(self.powers())
+
+    @staticmethod
+    def power_db(powers: np.ndarray) -> np.ndarray:
+        """float64[2, F] band powers → float32[2, F] dBFS, as `db` gives them."""
+        return (10.0 * np.log10(np.maximum(powers, 1e-24))).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Pass 1 over one file: decode in blocks and measure everything the policy decides on.
 
-All measurements are streamed: frame RMS/peak on whole 20 ms frames (the remainder is
-carried to the next block), moments for DC/RMS, K-weighted 100 ms powers for BS.1770
-loudness, clipping and non-finite counts on the source-rate samples.
+All measurements are streamed: one pass per block (`meters.Meters`) gives frame RMS and
+speech-band powers on whole 20 ms frames (a partial frame carries to the next block),
+moments for DC/RMS and K-weighted 100 ms powers for BS.1770 loudness; clipping and
+non-finite counts are taken on the source-rate samples.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 from preprocess.config import PreprocessConfig
 from preprocess.measure import kernels
 from preprocess.measure.audio_io import AudioHeader, DecodeError, DecodeResult, stream_mono_16k
-from preprocess.measure.loudness import LoudnessMeter, gated_loudness
+from preprocess.measure.loudness import gated_loudness
+from preprocess.measure.meters import Meters
 from preprocess.measure.quality import DnsmosScores, dnsmos_file, speech_snr_db
 from preprocess.measure.silero_vad import silero_speech
 from preprocess.measure.spool import SampleSpool
@@ -95,40 +97,17 @@ class FileAnalysis:
         return self.dnsmos.ovrl if self.dnsmos else None
 
 
-class _FrameAccumulator:
-    """Carries partial frames across blocks so frames never straddle kernel calls."""
-
-    def __init__(self, frame: int):
-        self.frame = frame
-        self.carry = np.zeros(0, np.float32)
-        self.rms: list[np.ndarray] = []
-
-    def add(self, x: np.ndarray) -> None:
-        if self.carry.size:
-            x = np.concatenate([self.carry, x])
-        n_full = (x.size // self.frame) * self.frame
-        if n_full:
-            rms, _peak = kernels.frame_rms_peak(x[:n_full], self.frame)
-            self.rms.append(rms)
-        self.carry = x[n_full:].copy()
-
-    def frames(self) -> np.ndarray:
-        return np.concatenate(self.rms) if self.rms else np.zeros(0, np.float32)
-
-
 def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) -> FileAnalysis:
     """Decode `path` once, filling `spool` with its 16 kHz mono samples, and measure it.
 
     Never raises for a bad file: decoder failures come back in `FileAnalysis.error`.
     """
     a = FileAnalysis(frame_seconds=cfg.frame_samples / cfg.sample_rate)
-    frames = _FrameAccumulator(cfg.frame_samples)
-    # Speech activity is judged on high-passed audio (rumble and DC drift are not speech),
-    # in the whole speech band and its part under 1 kHz (kernels.active_frames says why).
-    bands = kernels.SpeechBands(cfg.sample_rate, cfg.frame_samples)
-    meter = LoudnessMeter(cfg.sample_rate)
+    # Moments, frame RMS, and the energies speech activity and loudness are judged on
+    # (high-passed speech bands: rumble and DC drift are not speech; K-weighting), in one
+    # pass per block.
+    meters = Meters(cfg.sample_rate, cfg.frame_samples)
     run_len: np.ndarray | None = None
-    lo, hi = math.inf, -math.inf
     clip_ceiling = math.inf
 
     def on_open(header: AudioHeader) -> None:
@@ -158,28 +137,20 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
                 a.header, a.frames_read = item.header, item.frames_read
                 a.truncated = item.truncated
                 continue
-            s, ss, mn, mx = kernels.moments(item)
-            a.sum += float(s)
-            a.sumsq += float(ss)
-            lo, hi = min(lo, float(mn)), max(hi, float(mx))
-            a.samples_16k += item.size
-            frames.add(item)
-            lap("analysis")
-            bands.add(item)
-            lap("speech")
-            meter.add(item)
-            lap("loudness")
+            meters.add(item)
+            lap("meters")
             spool.append(item)
             lap("analysis")
     except DecodeError as exc:
         a.error = str(exc)
         return a
+    a.samples_16k, a.sum, a.sumsq = meters.samples, meters.sum, meters.sumsq
     if a.samples_16k:
-        a.min, a.max = lo, hi
-    a.frame_rms = frames.frames()
+        a.min, a.max = meters.min, meters.max
+    a.frame_rms = meters.frame_rms()
     if a.nonfinite or a.overflow:
         return a
-    band_db = bands.db()
+    band_db = meters.band_db()
     a.active = kernels.active_frames(
         band_db,
         margin_db=cfg.vad_margin_db,
@@ -188,7 +159,7 @@ def analyze_file(path: str | Path, cfg: PreprocessConfig, spool: SampleSpool) ->
         window_seconds=cfg.vad_window_seconds,
     )
     lap("speech")
-    a.loudness_lufs = _active_loudness(meter.quarter_powers(), a.active, cfg)
+    a.loudness_lufs = _active_loudness(meters.quarter_powers(), a.active, cfg)
     lap("loudness")
     a.snr_db = speech_snr_db(band_db[0], a.active, a.frame_seconds)
     if cfg.quality == "dnsmos" and a.active.any():

@@ -24,9 +24,10 @@ STAGES = (
     "plan",  # listing, hashing, header probe
     "decode",  # soundfile block reads
     "resample",  # downmix + soxr
-    "analysis",  # moments, frame RMS, clipping/non-finite checks, high-pass, spool
-    "loudness",  # BS.1770 K-weighting meter and gating
-    "speech",  # speech-activity mask
+    "analysis",  # clipping/non-finite checks, spool
+    "meters",  # one pass: moments, frame RMS, speech bands, K-weighted powers
+    "loudness",  # BS.1770 gating
+    "speech",  # speech-activity mask from the band powers
     "quality",  # speech-band SNR and opt-in DNSMOS
     "silero",  # opt-in Silero VAD (--vad silero), outside the four checks' budget
     "segment",  # cut, DC/gain, pad, FLAC/npy encode
