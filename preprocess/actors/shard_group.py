@@ -37,7 +37,7 @@ from preprocess.config import PreprocessConfig
 from preprocess.measure.stage_times import lap
 from preprocess.plan.planner import ShardGroup
 from shards import SAMPLE_RATE, ShardWriter
-from shards.atomic import atomic_write_json, commit_dir
+from shards.atomic import commit_dir, write_json_for_commit
 from shards.writer import TAR_MEMBER_HEADER_BYTES
 
 
@@ -114,7 +114,7 @@ def write_group(
         "units": group.unit_ids(),
         "shards": parts,
     }
-    atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
+    write_json_for_commit(tmp / "done.json", done, sort_keys=True, indent=1)
     commit_dir(tmp, gdir)
     lap("tar")
     return done

@@ -36,7 +36,7 @@ from preprocess.measure.utterances import cut_utterances, plan_utterances, trim_
 from preprocess.plan.planner import InputFile, WorkUnit
 from preprocess.plan.provenance import running_code_version
 from shards import encode_sample, sample_key
-from shards.atomic import DISK_FULL_ERRNOS, atomic_write_json, commit_dir
+from shards.atomic import DISK_FULL_ERRNOS, commit_dir, write_json_for_commit
 
 
 def unit_dir(work: Path, unit_id: int) -> Path:
@@ -159,10 +159,10 @@ class EncodedSpool:
         return len(self.index) - 1
 
     def save(self, per_file: list[list[tuple[int, str]]]) -> None:
-        """Keep the spool: fsync it and write its index and per-file (sample, key) lists."""
+        """Keep the spool and write its index and per-file (sample, key) lists (the unit's
+        `commit_dir` makes both durable)."""
         self._f.flush()
-        os.fsync(self._f.fileno())
-        atomic_write_json(
+        write_json_for_commit(
             self.path.with_name(SPOOL_INDEX_NAME), {"index": self.index, "per_file": per_file}
         )
         self._saved = True
@@ -267,7 +267,7 @@ def process_unit(
         # reruns as it is; a new OUT reads them again).
         "crashed": sorted(crashed or ()),
     }
-    atomic_write_json(tmp / "done.json", done, sort_keys=True, indent=1)
+    write_json_for_commit(tmp / "done.json", done, sort_keys=True, indent=1)
     commit_dir(tmp, udir)
     lap("unit_io")
     return done
