@@ -60,14 +60,15 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
             batch = next(batches)
             assert batch["epoch"] == epoch, (batch["epoch"], epoch)
             epoch_errors.update(batch)
+            before = optimizer_steps(engines)
             terms = train_step(engines, batch, run.device, guard)
             state.batches += 1
-            state.step = state.batches // data.accumulation
             guard.count(run, state, terms)
             if state.batches % data.batches_per_epoch == 0:
                 report_epoch(run, state, epoch, epoch_errors)
-            if state.batches % data.accumulation:
-                continue  # gradient accumulation: not an optimizer step yet
+            if optimizer_steps(engines) == before:
+                continue  # accumulating gradients, or a skipped micro-batch: no step yet
+            state.step += 1
             session.steps += 1
             if session.steps == 1:
                 session.first_step_done = time.time()
@@ -89,6 +90,15 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
         stop_workers(batches)
         bar.close()
     return session
+
+
+def optimizer_steps(engines: Engines) -> int:
+    """The generator's optimizer steps so far in this process (DeepSpeed's `global_steps`).
+    A step is counted when the engine takes one, not every `accumulation` micro-batches:
+    a skipped non-finite micro-batch never reaches the engine, so with accumulation > 1
+    the engine's step comes one micro-batch later, and counting micro-batches would let
+    the step number run ahead of the optimizer's (and end the run a step short)."""
+    return int(engines.generator.global_steps)
 
 
 def stop_workers(batches) -> None:
