@@ -39,16 +39,27 @@ def _sub_block_length(k, sample_rate):
     return (k + 1) * sample_rate // SUBBLOCK_PER_SECOND - k * sample_rate // SUBBLOCK_PER_SECOND
 
 
+@njit(cache=True, inline="always")
+def _row(sos, s):
+    """Biquad row s of sos as the tuple (b0, b1, b2, a1, a2) `_biquad` takes."""
+    return sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5]
+
+
+@njit(cache=True, inline="always")
+def _biquad(v, c, z0, z1):
+    """One sample through one biquad, transposed direct form II as `kernels.sos_step`
+    computes it, with its state in locals (registers) → (output, z0, z1)."""
+    y = c[0] * v + z0
+    return y, c[1] * v - c[3] * y + z1, c[2] * v - c[4] * y
+
+
 @njit(cache=True)
 def _one_pass(x, frame, hp, lp, kw, sample_rate, st, frames_out, sub_out):
     """x: float32[n]; hp, lp: float64[1, 6] and kw: float64[2, 6] biquad rows (b0, b1, b2,
     1, a1, a2); st: float64[_STATE], updated; frames_out: float64[3, ≥ frames closed]
     rows (RMS, speech-band power, low-band power); sub_out: float64[≥ sub-blocks
     closed]. Returns (frames, sub-blocks, Σx, Σx², min, max)."""
-    h0, h1, h2, ha1, ha2 = hp[0, 0], hp[0, 1], hp[0, 2], hp[0, 4], hp[0, 5]
-    l0, l1, l2, la1, la2 = lp[0, 0], lp[0, 1], lp[0, 2], lp[0, 4], lp[0, 5]
-    a0, a1, a2, aa1, aa2 = kw[0, 0], kw[0, 1], kw[0, 2], kw[0, 4], kw[0, 5]
-    b0, b1, b2, ba1, ba2 = kw[1, 0], kw[1, 1], kw[1, 2], kw[1, 4], kw[1, 5]
+    c_hp, c_lp, c_ka, c_kb = _row(hp, 0), _row(lp, 0), _row(kw, 0), _row(kw, 1)
     hz0, hz1, lz0, lz1 = st[_HP0], st[_HP1], st[_LP0], st[_LP1]
     ka0, ka1, kb0, kb1 = st[_KA0], st[_KA1], st[_KB0], st[_KB1]
     f_sq = st[_FRAME_SQ]
@@ -70,21 +81,13 @@ def _one_pass(x, frame, hp, lp, kw, sample_rate, st, frames_out, sub_out):
             hi = v32
         f_sq += v * v
         # speech bands (kernels._band_powers): 80 Hz high-pass, then its low band
-        y = h0 * v + hz0
-        hz0 = h1 * v - ha1 * y + hz1
-        hz1 = h2 * v - ha2 * y
-        w = l0 * y + lz0
-        lz0 = l1 * y - la1 * w + lz1
-        lz1 = l2 * y - la2 * w
+        y, hz0, hz1 = _biquad(v, c_hp, hz0, hz1)
+        w, lz0, lz1 = _biquad(y, c_lp, lz0, lz1)
         s_hi += y * y
         s_lo += w * w
         # K-weighting, two stages (loudness._kweighted_subblocks)
-        k = a0 * v + ka0
-        ka0 = a1 * v - aa1 * k + ka1
-        ka1 = a2 * v - aa2 * k
-        kk = b0 * k + kb0
-        kb0 = b1 * k - ba1 * kk + kb1
-        kb1 = b2 * k - ba2 * kk
+        k, ka0, ka1 = _biquad(v, c_ka, ka0, ka1)
+        kk, kb0, kb1 = _biquad(k, c_kb, kb0, kb1)
         q_sq += kk * kk
         f_n += 1
         if f_n == frame:
