@@ -63,12 +63,13 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
             before = optimizer_steps(engines)
             terms = train_step(engines, batch, run.device, guard)
             state.batches += 1
+            stepped = optimizer_steps(engines) != before
+            state.step += stepped
             guard.count(run, state, terms)
             if state.batches % data.batches_per_epoch == 0:
                 report_epoch(run, state, epoch, epoch_errors)
-            if optimizer_steps(engines) == before:
+            if not stepped:
                 continue  # accumulating gradients, or a skipped micro-batch: no step yet
-            state.step += 1
             session.steps += 1
             if session.steps == 1:
                 session.first_step_done = time.time()

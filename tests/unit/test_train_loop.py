@@ -37,12 +37,12 @@ class _AccumulatingEngine:
             self.global_steps += 1
 
 
-def _batches():
-    while True:
+def _batches(per_epoch: int):
+    for i in range(10**6):
         yield {
             "audio": torch.zeros(2, 8),
             "mask": torch.ones(2, 8, dtype=torch.bool),
-            "epoch": 0,
+            "epoch": i // per_epoch,
             "worker": 0,
             "bad_samples": 0,
             "bad_shards": 0,
@@ -50,14 +50,15 @@ def _batches():
 
 
 @pytest.mark.parametrize(
-    ("gas", "losses", "micro_batches"),
+    ("gas", "losses", "micro_batches", "epoch_reports"),
     [
-        (2, [1.0, NAN, 1.0, 1.0, 1.0], 5),  # the NaN shifts the second step by one batch
-        (1, [NAN, 1.0, 1.0], 3),  # a skipped micro-batch is no step
+        # the NaN shifts the first step to batch 3; epochs of 3 batches, the second partial
+        (2, [1.0, NAN, 1.0, 1.0, 1.0], 5, [(3, 1), (5, 2)]),
+        (1, [NAN, 1.0, 1.0], 3, [(3, 2)]),  # a skipped micro-batch is no step
     ],
 )
 def test_a_skipped_micro_batch_never_lets_the_step_run_ahead_of_the_optimizer(
-    monkeypatch, gas, losses, micro_batches
+    monkeypatch, gas, losses, micro_batches, epoch_reports
 ):
     """Before: the step was micro-batches // accumulation, so a skipped NaN micro-batch
     counted toward a step the optimizer never took, and the run ended one step short."""
@@ -79,14 +80,16 @@ def test_a_skipped_micro_batch_never_lets_the_step_run_ahead_of_the_optimizer(
     data = SimpleNamespace(
         stream=SimpleNamespace(start=0),
         total_steps=2,
-        batches_per_epoch=10**6,
+        batches_per_epoch=3,
         accumulation=gas,
         samples_per_step=2 * gas,
     )
-    logged = []
-    monkeypatch.setattr(loop.loader, "train_loader", lambda *a: _batches())
+    logged, reports = [], []
+    monkeypatch.setattr(loop.loader, "train_loader", lambda *a: _batches(3))
     monkeypatch.setattr(loop, "log_losses", lambda *a: logged.append(a[3].step))
-    monkeypatch.setattr(loop, "report_epoch", lambda *a: None)
+    monkeypatch.setattr(
+        loop, "report_epoch", lambda r, st, *a: reports.append((st.batches, st.step))
+    )
     monkeypatch.setattr(loop, "time_is_up", lambda run: False)
     monkeypatch.setattr(loop, "print0", lambda *a: None)
     state = TrainState()
@@ -95,3 +98,4 @@ def test_a_skipped_micro_batch_never_lets_the_step_run_ahead_of_the_optimizer(
     assert session.steps == 2 and state.batches == micro_batches
     assert [r["batch"] for r in state.history["nonfinite"]] == [losses.index(NAN)]
     assert logged == [2]  # the last step is logged once, at its number
+    assert reports == epoch_reports  # an epoch's report carries the step it ended in
