@@ -94,11 +94,12 @@ def train(run: Run, data: Data, engines: Engines, state: TrainState, tb) -> Sess
 
 
 def optimizer_steps(engines: Engines) -> int:
-    """The generator's optimizer steps so far in this process (DeepSpeed's `global_steps`).
-    A step is counted when the engine takes one, not every `accumulation` micro-batches:
-    a skipped non-finite micro-batch never reaches the engine, so with accumulation > 1
-    the engine's step comes one micro-batch later, and counting micro-batches would let
-    the step number run ahead of the optimizer's (and end the run a step short)."""
+    """The generator engine's optimizer step counter (DeepSpeed's `global_steps`; the loop
+    reads only how it moves). A step counts when the engine takes one, not every
+    `accumulation` micro-batches: a skipped non-finite micro-batch never reaches the
+    engine, so with accumulation > 1 the engine's step comes one micro-batch later, and
+    counting micro-batches would let the step number run ahead of the optimizer's (and
+    end the run a step short)."""
     return int(engines.generator.global_steps)
 
 

@@ -14,6 +14,7 @@ rerun on a changed input equal to a clean run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,12 +52,18 @@ def take_file_in_progress(work: Path, unit_id: int) -> str | None:
     marker is removed, so a death before the next attempt reads anything names no file."""
     udir = unit_dir(work, unit_id)
     marker = udir.with_name(udir.name + ".partial") / IN_PROGRESS
+    path = read_in_progress(marker)
+    marker.unlink(missing_ok=True)
+    return path
+
+
+def read_in_progress(marker: Path) -> str | None:
+    """The path an `InProgressMarker` holds (up to its NUL); None if it names no file."""
     try:
         path = marker.read_bytes().split(b"\0", 1)[0].decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    marker.unlink(missing_ok=True)
-    return path
+    return path or None
 
 
 class InProgressMarker:
@@ -64,7 +71,9 @@ class InProgressMarker:
     unit and one `pwrite` per file (the path, then a NUL: a shorter path need not truncate
     what a longer one left): creating the file anew for every file cost ≈0.2 ms, 0.15
     CPU-s per audio-hour. A write is visible to the driver as soon as it returns, even if
-    the worker is then killed."""
+    the worker process is then killed. On a filesystem shared between nodes (NFS) a lost
+    node's last write may never reach the server, so the driver may read the file before
+    it; a file is blamed only after two deaths while reading it (`schedule`)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -223,13 +232,15 @@ def process_unit(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    encoded = EncodedSpool(tmp / SPOOL_NAME)
-    marker = InProgressMarker(tmp / IN_PROGRESS)
     records: list[dict[str, Any]] = []
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
     seconds_in = 0.0
-    try:
+    with contextlib.ExitStack() as opened:  # a long-lived actor must not leak either file
+        marker = InProgressMarker(tmp / IN_PROGRESS)
+        opened.callback(marker.close)
+        encoded = EncodedSpool(tmp / SPOOL_NAME)
+        opened.callback(encoded.close)
         for rel in unit.paths:
             f = files[rel]
             if crashed and rel in crashed:
@@ -247,9 +258,6 @@ def process_unit(
         marker.clear()
         if not scan_only:
             encoded.save(per_file_samples)
-    finally:
-        marker.close()
-        encoded.close()
     _write_unit_stats(tmp, records, frame_rms)
     done = {
         "unit_id": unit.unit_id,

@@ -8,7 +8,7 @@ recurrence is latency-bound (each output waits on the previous one), so one loop
 that runs both lets the CPU overlap their dependency chains, and the moments and frame
 RMS ride along for free. Measured on 10 min of noise in 10 s blocks: bands
 0.31 + loudness 0.29 CPU-s per audio-hour apart, 0.32 together; on the mission-shaped WAV
-corpus the four measurements went from 1.1 to 0.5 CPU-s/h (docs/BENCHMARKS.md §4).
+corpus the check stages went from 1.0 to 0.56 CPU-s/h (docs/BENCHMARKS.md §4).
 
 The results are bit-identical to the separate meters (the same float64 operations in the
 same order; tests/unit/test_meters.py), which stay the reference and the API for one

@@ -29,7 +29,7 @@ STAGES = (
     "loudness",  # BS.1770 gating
     "speech",  # speech-activity mask from the band powers
     "quality",  # speech-band SNR and opt-in DNSMOS
-    "silero",  # opt-in Silero VAD (--vad silero), outside the four checks' budget
+    "silero",  # opt-in Silero VAD (--vad silero), outside the checks' budget
     "segment",  # cut, DC/gain, pad, FLAC/npy encode
     "tar",  # shard part write (tar, sha256, fsync)
     "unit_io",  # unit stats, done.json, commit

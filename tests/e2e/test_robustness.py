@@ -222,7 +222,7 @@ def test_a_worker_killed_mid_unit_costs_a_task_not_the_run(tmp_path):
     markers = tmp_path / "killed" / ".work" / "units"
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-        reading = [m.read_text() for m in markers.glob("*.partial/in-progress")]
+        reading = [unit_mod.read_in_progress(m) for m in markers.glob("*.partial/in-progress")]
         if "long/30min.wav" not in reading:
             continue  # kill while the long file is being read, not between files
         for pid in _descendants(proc.pid):

@@ -6,10 +6,35 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from preprocess.measure import kernels
+from preprocess.measure import audio_io, kernels
 from preprocess.measure.audio_io import DecodeResult, stream_mono_16k
 
 SR = 16000
+
+
+def _streamed(path, seen: list, expect_int16: bool):
+    """stream_mono_16k's items, checking which read it took (int16, or float32)."""
+    reads = []
+    real = audio_io._read_pcm16
+
+    def spy(f, frames):
+        reads.append(frames)
+        return real(f, frames)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(audio_io, "_read_pcm16", spy)
+        items = list(stream_mono_16k(path, 4000, lambda block: seen.append(block) or True))
+    assert bool(reads) == expect_int16
+    return items
+
+
+def test_float_files_are_read_as_float(tmp_path):
+    path = tmp_path / "f.wav"
+    x = np.linspace(-1.5, 1.5, SR, dtype=np.float32)  # beyond full scale: float headroom
+    sf.write(path, x, SR, subtype="FLOAT")
+    seen: list[np.ndarray] = []
+    blocks = [b for b in _streamed(path, seen, expect_int16=False) if isinstance(b, np.ndarray)]
+    np.testing.assert_array_equal(np.concatenate(blocks), x)
 
 
 def _pcm16_formats() -> list[str]:
@@ -35,7 +60,7 @@ def test_pcm16_blocks_equal_libsndfiles_float_samples(tmp_path, fmt):
         pytest.skip(f"{fmt} reads back as {sf.info(path).subtype}")
     expected = kernels.downmix(sf.read(path, dtype="float32", always_2d=True)[0])
     seen: list[np.ndarray] = []
-    items = list(stream_mono_16k(path, 4000, lambda block: seen.append(block) or True))
+    items = list(_streamed(path, seen, expect_int16=True))
     blocks = [b for b in items if not isinstance(b, DecodeResult)]
     np.testing.assert_array_equal(np.concatenate(blocks), expected)
     source = np.concatenate(seen)

@@ -27,9 +27,18 @@ def _blocks(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return [x[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)] + [x[edges[-1] :]]
 
 
-@pytest.mark.parametrize("sizes", [[], [160_000, 160_000], [1, 319, 321, 1599, 7, 40_000]])
-def test_meters_equal_the_separate_meters_for_any_blocking(sizes):
-    x = _signal(1, 23.456)
+@pytest.mark.parametrize(
+    ("seconds", "sizes"),
+    [
+        (23.456, []),
+        (23.456, [160_000, 160_000]),
+        (23.456, [1, 319, 321, 1599, 7, 40_000]),
+        (23.456, [0, 1, 0, 7, 313]),  # empty blocks, an empty first one, a few samples
+        (100 / SR, [0, 60]),  # shorter than one frame: no frame, no sub-block
+    ],
+)
+def test_meters_equal_the_separate_meters_for_any_blocking(seconds, sizes):
+    x = _signal(1, seconds)
     meters, bands, loudness = Meters(SR, FRAME), kernels.SpeechBands(SR, FRAME), LoudnessMeter(SR)
     s = ss = 0.0
     lo, hi = np.inf, -np.inf
