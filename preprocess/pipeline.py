@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from tqdm import tqdm
@@ -179,23 +179,28 @@ def _plan(
     with clock.phase("listing"):
         listing = list_inputs(input_root)
         paths = listing.files
-        cached = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
-    todo = [p for p in paths if p not in cached]
+        cache = _load_fingerprint_cache(work / FINGERPRINTS, input_root)
+    todo = [p for p in paths if p not in cache]
     batches = [todo[i : i + _FINGERPRINT_BATCH] for i in range(0, len(todo), _FINGERPRINT_BATCH)]
     with _phase_bar(
         clock, "hash + probe", "plan: hash+probe", len(paths), len(todo), "file"
     ) as bar:
+        # Each file's stat key is taken before a worker reads it: a file changed while or
+        # after it is hashed then has a new ctime, and a rerun hashes it again (a key taken
+        # after the hash would pair the old hash with the new file).
+        stats = {p: _stat_key_or_none(input_root, p) for p in todo}
         # Each batch's hashes are appended as they arrive, so a kill keeps what is hashed;
         # the end rewrites the cache whole (a load takes the last line of a path).
         with open(work / FINGERPRINTS, "a", encoding="utf-8") as journal:
             for recs in fingerprint_on(ActorTasks(actors), batches):
-                for rec in recs:
-                    cached[rec["path"]] = rec
+                lines = [_cache_line(stats[rec["path"]], rec) for rec in recs]
+                for rec, line in zip(recs, lines, strict=True):
+                    cache[rec["path"]] = CachedHash(rec, line)
                     bar.update(1)
-                journal.write("".join(_cache_line(input_root, rec) for rec in recs))
+                journal.write("".join(lines))
                 journal.flush()
-        _save_fingerprint_cache(work / FINGERPRINTS, input_root, paths, cached)
-    files = [InputFile(**cached[p]) for p in paths] + listing.skipped
+        atomic_write_text(work / FINGERPRINTS, "".join(cache[p].line for p in paths if p in cache))
+    files = [InputFile(**cache[p].rec) for p in paths] + listing.skipped
     files.sort(key=lambda f: f.path)
     mark_duplicates(files)
     return files
@@ -208,10 +213,24 @@ def _stat_key(root: Path, rel: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
+class CachedHash(NamedTuple):
+    """A file's hash-and-probe record and its line in the cache (with its stat key)."""
+
+    rec: dict[str, Any]
+    line: str
+
+
+def _stat_key_or_none(root: Path, rel: str) -> list[int] | None:
+    try:
+        return _stat_key(root, rel)
+    except OSError:
+        return None  # gone or unreadable: judged by the worker, not cached
+
+
+def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, CachedHash]:
     """Hashes from an earlier (killed) run, reused only if the file's stat key matches. A
     cache that cannot be read is a cache missed: the files are hashed again."""
-    out: dict[str, dict] = {}
+    out: dict[str, CachedHash] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -220,24 +239,18 @@ def _load_fingerprint_cache(path: Path, root: Path) -> dict[str, dict]:
         try:
             entry = json.loads(line)
             if _stat_key(root, entry["rec"]["path"]) == entry["stat"]:
-                out[entry["rec"]["path"]] = entry["rec"]
+                out[entry["rec"]["path"]] = CachedHash(entry["rec"], line + "\n")
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
 
 
-def _cache_line(root: Path, rec: dict[str, Any]) -> str:
-    """One cache line: a file's stat key and its record ("" if it is gone already)."""
-    try:
-        stat = _stat_key(root, rec["path"])
-    except OSError:
+def _cache_line(stat: list[int] | None, rec: dict[str, Any]) -> str:
+    """One cache line: a file's stat key, taken before it was read, and its record ("" if
+    it could not be stat'ed)."""
+    if stat is None:
         return ""
     return json.dumps({"stat": stat, "rec": rec}, ensure_ascii=False) + "\n"
-
-
-def _save_fingerprint_cache(path: Path, root: Path, paths: list[str], recs: dict) -> None:
-    """The hashes taken (`recs`), each with its file's stat key, in path order, atomically."""
-    atomic_write_text(path, "".join(_cache_line(root, recs[p]) for p in paths if p in recs))
 
 
 def plan_decision(f: InputFile) -> Decision:

@@ -276,12 +276,12 @@ def test_a_shard_group_is_written_only_from_units_of_the_same_key_and_reused_by_
 def test_a_damaged_fingerprint_cache_is_a_cache_miss_not_an_error(tmp_path):
     """A rerun read .work/fingerprints.jsonl with json.loads and stopped at a damaged line
     ("preprocess: error: Expecting ',' delimiter", naming no file)."""
-    from preprocess.pipeline import _load_fingerprint_cache, _save_fingerprint_cache
+    from preprocess.pipeline import _cache_line, _load_fingerprint_cache, _stat_key
 
     root = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "spk_b/1.wav": 2})
     cache = tmp_path / "fingerprints.jsonl"
-    recs = {p: {"path": p, "sha256": p} for p in ("spk_a/1.wav", "spk_b/1.wav")}
-    _save_fingerprint_cache(cache, root, sorted(recs), recs)
+    paths = ("spk_a/1.wav", "spk_b/1.wav")
+    cache.write_text("".join(_cache_line(_stat_key(root, p), {"path": p}) for p in paths))
     lines = cache.read_text().splitlines()
     cache.write_text(lines[0][:-5] + "\n" + lines[1] + "\n{}\n[1]\n")
     assert list(_load_fingerprint_cache(cache, root)) == ["spk_b/1.wav"]
@@ -304,14 +304,56 @@ def test_a_split_that_cannot_be_made_is_refused_before_any_file_is_scanned(tmp_p
 def test_hashes_journaled_before_a_kill_are_reused_and_a_torn_line_is_skipped(tmp_path):
     """Each batch's hashes are appended to the cache as they arrive (no pause for a full
     save), so a kill mid-hash of 100 k files keeps what was hashed."""
-    from preprocess.pipeline import _cache_line, _load_fingerprint_cache
+    from preprocess.pipeline import _cache_line, _load_fingerprint_cache, _stat_key
 
     root = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "spk_b/1.wav": 2})
     cache = tmp_path / "fingerprints.jsonl"
     a, b = ({"path": p, "sha256": p[4]} for p in ("spk_a/1.wav", "spk_b/1.wav"))
-    torn = _cache_line(root, b)[:-9]  # kill -9 mid-write
-    cache.write_text(_cache_line(root, {**a, "sha256": "old"}) + _cache_line(root, a) + torn)
-    assert _load_fingerprint_cache(cache, root) == {"spk_a/1.wav": a}  # the last line wins
+    key_a, key_b = _stat_key(root, a["path"]), _stat_key(root, b["path"])
+    torn = _cache_line(key_b, b)[:-9]  # kill -9 mid-write
+    cache.write_text(_cache_line(key_a, {**a, "sha256": "old"}) + _cache_line(key_a, a) + torn)
+    loaded = _load_fingerprint_cache(cache, root)
+    assert {p: hit.rec for p, hit in loaded.items()} == {"spk_a/1.wav": a}  # the last line wins
+
+
+def test_a_file_changed_after_its_hash_is_hashed_again_by_the_rerun(tmp_path, monkeypatch):
+    """Before: the driver took a file's stat key when the worker's hash came back (and
+    again when it rewrote the cache), so a file rewritten in between (same size, mtime put
+    back) was cached with the old hash under the new key: every rerun reused the stale
+    hash. The key is now taken before the file is read."""
+    from preprocess import pipeline
+    from preprocess.measure.stage_times import PhaseClock
+    from preprocess.plan.planner import fingerprint
+
+    root = make_corpus(tmp_path / "in", {"spk_a/1.wav": 1, "spk_b/1.wav": 2})
+    changed = root / "spk_a/1.wav"
+
+    def hash_then_change(pool, batches):
+        for batch in batches:
+            recs = fingerprint(root, batch)
+            st = changed.stat()
+            data = bytearray(changed.read_bytes())
+            data[-1] ^= 1  # same size; the mtime is put back below
+            changed.write_bytes(bytes(data))
+            os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+            yield recs
+
+    monkeypatch.setattr(pipeline, "fingerprint_on", hash_then_change)
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = pipeline.PreprocessConfig()
+    first = pipeline._plan(root, cfg, work, [], PhaseClock())
+    stale = next(f.sha256 for f in first if f.path == "spk_a/1.wav")
+    reused = pipeline._load_fingerprint_cache(work / pipeline.FINGERPRINTS, root)
+    assert "spk_a/1.wav" not in reused and "spk_b/1.wav" in reused
+    monkeypatch.setattr(
+        pipeline,
+        "fingerprint_on",
+        lambda pool, batches: map(lambda batch: fingerprint(root, batch), batches),
+    )
+    again = pipeline._plan(root, cfg, work, [], PhaseClock())
+    fresh = next(f.sha256 for f in again if f.path == "spk_a/1.wav")
+    assert fresh != stale and fresh == fingerprint(root, ["spk_a/1.wav"])[0]["sha256"]
 
 
 def test_a_stamp_that_is_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
