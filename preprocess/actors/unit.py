@@ -34,7 +34,7 @@ from preprocess.measure.scan import analyze_file
 from preprocess.measure.spool import SampleSpool
 from preprocess.measure.stage_times import lap
 from preprocess.measure.utterances import cut_utterances, plan_utterances, trim_range
-from preprocess.plan.planner import InputFile, WorkUnit
+from preprocess.plan.planner import InputFile, WorkUnit, prefetch
 from preprocess.plan.provenance import running_code_version
 from shards import encode_sample, sample_key
 from shards.atomic import DISK_FULL_ERRNOS, commit_dir, write_json_for_commit
@@ -236,6 +236,7 @@ def process_unit(
     frame_rms: list[np.ndarray] = []
     per_file_samples: list[list[tuple[int, str]]] = []  # [(spool index, key)] per file
     seconds_in = 0.0
+    prefetch(input_root, [p for p in unit.paths if not (crashed and p in crashed)])
     with contextlib.ExitStack() as opened:  # a long-lived actor must not leak either file
         marker = InProgressMarker(tmp / IN_PROGRESS)
         opened.callback(marker.close)
