@@ -582,10 +582,16 @@ def test_a_signal_mid_command_is_one_line_and_its_exit_code(
         return 0
 
     monkeypatch.setattr(cli, "cmd_encode", signalled)
-    before = signal.getsignal(signal.SIGTERM)
-    assert cli.main(["encode", "a", str(tmp_path / "b"), "--checkpoint", "c"]) == code
-    assert capsys.readouterr().err.strip() == f"telucodec encode: {said}"
-    assert signal.getsignal(signal.SIGTERM) == before
+    # A shell without job control starts a background job with SIGINT ignored, and Python
+    # then installs no Ctrl-C handler: give this process the one a terminal gives it.
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        assert cli.main(["encode", "a", str(tmp_path / "b"), "--checkpoint", "c"]) == code
+        assert capsys.readouterr().err.strip() == f"telucodec encode: {said}"
+        assert signal.getsignal(signal.SIGTERM) == before
+    finally:
+        signal.signal(signal.SIGINT, old_int)
 
 
 def test_a_full_disk_while_writing_is_one_line_naming_the_output_exit_1(
