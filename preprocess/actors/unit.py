@@ -84,8 +84,7 @@ class InProgressMarker:
 
     def clear(self) -> None:
         """No file is being read any more: a death from here on is no file's."""
-        os.close(self._fd)
-        self._fd = -1
+        self.close()
         self.path.unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -127,21 +127,24 @@ def rms_db(rms: np.ndarray) -> np.ndarray:
     return np.maximum(db, _RMS_DB_FLOOR).astype(np.float32)
 
 
+@njit(cache=True, inline="always")
+def moments_step(v, s, ss, lo, hi):
+    """One float32 sample into the running (Σx, Σx², min, max): sums in float64, the
+    extremes in float32 (a NaN moves neither); shared with `meters._one_pass`."""
+    d = np.float64(v)
+    if v < lo:
+        lo = v
+    if v > hi:
+        hi = v
+    return s + d, ss + d * d, lo, hi
+
+
 @njit(cache=True)
 def _moments(x):
-    s = 0.0
-    ss = 0.0
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
+    s, ss = 0.0, 0.0
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
     for i in range(x.size):
-        v = x[i]
-        d = np.float64(v)
-        s += d
-        ss += d * d
-        if v < lo:
-            lo = v
-        if v > hi:
-            hi = v
+        s, ss, lo, hi = moments_step(x[i], s, ss, lo, hi)
     return s, ss, lo, hi
 
 
@@ -288,14 +291,27 @@ def highpass_sos(sample_rate: int, cutoff_hz: float) -> np.ndarray:
 
 
 @njit(cache=True, inline="always")
+def biquad_row(sos, s):
+    """Biquad row s of sos (b0, b1, b2, 1, a1, a2) as the tuple (b0, b1, b2, a1, a2)
+    `biquad_step` takes."""
+    return sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5]
+
+
+@njit(cache=True, inline="always")
+def biquad_step(v, c, z0, z1):
+    """One sample through one biquad, transposed direct form II (as scipy's sosfilt):
+    coefficients c from `biquad_row`, state (z0, z1) → (output, z0, z1). Callers that
+    keep the state in locals keep it in registers (`meters._one_pass`)."""
+    y = c[0] * v + z0
+    return y, c[1] * v - c[3] * y + z1, c[2] * v - c[4] * y
+
+
+@njit(cache=True, inline="always")
 def sos_step(v, sos, zi):
     """One sample through a biquad cascade (transposed direct form II), float64 state
     zi[S, 2] updated in place; shared by `sos_filter` and the loudness meter."""
     for s in range(sos.shape[0]):
-        y = sos[s, 0] * v + zi[s, 0]
-        zi[s, 0] = sos[s, 1] * v - sos[s, 4] * y + zi[s, 1]
-        zi[s, 1] = sos[s, 2] * v - sos[s, 5] * y
-        v = y
+        v, zi[s, 0], zi[s, 1] = biquad_step(v, biquad_row(sos, s), zi[s, 0], zi[s, 1])
     return v
 
 

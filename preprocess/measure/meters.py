@@ -39,27 +39,14 @@ def _sub_block_length(k, sample_rate):
     return (k + 1) * sample_rate // SUBBLOCK_PER_SECOND - k * sample_rate // SUBBLOCK_PER_SECOND
 
 
-@njit(cache=True, inline="always")
-def _row(sos, s):
-    """Biquad row s of sos as the tuple (b0, b1, b2, a1, a2) `_biquad` takes."""
-    return sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5]
-
-
-@njit(cache=True, inline="always")
-def _biquad(v, c, z0, z1):
-    """One sample through one biquad, transposed direct form II as `kernels.sos_step`
-    computes it, with its state in locals (registers) → (output, z0, z1)."""
-    y = c[0] * v + z0
-    return y, c[1] * v - c[3] * y + z1, c[2] * v - c[4] * y
-
-
 @njit(cache=True)
 def _one_pass(x, frame, hp, lp, kw, sample_rate, st, frames_out, sub_out):
     """x: float32[n]; hp, lp: float64[1, 6] and kw: float64[2, 6] biquad rows (b0, b1, b2,
     1, a1, a2); st: float64[_STATE], updated; frames_out: float64[3, ≥ frames closed]
     rows (RMS, speech-band power, low-band power); sub_out: float64[≥ sub-blocks
     closed]. Returns (frames, sub-blocks, Σx, Σx², min, max)."""
-    c_hp, c_lp, c_ka, c_kb = _row(hp, 0), _row(lp, 0), _row(kw, 0), _row(kw, 1)
+    c_hp, c_lp = kernels.biquad_row(hp, 0), kernels.biquad_row(lp, 0)
+    c_ka, c_kb = kernels.biquad_row(kw, 0), kernels.biquad_row(kw, 1)
     hz0, hz1, lz0, lz1 = st[_HP0], st[_HP1], st[_LP0], st[_LP1]
     ka0, ka1, kb0, kb1 = st[_KA0], st[_KA1], st[_KB0], st[_KB1]
     f_sq = st[_FRAME_SQ]
@@ -73,21 +60,16 @@ def _one_pass(x, frame, hp, lp, kw, sample_rate, st, frames_out, sub_out):
         v32 = x[i]
         v = np.float64(v32)
         # moments and the raw frame's RMS (kernels.moments, kernels.frame_rms_peak)
-        s += v
-        ss += v * v
-        if v32 < lo:
-            lo = v32
-        if v32 > hi:
-            hi = v32
+        s, ss, lo, hi = kernels.moments_step(v32, s, ss, lo, hi)
         f_sq += v * v
         # speech bands (kernels._band_powers): 80 Hz high-pass, then its low band
-        y, hz0, hz1 = _biquad(v, c_hp, hz0, hz1)
-        w, lz0, lz1 = _biquad(y, c_lp, lz0, lz1)
+        y, hz0, hz1 = kernels.biquad_step(v, c_hp, hz0, hz1)
+        w, lz0, lz1 = kernels.biquad_step(y, c_lp, lz0, lz1)
         s_hi += y * y
         s_lo += w * w
         # K-weighting, two stages (loudness._kweighted_subblocks)
-        k, ka0, ka1 = _biquad(v, c_ka, ka0, ka1)
-        kk, kb0, kb1 = _biquad(k, c_kb, kb0, kb1)
+        k, ka0, ka1 = kernels.biquad_step(v, c_ka, ka0, ka1)
+        kk, kb0, kb1 = kernels.biquad_step(k, c_kb, kb0, kb1)
         q_sq += kk * kk
         f_n += 1
         if f_n == frame:
